@@ -1,0 +1,39 @@
+//! Named crash points for the crash-safety tests.
+//!
+//! `main` reads `RUNNER_MEDIC_CRASH_AT` once and hands the name here. When execution reaches the
+//! checkpoint of that name the process aborts on the spot, as a power cut or `kill -9` would,
+//! so the tests can prove that the next run repairs whatever was left half-done.
+
+use std::sync::OnceLock;
+
+static CRASH_AT: OnceLock<String> = OnceLock::new();
+
+/// Every checkpoint the code defines, so tests can iterate over all of them.
+pub const CHECKPOINTS: &[&str] = &[
+    "after-journal-planned",
+    "after-token-obtained",
+    "after-journal-obtained",
+    "after-backup",
+    "after-temp-write",
+    "after-rename",
+    "after-stop",
+    "after-journal-written",
+    "after-start",
+    "after-verify",
+    "after-delete-replaced",
+];
+
+pub fn arm(name: Option<String>) {
+    if let Some(name) = name.filter(|n| !n.is_empty()) {
+        // Set once at start-up; a second call is ignored on purpose.
+        let _ = CRASH_AT.set(name);
+    }
+}
+
+/// Abort the process if the armed crash point is `name`.
+pub fn checkpoint(name: &str) {
+    if CRASH_AT.get().is_some_and(|armed| armed == name) {
+        tracing::warn!(checkpoint = name, "crash point reached, aborting");
+        std::process::abort();
+    }
+}

@@ -1,0 +1,12 @@
+//! runner-medic: detects why GitLab runners lost their authentication and repairs them.
+//!
+//! # Layout
+//! - `secret`: runner and admin tokens as secrets, and `Masked`, their only printable form.
+//! - `fs`: atomic replace, backups, private dirs, the lock; every write goes through it.
+//! - `crash`: named crash points for the crash-safety tests.
+//! - `runner_config`: gitlab-runner's config.toml: load, list runners, lossless rewrite, save.
+
+pub mod crash;
+pub mod fs;
+pub mod runner_config;
+pub mod secret;

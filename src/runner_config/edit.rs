@@ -1,0 +1,251 @@
+//! Rewriting credentials by splicing new values into the original text at `toml_edit`'s spans.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use toml_edit::{Item, Table};
+
+use super::{ConfigFile, Error};
+use crate::secret::RunnerToken;
+
+/// The keys we own in a `[[runners]]` entry, in the order gitlab-runner writes them.
+const OWNED_KEYS: [&str; 4] = ["id", "token", "token_obtained_at", "token_expires_at"];
+
+/// New credentials for one entry.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub token: RunnerToken,
+    /// The runner id; `None` keeps whatever the entry has.
+    pub id: Option<u64>,
+    pub obtained_at: DateTime<Utc>,
+    /// `None` means the token never expires (written as the Go zero time, as gitlab-runner does).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// gitlab-runner's way of writing a timestamp: UTC, `Z`, fractional seconds only when present.
+pub fn format_datetime(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+struct Splice {
+    at: usize,
+    remove: usize,
+    /// Orders insertions at the same offset so the keys come out in gitlab-runner's order.
+    order: usize,
+    text: String,
+}
+
+impl ConfigFile {
+    /// The file's text with `changes` applied (entry index → credentials). Only the values of
+    /// `id`, `token`, `token_obtained_at` and `token_expires_at` change; absent keys are added on
+    /// their own line after the nearest key that precedes them in gitlab-runner's order.
+    pub fn with_credentials(&self, changes: &[(usize, Credentials)]) -> Result<String, Error> {
+        let tables = self.runner_tables();
+        let entries = self.runners();
+        let mut splices = Vec::new();
+        for (index, creds) in changes {
+            let (Some(table), Some(entry)) = (tables.get(*index), entries.get(*index)) else {
+                return Err(Error::Unsupported {
+                    path: self.path.clone(),
+                    runner: format!("#{}", index + 1),
+                    line: 1,
+                    message: "no such [[runners]] entry".into(),
+                });
+            };
+            for key in ["url", "token"] {
+                if table.get(key).and_then(Item::as_str).is_none() {
+                    return Err(Error::EntryIncomplete {
+                        path: self.path.clone(),
+                        runner: entry.name.clone(),
+                        line: entry.line,
+                        key,
+                    });
+                }
+            }
+            self.entry_splices(table, &entry.name, entry.line, creds, &mut splices)?;
+        }
+        // Apply from the end so earlier offsets stay valid.
+        splices.sort_by(|a, b| b.at.cmp(&a.at).then(b.order.cmp(&a.order)));
+        let mut text = self.text.clone();
+        for s in &splices {
+            text.replace_range(s.at..s.at + s.remove, &s.text);
+        }
+        self.self_check(&text, changes)?;
+        Ok(text)
+    }
+
+    fn entry_splices(
+        &self,
+        table: &Table,
+        runner: &str,
+        line: usize,
+        creds: &Credentials,
+        out: &mut Vec<Splice>,
+    ) -> Result<(), Error> {
+        let unsupported = |message: String| Error::Unsupported {
+            path: self.path.clone(),
+            runner: runner.to_string(),
+            line,
+            message,
+        };
+        let values: [Option<String>; 4] = [
+            creds.id.map(|id| id.to_string()),
+            Some(creds.token.expose_secret().to_string()),
+            Some(format_datetime(trim_to_seconds(creds.obtained_at))),
+            Some(
+                creds
+                    .expires_at
+                    .map_or_else(|| "0001-01-01T00:00:00Z".to_string(), format_datetime),
+            ),
+        ];
+        let eol = if self.text.contains("\r\n") {
+            "\r\n"
+        } else {
+            "\n"
+        };
+        for (order, key) in OWNED_KEYS.iter().enumerate() {
+            let Some(raw) = &values[order] else { continue };
+            match table.get(key) {
+                Some(item) => {
+                    let span = item.span().ok_or_else(|| {
+                        unsupported(format!("`{key}` has no position in the file"))
+                    })?;
+                    let old = &self.text[span.clone()];
+                    let text = render_like(old, key, raw);
+                    out.push(Splice {
+                        at: span.start,
+                        remove: span.len(),
+                        order,
+                        text,
+                    });
+                }
+                None => {
+                    let (at, indent) = self.insertion_point(table, order)?;
+                    let text = format!("{eol}{indent}{key} = {}", render_new(key, raw));
+                    out.push(Splice {
+                        at,
+                        remove: 0,
+                        order,
+                        text,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where to add a missing key: the end of the line of the nearest preceding key in
+    /// gitlab-runner's order (`name`, `url`, `id`, `token`, …), else the end of the header line.
+    fn insertion_point(&self, table: &Table, order: usize) -> Result<(usize, String), Error> {
+        let preceding = ["name", "url"]
+            .into_iter()
+            .chain(OWNED_KEYS[..order].iter().copied())
+            .collect::<Vec<_>>();
+        let anchor = preceding
+            .iter()
+            .rev()
+            .find_map(|k| table.get(k).and_then(Item::span));
+        let token_span = table.get("token").and_then(Item::span);
+        let indent = token_span
+            .as_ref()
+            .or(anchor.as_ref())
+            .map(|s| self.indent_of(s.start))
+            .unwrap_or_else(|| "  ".into());
+        let from = match anchor {
+            Some(span) => span.end,
+            None => self.header_span(table).map_or(0, |s| s.end),
+        };
+        Ok((self.end_of_line(from), indent))
+    }
+
+    fn end_of_line(&self, from: usize) -> usize {
+        let bytes = self.text.as_bytes();
+        match bytes[from..].iter().position(|b| *b == b'\n') {
+            Some(rel) => {
+                let nl = from + rel;
+                if nl > 0 && bytes[nl - 1] == b'\r' {
+                    nl - 1
+                } else {
+                    nl
+                }
+            }
+            None => bytes.len(),
+        }
+    }
+
+    fn indent_of(&self, offset: usize) -> String {
+        let start = self.text[..offset].rfind('\n').map_or(0, |p| p + 1);
+        self.text[start..offset]
+            .chars()
+            .take_while(|c| *c == ' ' || *c == '\t')
+            .collect()
+    }
+
+    /// Re-parse the new text and prove that exactly the intended values changed.
+    fn self_check(&self, new_text: &str, changes: &[(usize, Credentials)]) -> Result<(), Error> {
+        let fail = |message: String| Error::SelfCheck {
+            path: self.path.clone(),
+            message,
+        };
+        let mut old: toml::Table =
+            toml::from_str(&self.text).map_err(|e| fail(format!("original: {}", e.message())))?;
+        let mut new: toml::Table =
+            toml::from_str(new_text).map_err(|e| fail(format!("rewritten: {}", e.message())))?;
+        for (index, creds) in changes {
+            let entry =
+                runner_table(&mut new, *index).ok_or_else(|| fail("entry vanished".into()))?;
+            if entry.get("token").and_then(toml::Value::as_str) != Some(creds.token.expose_secret())
+            {
+                return Err(fail("token not set".into()));
+            }
+            if let Some(id) = creds.id {
+                if entry.get("id").and_then(toml::Value::as_integer) != i64::try_from(id).ok() {
+                    return Err(fail("id not set".into()));
+                }
+            }
+            for key in OWNED_KEYS {
+                if key != "id" || creds.id.is_some() {
+                    entry.remove(key);
+                    if let Some(old_entry) = runner_table(&mut old, *index) {
+                        old_entry.remove(key);
+                    }
+                }
+            }
+        }
+        if old != new {
+            return Err(fail("a value other than the credentials changed".into()));
+        }
+        Ok(())
+    }
+}
+
+fn runner_table(doc: &mut toml::Table, index: usize) -> Option<&mut toml::Table> {
+    doc.get_mut("runners")?
+        .as_array_mut()?
+        .get_mut(index)?
+        .as_table_mut()
+}
+
+/// gitlab-runner's `register` writes `token_obtained_at` cut to whole seconds.
+fn trim_to_seconds(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at)
+}
+
+/// A new value written in the style of the old one: the same quote character for strings, a
+/// quoted or bare datetime as before.
+fn render_like(old: &str, key: &str, raw: &str) -> String {
+    match key {
+        "id" => raw.to_string(),
+        _ if old.starts_with("'''") || old.starts_with("\"\"\"") => format!("\"{raw}\""),
+        _ if old.starts_with('\'') => format!("'{raw}'"),
+        _ if old.starts_with('"') => format!("\"{raw}\""),
+        // A bare datetime stays bare.
+        _ => raw.to_string(),
+    }
+}
+
+/// A value for a key that was absent, written as gitlab-runner writes it.
+fn render_new(key: &str, raw: &str) -> String {
+    match key {
+        "token" => format!("\"{raw}\""),
+        _ => raw.to_string(),
+    }
+}

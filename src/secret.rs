@@ -1,0 +1,163 @@
+//! Tokens as secrets. `RunnerToken` and `AdminToken` wrap `secrecy` values; neither implements
+//! `Display`, their `Debug` prints the masked form, and `Masked` is the only printable form.
+//!
+//! `expose_secret()` is called only in `gitlab/` (building requests), `runner_config/edit.rs`
+//! (writing the file) and `rotate/journal.rs` (the 0600 journal), so one grep finds every use.
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Token prefixes GitLab uses, longest first so `glrt-t1_` wins over `glrt-`.
+const PREFIXES: &[&str] = &[
+    "glrt-t1_",
+    "glrt-t2_",
+    "glrt-t3_",
+    "glrtr-",
+    "glrt-",
+    "glpat-",
+    "glcbt-",
+    "GR1348941",
+    "t1_",
+    "t2_",
+    "t3_",
+];
+
+/// A runner authentication token (`[[runners]].token`).
+#[derive(Clone)]
+pub struct RunnerToken(SecretString);
+
+/// The privileged (personal, group or project access) token used for admin calls.
+#[derive(Clone)]
+pub struct AdminToken(SecretString);
+
+impl RunnerToken {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(SecretString::from(value.into()))
+    }
+
+    pub fn masked(&self) -> Masked {
+        Masked::of(self.0.expose_secret())
+    }
+
+    /// The raw value. Callers are limited to request building, the config editor and the journal.
+    pub fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// A registration token (`GR1348941…`) where an authentication token belongs.
+    pub fn is_registration_token(&self) -> bool {
+        self.0.expose_secret().starts_with("GR1348941")
+    }
+
+    /// Same token value, compared without exposing either to the caller.
+    pub fn same_as(&self, other: &RunnerToken) -> bool {
+        self.0.expose_secret() == other.0.expose_secret()
+    }
+}
+
+impl AdminToken {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(SecretString::from(value.into()))
+    }
+
+    pub fn masked(&self) -> Masked {
+        Masked::of(self.0.expose_secret())
+    }
+
+    pub fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for RunnerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RunnerToken({})", self.masked())
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AdminToken({})", self.masked())
+    }
+}
+
+/// The displayable form of a token: the known prefix, at most two characters after it, `…`, and
+/// the last two. Short values show less so that a mask never reveals most of a token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Masked(String);
+
+impl Masked {
+    pub fn of(token: &str) -> Self {
+        let prefix = PREFIXES
+            .iter()
+            .find(|p| token.starts_with(*p))
+            .map_or("", |p| *p);
+        let body: Vec<char> = token[prefix.len()..].chars().collect();
+        let masked = if body.len() >= 8 {
+            let head: String = body[..2].iter().collect();
+            let tail: String = body[body.len() - 2..].iter().collect();
+            format!("{prefix}{head}…{tail}")
+        } else if body.is_empty() {
+            format!("{prefix}…")
+        } else {
+            // Too short to show any of it safely.
+            format!("{prefix}…")
+        };
+        Self(masked)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Masked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Masked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for Masked {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_keep_prefix_two_and_two() {
+        assert_eq!(
+            Masked::of("glrt-t3_abcdefghijklmnopqrst").as_str(),
+            "glrt-t3_ab…st"
+        );
+        assert_eq!(
+            Masked::of("glrt-abcdefghijklmnopqrst").as_str(),
+            "glrt-ab…st"
+        );
+        assert_eq!(
+            Masked::of("glpat-abcdefghijklmnopqrst").as_str(),
+            "glpat-ab…st"
+        );
+        assert_eq!(Masked::of("0123456789abcdef0123").as_str(), "01…23");
+        assert_eq!(Masked::of("short").as_str(), "…");
+        assert_eq!(Masked::of("").as_str(), "…");
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let t = RunnerToken::new("glrt-abcdefghijklmnopqrst");
+        assert_eq!(format!("{t:?}"), "RunnerToken(glrt-ab…st)");
+        let a = AdminToken::new("glpat-abcdefghijklmnopqrst");
+        assert!(!format!("{a:?}").contains("cdefghij"));
+    }
+}

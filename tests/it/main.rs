@@ -1,0 +1,3 @@
+//! runner-medic's integration tests: one binary, a module per area.
+
+mod config_editor;
