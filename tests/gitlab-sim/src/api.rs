@@ -1,0 +1,479 @@
+//! The HTTP handlers, one per endpoint, answering as GitLab does (reference §2–§4).
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use crate::state::{Pat, Runner, RunnerType, State};
+
+pub type Shared = Arc<Mutex<State>>;
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/api/v4/runners/verify", post(verify))
+        .route("/api/v4/runners/reset_authentication_token", post(self_reset))
+        .route("/api/v4/runners", axum::routing::delete(unregister))
+        .route("/api/v4/jobs/request", post(jobs_request))
+        .route("/api/v4/user/runners", post(create_runner))
+        .route("/api/v4/runners/all", get(list_all))
+        .route(
+            "/api/v4/runners/:id",
+            get(get_runner).put(update_runner).delete(delete_runner),
+        )
+        .route(
+            "/api/v4/runners/:id/reset_authentication_token",
+            post(reset_by_id),
+        )
+        .route("/api/v4/personal_access_tokens/self", get(pat_self))
+        .route("/api/v4/application/settings", get(app_settings))
+        .route("/api/v4/version", get(version))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::server::edge,
+        ))
+        .fallback(|| async { message(StatusCode::NOT_FOUND, "404 Not Found") })
+        .with_state(state)
+}
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
+    state.lock().expect("simulator state lock")
+}
+
+pub fn message(status: StatusCode, text: &str) -> Response {
+    (status, Json(json!({ "message": text }))).into_response()
+}
+
+fn forbidden() -> Response {
+    message(StatusCode::FORBIDDEN, "403 Forbidden")
+}
+
+fn iso(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn body_str<'a>(body: &'a Value, key: &str) -> Option<&'a str> {
+    body.get(key).and_then(Value::as_str)
+}
+
+fn parse_body(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or(Value::Null)
+}
+
+// ---- runner-token endpoints (§2) ----
+
+async fn verify(AxState(state): AxState<Shared>, body: axum::body::Bytes) -> Response {
+    let body = parse_body(&body);
+    let mut s = lock(&state);
+    let Some(token) = body_str(&body, "token") else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "token is missing"}))).into_response();
+    };
+    let Some(id) = s.runner_by_token(token) else {
+        return forbidden();
+    };
+    let now = s.now();
+    let r = s.runners.get_mut(&id).expect("found above");
+    // verify counts as a heartbeat (§2.1).
+    r.contacted_at = Some(now);
+    (
+        StatusCode::OK,
+        Json(json!({
+            "id": r.id,
+            "token": r.token,
+            "token_expires_at": r.token_expires_at.map(iso),
+        })),
+    )
+        .into_response()
+}
+
+async fn self_reset(AxState(state): AxState<Shared>, body: axum::body::Bytes) -> Response {
+    let body = parse_body(&body);
+    let mut s = lock(&state);
+    let Some(id) = body_str(&body, "token").and_then(|t| s.runner_by_token(t)) else {
+        return forbidden();
+    };
+    let (token, expires) = s.reset_token(id).expect("runner exists");
+    token_result(&token, expires)
+}
+
+/// `ResetTokenResult`: `token_expires_at` only when the token expires (§2.2).
+fn token_result(token: &str, expires: Option<DateTime<Utc>>) -> Response {
+    let mut body = json!({ "token": token });
+    if let Some(at) = expires {
+        body["token_expires_at"] = json!(iso(at));
+    }
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+async fn unregister(AxState(state): AxState<Shared>, body: axum::body::Bytes) -> Response {
+    let body = parse_body(&body);
+    let mut s = lock(&state);
+    let Some(id) = body_str(&body, "token").and_then(|t| s.runner_by_token(t)) else {
+        return forbidden();
+    };
+    s.runners.remove(&id);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn jobs_request(AxState(state): AxState<Shared>, body: axum::body::Bytes) -> Response {
+    let body = parse_body(&body);
+    let mut s = lock(&state);
+    let Some(id) = body_str(&body, "token").and_then(|t| s.runner_by_token(t)) else {
+        return forbidden();
+    };
+    let now = s.now();
+    if let Some(r) = s.runners.get_mut(&id) {
+        r.contacted_at = Some(now);
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert("X-GitLab-Last-Update", HeaderValue::from_static("0"));
+    response
+}
+
+// ---- privileged endpoints (§3) ----
+
+/// Authenticate `PRIVATE-TOKEN` (or `Authorization: Bearer`) and check the scope for this
+/// route (§3 "Scopes", §4.1 bodies).
+fn authenticate(s: &State, headers: &HeaderMap, method: &str, route: &str) -> Result<Pat, Response> {
+    let presented = headers
+        .get("PRIVATE-TOKEN")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            headers
+                .get("Authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_string)
+        });
+    let unauthorized = || message(StatusCode::UNAUTHORIZED, "401 Unauthorized");
+    let Some(presented) = presented else {
+        return Err(unauthorized());
+    };
+    let Some(pat) = s.pats.iter().find(|p| p.token == presented) else {
+        return Err(unauthorized());
+    };
+    if pat.revoked {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_token", "error_description": "Token was revoked. You have to re-authorize from the user."})),
+        )
+            .into_response());
+    }
+    if pat.expires_at.is_some_and(|d| d <= s.now().date_naive()) {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_token", "error_description": "Token is expired. You can either do re-authorization or token refresh."})),
+        )
+            .into_response());
+    }
+    let any_scope = matches!(route, "/api/v4/personal_access_tokens/self" | "/api/v4/version");
+    let allowed = any_scope
+        || pat.scopes.iter().any(|scope| match scope.as_str() {
+            "api" => true,
+            "read_api" => method == "GET",
+            "create_runner" => method == "POST" && route == "/api/v4/user/runners",
+            "manage_runner" => route.starts_with("/api/v4/runners/:id"),
+            _ => false,
+        });
+    if !allowed {
+        return Err((
+            StatusCode::FORBIDDEN,
+            Json(json!({
+                "error": "insufficient_scope",
+                "error_description": "The request requires higher privileges than provided by the access token.",
+                "scope": "api manage_runner create_runner",
+            })),
+        )
+            .into_response());
+    }
+    Ok(pat.clone())
+}
+
+fn details(r: &Runner, now: DateTime<Utc>) -> Value {
+    let online = r.contacted_at.map(|c| now - c < chrono::Duration::hours(2));
+    let status = if r.contacted_at.is_none() {
+        "never_contacted"
+    } else if r.paused {
+        "paused"
+    } else if online == Some(true) {
+        "online"
+    } else {
+        "offline"
+    };
+    let mut v = json!({
+        "id": r.id,
+        "description": r.description,
+        "ip_address": null,
+        "active": !r.paused,
+        "paused": r.paused,
+        "is_shared": r.runner_type == RunnerType::InstanceType,
+        "runner_type": r.runner_type,
+        "name": null,
+        "online": online,
+        "status": status,
+        "tag_list": r.tag_list,
+        "run_untagged": r.run_untagged,
+        "locked": r.locked,
+        "access_level": r.access_level,
+        "maximum_timeout": r.maximum_timeout,
+        "maintenance_note": r.maintenance_note,
+        "contacted_at": r.contacted_at.map(iso),
+        "version": null,
+        "projects": [],
+        "groups": [],
+    });
+    if let Some(p) = r.project_id {
+        v["projects"] = json!([{ "id": p }]);
+    }
+    if let Some(g) = r.group_id {
+        v["groups"] = json!([{ "id": g }]);
+    }
+    v
+}
+
+async fn create_runner(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let body = parse_body(&body);
+    let mut s = lock(&state);
+    let pat = match authenticate(&s, &headers, "POST", "/api/v4/user/runners") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(kind) = body_str(&body, "runner_type") else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "runner_type is missing"}))).into_response();
+    };
+    let Some(runner_type) = RunnerType::parse(kind) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "runner_type does not have a valid value"}))).into_response();
+    };
+    let group_id = body.get("group_id").and_then(Value::as_u64);
+    let project_id = body.get("project_id").and_then(Value::as_u64);
+    match runner_type {
+        RunnerType::InstanceType if !pat.admin => {
+            return message(StatusCode::FORBIDDEN, "403 Forbidden - Insufficient permissions")
+        }
+        RunnerType::GroupType if group_id.is_none() => {
+            return message(StatusCode::BAD_REQUEST, "400 Bad request - group_id is required")
+        }
+        RunnerType::ProjectType if project_id.is_none() => {
+            return message(StatusCode::BAD_REQUEST, "400 Bad request - project_id is required")
+        }
+        _ => {}
+    }
+    let maximum_timeout = body.get("maximum_timeout").and_then(Value::as_u64);
+    if maximum_timeout.is_some_and(|t| t < 600) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"message": {"maximum_timeout": ["needs to be at least 10 minutes"]}})),
+        )
+            .into_response();
+    }
+    let note = body_str(&body, "maintenance_note").map(str::to_string);
+    if note.as_ref().is_some_and(|n| n.chars().count() > 1024) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"message": {"maintenance_note": ["is too long (maximum is 1024 characters)"]}})),
+        )
+            .into_response();
+    }
+    let tag_list = match body.get("tag_list") {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::String(s)) => s.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+        _ => vec![],
+    };
+    let id = s.next_runner_id();
+    let token = s.generate_runner_token(runner_type);
+    let expires = s.compute_token_expiration(runner_type);
+    let now = s.now();
+    s.runners.insert(
+        id,
+        Runner {
+            id,
+            runner_type,
+            group_id,
+            project_id,
+            description: body_str(&body, "description").unwrap_or_default().to_string(),
+            tag_list,
+            run_untagged: body.get("run_untagged").and_then(Value::as_bool).unwrap_or(true),
+            locked: body.get("locked").and_then(Value::as_bool).unwrap_or(false),
+            access_level: body_str(&body, "access_level").unwrap_or("not_protected").to_string(),
+            maximum_timeout,
+            paused: body.get("paused").and_then(Value::as_bool).unwrap_or(false),
+            maintenance_note: note,
+            token: token.clone(),
+            token_expires_at: expires,
+            contacted_at: None,
+            created_at: now,
+        },
+    );
+    (
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "token": token, "token_expires_at": expires.map(iso) })),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+async fn list_all(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let s = lock(&state);
+    let pat = match authenticate(&s, &headers, "GET", "/api/v4/runners/all") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !pat.admin {
+        return message(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let now = s.now();
+    let all: Vec<Value> = s
+        .runners
+        .values()
+        .filter(|r| q.kind.as_deref().map_or(true, |k| RunnerType::parse(k) == Some(r.runner_type)))
+        .map(|r| {
+            let mut d = details(r, now);
+            // The list carries only the base fields (§3.3).
+            let keep = ["id", "description", "ip_address", "active", "paused", "is_shared", "runner_type", "name", "online", "status"];
+            d.as_object_mut().expect("object").retain(|k, _| keep.contains(&k.as_str()));
+            d
+        })
+        .collect();
+    let per_page = q.per_page.unwrap_or(20).clamp(1, 100);
+    let page = q.page.unwrap_or(1).max(1);
+    let total = all.len();
+    let items: Vec<Value> = all.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+    let mut response = (StatusCode::OK, Json(Value::Array(items))).into_response();
+    let h = response.headers_mut();
+    h.insert("X-Total", HeaderValue::from(total));
+    h.insert("X-Page", HeaderValue::from(page));
+    h.insert("X-Per-Page", HeaderValue::from(per_page));
+    let next = if page * per_page < total { (page + 1).to_string() } else { String::new() };
+    h.insert("X-Next-Page", HeaderValue::from_str(&next).expect("digits"));
+    response
+}
+
+async fn get_runner(AxState(state): AxState<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+    let s = lock(&state);
+    if let Err(r) = authenticate(&s, &headers, "GET", "/api/v4/runners/:id") {
+        return r;
+    }
+    match s.runners.get(&id) {
+        Some(r) => (StatusCode::OK, Json(details(r, s.now()))).into_response(),
+        None => message(StatusCode::NOT_FOUND, "404 Runner Not Found"),
+    }
+}
+
+async fn update_runner(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body = parse_body(&body);
+    let mut s = lock(&state);
+    if let Err(r) = authenticate(&s, &headers, "PUT", "/api/v4/runners/:id") {
+        return r;
+    }
+    let now = s.now();
+    let Some(r) = s.runners.get_mut(&id) else {
+        return message(StatusCode::NOT_FOUND, "404 Runner Not Found");
+    };
+    if let Some(v) = body_str(&body, "description") {
+        r.description = v.to_string();
+    }
+    if let Some(v) = body.get("paused").and_then(Value::as_bool) {
+        r.paused = v;
+    }
+    if let Some(v) = body_str(&body, "maintenance_note") {
+        r.maintenance_note = Some(v.to_string());
+    }
+    if let Some(Value::Array(a)) = body.get("tag_list") {
+        r.tag_list = a.iter().filter_map(Value::as_str).map(str::to_string).collect();
+    }
+    (StatusCode::OK, Json(details(r, now))).into_response()
+}
+
+async fn delete_runner(AxState(state): AxState<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+    let mut s = lock(&state);
+    if let Err(r) = authenticate(&s, &headers, "DELETE", "/api/v4/runners/:id") {
+        return r;
+    }
+    match s.runners.remove(&id) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => message(StatusCode::NOT_FOUND, "404 Runner Not Found"),
+    }
+}
+
+async fn reset_by_id(AxState(state): AxState<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+    let mut s = lock(&state);
+    if let Err(r) = authenticate(&s, &headers, "POST", "/api/v4/runners/:id/reset_authentication_token") {
+        return r;
+    }
+    match s.reset_token(id) {
+        Some((token, expires)) => token_result(&token, expires),
+        None => message(StatusCode::NOT_FOUND, "404 Runner Not Found"),
+    }
+}
+
+async fn pat_self(AxState(state): AxState<Shared>, headers: HeaderMap) -> Response {
+    let s = lock(&state);
+    let pat = match authenticate(&s, &headers, "GET", "/api/v4/personal_access_tokens/self") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    (
+        StatusCode::OK,
+        Json(json!({
+            "id": pat.id,
+            "name": pat.name,
+            "revoked": false,
+            "created_at": "2026-01-01T00:00:00.000Z",
+            "description": null,
+            "scopes": pat.scopes,
+            "user_id": 1,
+            "last_used_at": iso(s.now()),
+            "active": true,
+            "expires_at": pat.expires_at.map(|d| d.format("%Y-%m-%d").to_string()),
+        })),
+    )
+        .into_response()
+}
+
+async fn app_settings(AxState(state): AxState<Shared>, headers: HeaderMap) -> Response {
+    let s = lock(&state);
+    let pat = match authenticate(&s, &headers, "GET", "/api/v4/application/settings") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !pat.admin {
+        return message(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    (StatusCode::OK, Json(serde_json::to_value(&s.settings).expect("serialisable"))).into_response()
+}
+
+async fn version(AxState(state): AxState<Shared>, headers: HeaderMap) -> Response {
+    let s = lock(&state);
+    if let Err(r) = authenticate(&s, &headers, "GET", "/api/v4/version") {
+        return r;
+    }
+    (StatusCode::OK, Json(json!({"version": s.version, "revision": "6d2ec1f1"}))).into_response()
+}

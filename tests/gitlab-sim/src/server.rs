@@ -1,0 +1,222 @@
+//! The accept loop and the edge every request passes: latency, injected faults, the `Date`
+//! header and the request log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State as AxState};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio::sync::Notify;
+use tower::ServiceExt;
+
+use crate::api::{self, Shared};
+use crate::state::{FaultKind, LogEntry};
+
+/// Asks the connection task to drop the connection (with linger 0, so the peer sees a reset).
+#[derive(Clone)]
+struct KillConnection(Arc<Notify>);
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    let router = api::router(state);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        // Linger 0 makes a dropped connection a reset (the fault we simulate); with a zero
+        // timeout the close never blocks, which is what the deprecation warns about.
+        #[allow(deprecated)]
+        let _ = stream.set_linger(Some(Duration::ZERO));
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let kill = Arc::new(Notify::new());
+            let kill_for_requests = kill.clone();
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(KillConnection(kill_for_requests.clone()));
+                router.clone().oneshot(req.map(Body::new))
+            });
+            let builder = hyper::server::conn::http1::Builder::new();
+            match tls {
+                Some(acceptor) => {
+                    let Ok(stream) = acceptor.accept(stream).await else { return };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! { _ = conn => {}, () = kill.notified() => {} }
+                }
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! { _ = conn => {}, () = kill.notified() => {} }
+                }
+            }
+        });
+    }
+}
+
+/// Pull the runner token out of a JSON (or form) body.
+fn body_token(bytes: &[u8]) -> Option<String> {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        return v.get("token").and_then(|t| t.as_str()).map(str::to_string);
+    }
+    std::str::from_utf8(bytes).ok()?.split('&').find_map(|pair| {
+        pair.strip_prefix("token=").map(str::to_string)
+    })
+}
+
+fn fault_response(status: u16) -> Response {
+    let text = match status {
+        500 => "500 Internal Server Error",
+        502 => "502 Bad Gateway",
+        503 => "503 Service Unavailable",
+        504 => "504 Gateway Timeout",
+        401 => "401 Unauthorized",
+        403 => "403 Forbidden",
+        404 => "404 Not Found",
+        _ => "error",
+    };
+    api::message(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), text)
+}
+
+/// Apply a fault; `None` means "answer normally".
+async fn apply(kind: FaultKind, kill: Option<&KillConnection>) -> Response {
+    match kind {
+        FaultKind::Status(code) => fault_response(code),
+        FaultKind::RateLimited { retry_after_secs } => {
+            let mut r = (StatusCode::TOO_MANY_REQUESTS, "Retry later\n").into_response();
+            r.headers_mut().insert("Retry-After", HeaderValue::from(retry_after_secs));
+            r.headers_mut().insert("RateLimit-Name", HeaderValue::from_static("throttle_authenticated_api"));
+            r
+        }
+        FaultKind::Reset => {
+            if let Some(k) = kill {
+                k.0.notify_one();
+            }
+            std::future::pending::<()>().await;
+            unreachable!("pending never completes")
+        }
+        FaultKind::Hang(d) => {
+            tokio::time::sleep(d).await;
+            fault_response(504)
+        }
+    }
+}
+
+pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| request.uri().path().to_string(), |m| m.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
+    let host = request
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let kill = request.extensions().get::<KillConnection>().cloned();
+    let private = request
+        .headers()
+        .get("PRIVATE-TOKEN")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            request
+                .headers()
+                .get("Authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_string)
+        });
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let (credential, credential_kind) = match (private, body_token(&bytes)) {
+        (Some(p), _) => (Some(p), "private_token"),
+        (None, Some(t)) => (Some(t), "runner_token"),
+        (None, None) => (None, "none"),
+    };
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let endpoint = format!("{method} {route}");
+
+    let (latency, before) = {
+        let mut s = state.lock().expect("simulator state lock");
+        (s.latency, s.take_fault(&endpoint, false))
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let mut response = match before {
+        Some(kind) => {
+            // Log before answering: a reset or hang never returns normally.
+            log(&state, &method, &route, &path, &host, credential.clone(), credential_kind, fault_status(&kind));
+            apply(kind, kill.as_ref()).await
+        }
+        None => {
+            let response = next.run(request).await;
+            let after = state.lock().expect("simulator state lock").take_fault(&endpoint, true);
+            match after {
+                Some(kind) => {
+                    log(&state, &method, &route, &path, &host, credential.clone(), credential_kind, fault_status(&kind));
+                    apply(kind, kill.as_ref()).await
+                }
+                None => {
+                    log(&state, &method, &route, &path, &host, credential, credential_kind, response.status().as_u16());
+                    response
+                }
+            }
+        }
+    };
+    let date = {
+        let s = state.lock().expect("simulator state lock");
+        s.now() + s.date_skew
+    };
+    let date = date.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(v) = HeaderValue::from_str(&date) {
+        response.headers_mut().insert("Date", v);
+    }
+    response
+}
+
+fn fault_status(kind: &FaultKind) -> u16 {
+    match kind {
+        FaultKind::Status(c) => *c,
+        FaultKind::RateLimited { .. } => 429,
+        FaultKind::Reset => 0,
+        FaultKind::Hang(_) => 504,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log(
+    state: &Shared,
+    method: &str,
+    route: &str,
+    path: &str,
+    host: &str,
+    credential: Option<String>,
+    credential_kind: &'static str,
+    status: u16,
+) {
+    let mut s = state.lock().expect("simulator state lock");
+    let at = s.now();
+    s.log.push(LogEntry {
+        method: method.to_string(),
+        route: route.to_string(),
+        path: path.to_string(),
+        credential,
+        credential_kind,
+        status,
+        host: host.to_string(),
+        at,
+    });
+}

@@ -1,0 +1,355 @@
+//! The simulator's data and GitLab's rules over it (reference §1–§4).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde::Serialize;
+
+/// `instance_type`, `group_type` or `project_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerType {
+    InstanceType,
+    GroupType,
+    ProjectType,
+}
+
+impl RunnerType {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "instance_type" => Some(Self::InstanceType),
+            "group_type" => Some(Self::GroupType),
+            "project_type" => Some(Self::ProjectType),
+            _ => None,
+        }
+    }
+
+    /// The partition marker after `glrt-` (reference §1): the runner type in hex.
+    fn marker(self) -> &'static str {
+        match self {
+            Self::InstanceType => "t1_",
+            Self::GroupType => "t2_",
+            Self::ProjectType => "t3_",
+        }
+    }
+}
+
+/// A runner record.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub id: u64,
+    pub runner_type: RunnerType,
+    pub group_id: Option<u64>,
+    pub project_id: Option<u64>,
+    pub description: String,
+    pub tag_list: Vec<String>,
+    pub run_untagged: bool,
+    pub locked: bool,
+    pub access_level: String,
+    pub maximum_timeout: Option<u64>,
+    pub paused: bool,
+    pub maintenance_note: Option<String>,
+    pub token: String,
+    pub token_expires_at: Option<DateTime<Utc>>,
+    pub contacted_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a test gives to create a runner directly in the state.
+#[derive(Debug, Clone)]
+pub struct NewRunner {
+    pub runner_type: RunnerType,
+    pub description: String,
+    pub tag_list: Vec<String>,
+    pub paused: bool,
+    /// `None`: computed from the settings, as GitLab does.
+    pub token_expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+impl Default for NewRunner {
+    fn default() -> Self {
+        Self {
+            runner_type: RunnerType::InstanceType,
+            description: "runner".into(),
+            tag_list: vec![],
+            paused: false,
+            token_expires_at: None,
+        }
+    }
+}
+
+/// A personal (or group/project) access token.
+#[derive(Debug, Clone)]
+pub struct Pat {
+    pub id: u64,
+    pub token: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// A date, as GitLab stores it.
+    pub expires_at: Option<NaiveDate>,
+    pub revoked: bool,
+    /// The owning user is an administrator.
+    pub admin: bool,
+}
+
+/// The three runner token expiration intervals of `GET /application/settings` (seconds).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AppSettings {
+    pub runner_token_expiration_interval: Option<i64>,
+    pub group_runner_token_expiration_interval: Option<i64>,
+    pub project_runner_token_expiration_interval: Option<i64>,
+}
+
+/// A fault to inject on an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Answer with this status and GitLab's body for it.
+    Status(u16),
+    /// 429 with `Retry-After: n`.
+    RateLimited { retry_after_secs: u64 },
+    /// Drop the connection (RST) without an answer.
+    Reset,
+    /// Hold the request this long before answering 504.
+    Hang(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// `METHOD /route`, the route as written in the API (e.g. `POST /api/v4/runners/:id/reset_authentication_token`).
+    pub endpoint: String,
+    pub kind: FaultKind,
+    /// How many more requests it applies to; `None` = every one.
+    pub remaining: Option<u32>,
+    /// Apply the fault after the handler ran (the change happens, the answer is lost).
+    pub after_handler: bool,
+}
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogEntry {
+    pub method: String,
+    /// The route template, e.g. `/api/v4/runners/:id`.
+    pub route: String,
+    pub path: String,
+    /// The credential that came with it: the `token` body field or the `PRIVATE-TOKEN` header.
+    pub credential: Option<String>,
+    /// `runner_token`, `private_token`, or `none`.
+    pub credential_kind: &'static str,
+    pub status: u16,
+    /// The `Host` the client addressed.
+    pub host: String,
+    pub at: DateTime<Utc>,
+}
+
+impl LogEntry {
+    /// A request that changes GitLab state (not a read, not a verify, not a poll).
+    pub fn is_changing(&self) -> bool {
+        self.method != "GET"
+            && !matches!(
+                self.route.as_str(),
+                "/api/v4/runners/verify" | "/api/v4/jobs/request"
+            )
+    }
+}
+
+/// Everything the simulator knows.
+pub struct State {
+    /// Added to the host clock to give the simulator's "now" (moves tokens into expiry).
+    pub clock_offset: chrono::Duration,
+    /// Added to "now" in the `Date` header only (clock skew seen by the client).
+    pub date_skew: chrono::Duration,
+    pub latency: Duration,
+    pub version: String,
+    pub runners: BTreeMap<u64, Runner>,
+    pub pats: Vec<Pat>,
+    pub settings: AppSettings,
+    pub faults: Vec<Fault>,
+    pub log: Vec<LogEntry>,
+    /// Tokens the simulator ever issued, for the secret-confinement scans.
+    pub issued_tokens: Vec<String>,
+    next_id: u64,
+}
+
+impl State {
+    pub fn new(latency: Duration) -> Self {
+        Self {
+            clock_offset: chrono::Duration::zero(),
+            date_skew: chrono::Duration::zero(),
+            latency,
+            version: "18.6.2".into(),
+            runners: BTreeMap::new(),
+            pats: Vec::new(),
+            settings: AppSettings::default(),
+            faults: Vec::new(),
+            log: Vec::new(),
+            issued_tokens: Vec::new(),
+            next_id: 1000,
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.clock_offset
+    }
+
+    /// A runner authentication token in GitLab's format: `glrt-tN_` + 20 friendly characters.
+    pub fn generate_runner_token(&mut self, runner_type: RunnerType) -> String {
+        let token = format!("glrt-{}{}", runner_type.marker(), friendly_token());
+        self.issued_tokens.push(token.clone());
+        token
+    }
+
+    /// Expiry for a new or reset token, from the settings (reference §3.8).
+    pub fn compute_token_expiration(&self, runner_type: RunnerType) -> Option<DateTime<Utc>> {
+        let interval = match runner_type {
+            RunnerType::InstanceType => self.settings.runner_token_expiration_interval,
+            RunnerType::GroupType => self.settings.group_runner_token_expiration_interval,
+            RunnerType::ProjectType => self.settings.project_runner_token_expiration_interval,
+        }?;
+        Some(self.now() + chrono::Duration::seconds(interval))
+    }
+
+    /// Create a runner directly (test set-up). Returns its id and token.
+    pub fn add_runner(&mut self, new: NewRunner) -> (u64, String) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let token = self.generate_runner_token(new.runner_type);
+        let expires = new
+            .token_expires_at
+            .unwrap_or_else(|| self.compute_token_expiration(new.runner_type));
+        let (group_id, project_id) = match new.runner_type {
+            RunnerType::InstanceType => (None, None),
+            RunnerType::GroupType => (Some(7), None),
+            RunnerType::ProjectType => (None, Some(42)),
+        };
+        self.runners.insert(
+            id,
+            Runner {
+                id,
+                runner_type: new.runner_type,
+                group_id,
+                project_id,
+                description: new.description,
+                tag_list: new.tag_list,
+                run_untagged: true,
+                locked: false,
+                access_level: "not_protected".into(),
+                maximum_timeout: None,
+                paused: new.paused,
+                maintenance_note: None,
+                token: token.clone(),
+                token_expires_at: expires,
+                contacted_at: None,
+                created_at: self.now(),
+            },
+        );
+        (id, token)
+    }
+
+    pub fn next_runner_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Add an access token; returns its value.
+    pub fn add_pat(&mut self, scopes: &[&str], admin: bool, expires_at: Option<NaiveDate>) -> String {
+        let token = format!("glpat-{}", friendly_token());
+        let id = self.pats.len() as u64 + 1;
+        self.pats.push(Pat {
+            id,
+            token: token.clone(),
+            name: format!("runner-medic-{id}"),
+            scopes: scopes.iter().map(|s| (*s).to_string()).collect(),
+            expires_at,
+            revoked: false,
+            admin,
+        });
+        token
+    }
+
+    /// The runner whose current, unexpired token this is (`Ci::Runner.find_by_token` leaves out
+    /// expired tokens, reference §2).
+    pub fn runner_by_token(&self, token: &str) -> Option<u64> {
+        let now = self.now();
+        self.runners
+            .values()
+            .find(|r| r.token == token && r.token_expires_at.map_or(true, |at| at >= now))
+            .map(|r| r.id)
+    }
+
+    /// Make a runner's token expired as of now.
+    pub fn expire_token(&mut self, id: u64) {
+        let now = self.now();
+        if let Some(r) = self.runners.get_mut(&id) {
+            r.token_expires_at = Some(now - chrono::Duration::seconds(1));
+        }
+    }
+
+    /// Reset a runner's token as GitLab does: a new value, the old one dead at once.
+    pub fn reset_token(&mut self, id: u64) -> Option<(String, Option<DateTime<Utc>>)> {
+        let runner_type = self.runners.get(&id)?.runner_type;
+        let token = self.generate_runner_token(runner_type);
+        let expires = self.compute_token_expiration(runner_type);
+        let r = self.runners.get_mut(&id)?;
+        r.token = token.clone();
+        r.token_expires_at = expires;
+        Some((token, expires))
+    }
+
+    pub fn inject(&mut self, endpoint: &str, kind: FaultKind, times: Option<u32>) {
+        self.faults.push(Fault {
+            endpoint: endpoint.to_string(),
+            kind,
+            remaining: times,
+            after_handler: false,
+        });
+    }
+
+    /// A fault that lets the change happen and then loses the answer (an uncertain outcome).
+    pub fn inject_after(&mut self, endpoint: &str, kind: FaultKind, times: Option<u32>) {
+        self.faults.push(Fault {
+            endpoint: endpoint.to_string(),
+            kind,
+            remaining: times,
+            after_handler: true,
+        });
+    }
+
+    /// Take the fault for `endpoint`, counting it down.
+    pub(crate) fn take_fault(&mut self, endpoint: &str, after_handler: bool) -> Option<FaultKind> {
+        let pos = self
+            .faults
+            .iter()
+            .position(|f| f.endpoint == endpoint && f.after_handler == after_handler && f.remaining != Some(0))?;
+        let fault = &mut self.faults[pos];
+        if let Some(n) = fault.remaining.as_mut() {
+            *n -= 1;
+        }
+        Some(fault.kind.clone())
+    }
+
+    pub fn requests_to(&self, method: &str, route: &str) -> usize {
+        self.log
+            .iter()
+            .filter(|e| e.method == method && e.route == route)
+            .count()
+    }
+}
+
+/// `Devise.friendly_token`: 20 characters from `[A-Za-z0-9_-]`.
+fn friendly_token() -> String {
+    let mut rng = rand::thread_rng();
+    (0..20)
+        .map(|i| {
+            // Mix in `_` and `-` now and then, as base64url does.
+            match rng.gen_range(0..32) {
+                0 if i > 0 => '_',
+                1 if i > 0 => '-',
+                _ => char::from(rng.sample(Alphanumeric)),
+            }
+        })
+        .collect()
+}
