@@ -1,0 +1,148 @@
+//! Request and response bodies of the endpoints runner-medic uses (reference §2–§3).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::secret::RunnerToken;
+
+/// `POST /runners/verify` 200 (§2.1).
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub id: Option<u64>,
+    pub token_expires_at: Option<DateTime<Utc>>,
+}
+
+/// A new token from a reset (§2.2, §3.6) or a creation (§3.1).
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    /// Present for a creation.
+    pub id: Option<u64>,
+    pub token: RunnerToken,
+    pub token_expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawGrant {
+    pub id: Option<u64>,
+    pub token: String,
+    pub token_expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawVerified {
+    pub id: Option<u64>,
+    pub token_expires_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /runners/:id` (§3.2): the fields rotate needs to recreate a runner like this one.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RunnerDetails {
+    pub id: u64,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub paused: bool,
+    pub runner_type: String,
+    #[serde(default)]
+    pub tag_list: Vec<String>,
+    #[serde(default = "yes")]
+    pub run_untagged: bool,
+    #[serde(default)]
+    pub locked: bool,
+    #[serde(default)]
+    pub access_level: Option<String>,
+    #[serde(default)]
+    pub maximum_timeout: Option<u64>,
+    #[serde(default)]
+    pub maintenance_note: Option<String>,
+    #[serde(default)]
+    pub contacted_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub projects: Vec<IdOnly>,
+    #[serde(default)]
+    pub groups: Vec<IdOnly>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct IdOnly {
+    pub id: u64,
+}
+
+/// An item of `GET /runners/all` (§3.3).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunnerSummary {
+    pub id: u64,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `POST /user/runners` parameters (§3.1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreateRunner {
+    pub runner_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tag_list: Vec<String>,
+    #[serde(default = "yes")]
+    pub run_untagged: bool,
+    #[serde(default)]
+    pub locked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maximum_timeout: Option<u64>,
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_note: Option<String>,
+}
+
+impl CreateRunner {
+    /// The parameters that recreate `old` as it was.
+    pub fn like(old: &RunnerDetails) -> Self {
+        Self {
+            runner_type: old.runner_type.clone(),
+            group_id: old.groups.first().map(|g| g.id),
+            project_id: old.projects.first().map(|p| p.id),
+            description: old.description.clone(),
+            tag_list: old.tag_list.clone(),
+            run_untagged: old.run_untagged,
+            locked: old.locked,
+            access_level: old.access_level.clone(),
+            maximum_timeout: old.maximum_timeout,
+            paused: old.paused,
+            maintenance_note: None,
+        }
+    }
+}
+
+/// `GET /personal_access_tokens/self` (§3.9).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PatInfo {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub expires_at: Option<NaiveDate>,
+}
+
+/// The runner token expiration intervals of `GET /application/settings` (§3.8), in seconds.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AppSettings {
+    #[serde(default)]
+    pub runner_token_expiration_interval: Option<i64>,
+    #[serde(default)]
+    pub group_runner_token_expiration_interval: Option<i64>,
+    #[serde(default)]
+    pub project_runner_token_expiration_interval: Option<i64>,
+}

@@ -1,0 +1,395 @@
+//! The HTTP client: TLS set-up, one send-with-retries loop, and the calls.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use url::Url;
+
+use super::api::{
+    AppSettings, CreateRunner, PatInfo, RawGrant, RawVerified, RunnerDetails, RunnerSummary,
+    TokenGrant, Verified,
+};
+use super::error::{classify, Error};
+use super::retry::{Idempotency, RetryPolicy};
+use crate::secret::{AdminToken, RunnerToken};
+
+/// TLS files of a `[[runners]]` entry (`tls-ca-file`, `tls-cert-file`, `tls-key-file`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Per-request timeout (connect + answer).
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub tls: TlsFiles,
+    /// gitlab-runner's system id (`.runner_system_id`), sent with verify so GitLab does not
+    /// create a stray `<legacy>` runner manager (reference §2.1).
+    pub system_id: Option<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            tls: TlsFiles::default(),
+            system_id: None,
+        }
+    }
+}
+
+/// A successful answer and the server's `Date`, for clock-skew checks and expiry decisions.
+#[derive(Debug, Clone)]
+pub struct Reply<T> {
+    pub value: T,
+    pub server_date: Option<DateTime<Utc>>,
+}
+
+/// The privileged token and the only URL it may be sent to (`--gitlab-url`).
+#[derive(Debug, Clone)]
+pub struct AdminCredential {
+    pub url: Url,
+    pub token: AdminToken,
+}
+
+struct Http {
+    client: reqwest::Client,
+    base: Url,
+    opts: ClientOptions,
+}
+
+impl Http {
+    fn new(base: &Url, opts: ClientOptions) -> Result<Self, Error> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(opts.timeout)
+            .connect_timeout(opts.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("runner-medic/", env!("CARGO_PKG_VERSION")))
+            // Never follow a redirect: it could carry a token to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .use_rustls_tls();
+        if let Some(ca) = &opts.tls.ca_file {
+            let pem = fs_err::read(ca).map_err(|e| Error::Setup(format!("tls-ca-file: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::Setup(format!("tls-ca-file `{}` holds no PEM certificate: {e}", ca.display()))
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&opts.tls.cert_file, &opts.tls.key_file) {
+            let mut pem = fs_err::read(cert).map_err(|e| Error::Setup(format!("tls-cert-file: {e}")))?;
+            pem.extend(fs_err::read(key).map_err(|e| Error::Setup(format!("tls-key-file: {e}")))?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| Error::Setup(format!("tls-cert-file/tls-key-file: {e}")))?;
+            builder = builder.identity(identity);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::Setup(format!("HTTP client: {e}")))?;
+        let mut base = base.clone();
+        // Keep a path prefix such as `/gitlab` and make joins append to it.
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(Self { client, base, opts })
+    }
+
+    fn url(&self, path: &str) -> Result<Url, Error> {
+        self.base
+            .join(path.trim_start_matches('/'))
+            .map_err(|e| Error::Setup(format!("bad URL `{}{path}`: {e}", self.base)))
+    }
+
+    /// Send with retries. `auth` adds the credential; `body` is JSON.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        private_token: Option<&AdminToken>,
+        body: Option<Value>,
+        kind: Idempotency,
+    ) -> Result<(StatusCode, String, Option<DateTime<Utc>>), Error> {
+        let url = self.url(path)?;
+        let host = url.host_str().unwrap_or_default().to_string();
+        // The URL without its query, for messages.
+        let shown = format!("{}{}", url.origin().ascii_serialization(), url.path());
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let mut req = self.client.request(method.clone(), url.clone());
+            if let Some(token) = private_token {
+                req = req.header("PRIVATE-TOKEN", token.expose_secret());
+            }
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let err = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let date = server_date(resp.headers());
+                    let retry_after = resp
+                        .headers()
+                        .get("Retry-After")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    match resp.text().await {
+                        Ok(text) if status.is_success() => return Ok((status, text, date)),
+                        Ok(text) => Error::Http {
+                            url: shown.clone(),
+                            status: status.as_u16(),
+                            message: error_message(&text),
+                            retry_after,
+                        },
+                        Err(e) => classify(&e, &shown, &host, self.opts.timeout),
+                    }
+                }
+                Err(e) => classify(&e, &shown, &host, self.opts.timeout),
+            };
+            match self.opts.retry.next_delay(attempt, &err, kind) {
+                Some(delay) if started.elapsed() + delay <= self.opts.retry.max_total => {
+                    tracing::debug!(url = %shown, attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        private_token: Option<&AdminToken>,
+        body: Option<Value>,
+        kind: Idempotency,
+    ) -> Result<Reply<T>, Error> {
+        let (_, text, date) = self.send(method, path, private_token, body, kind).await?;
+        let value = serde_json::from_str(&text).map_err(|e| Error::Body {
+            url: format!("{}{path}", self.base.as_str().trim_end_matches('/')),
+            reason: e.to_string(),
+        })?;
+        Ok(Reply {
+            value,
+            server_date: date,
+        })
+    }
+}
+
+fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
+    let v = headers.get("Date")?.to_str().ok()?;
+    DateTime::parse_from_rfc2822(v).ok().map(|d| d.with_timezone(&Utc))
+}
+
+/// GitLab's `message` is a string or an object (reference §4.1); OAuth errors use `error`.
+fn error_message(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => {
+            if let Some(m) = v.get("message") {
+                return match m {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+            }
+            match (v.get("error"), v.get("error_description")) {
+                (Some(e), Some(d)) => format!("{}: {}", e.as_str().unwrap_or_default(), d.as_str().unwrap_or_default()),
+                (Some(e), None) => e.as_str().unwrap_or_default().to_string(),
+                _ => text.chars().take(200).collect(),
+            }
+        }
+        Err(_) => text.trim().chars().take(200).collect(),
+    }
+}
+
+fn grant(raw: RawGrant) -> TokenGrant {
+    TokenGrant {
+        id: raw.id,
+        token: RunnerToken::new(raw.token),
+        token_expires_at: raw.token_expires_at,
+    }
+}
+
+/// Calls authenticated by a runner's own token, to that runner's `url`.
+pub struct RunnerApi {
+    http: Http,
+}
+
+impl RunnerApi {
+    pub fn new(url: &Url, opts: ClientOptions) -> Result<Self, Error> {
+        Ok(Self {
+            http: Http::new(url, opts)?,
+        })
+    }
+
+    fn token_body(&self, token: &RunnerToken) -> Value {
+        let mut body = json!({ "token": token.expose_secret() });
+        if let Some(id) = &self.http.opts.system_id {
+            body["system_id"] = json!(id);
+        }
+        body
+    }
+
+    /// `POST /runners/verify` (§2.1). Never rotates the token.
+    pub async fn verify(&self, token: &RunnerToken) -> Result<Reply<Verified>, Error> {
+        let (_, text, date) = self
+            .http
+            .send(Method::POST, "api/v4/runners/verify", None, Some(self.token_body(token)), Idempotency::Safe)
+            .await?;
+        // GitLab before 15.10 answers a plain-text `200` (§2.1).
+        let value = match serde_json::from_str::<RawVerified>(&text) {
+            Ok(v) => Verified {
+                id: v.id,
+                token_expires_at: v.token_expires_at,
+            },
+            Err(_) => Verified {
+                id: None,
+                token_expires_at: None,
+            },
+        };
+        Ok(Reply {
+            value,
+            server_date: date,
+        })
+    }
+
+    /// `POST /runners/reset_authentication_token` with the current, still valid token (§2.2).
+    pub async fn reset_own_token(&self, token: &RunnerToken) -> Result<Reply<TokenGrant>, Error> {
+        let reply: Reply<RawGrant> = self
+            .http
+            .call(Method::POST, "api/v4/runners/reset_authentication_token", None, Some(json!({"token": token.expose_secret()})), Idempotency::Unsafe)
+            .await?;
+        Ok(Reply {
+            value: grant(reply.value),
+            server_date: reply.server_date,
+        })
+    }
+
+    /// `POST /jobs/request`: 204 means the runner would be given work (§2.3). Used only by
+    /// tests and the demo's stand-in; rotate verifies with `verify`.
+    pub async fn request_job(&self, token: &RunnerToken) -> Result<u16, Error> {
+        let (status, _, _) = self
+            .http
+            .send(Method::POST, "api/v4/jobs/request", None, Some(self.token_body(token)), Idempotency::Safe)
+            .await?;
+        Ok(status.as_u16())
+    }
+
+    /// `DELETE /runners` with the runner's token: deletes the runner record (§2.4).
+    pub async fn unregister(&self, token: &RunnerToken) -> Result<(), Error> {
+        self.http
+            .send(Method::DELETE, "api/v4/runners", None, Some(json!({"token": token.expose_secret()})), Idempotency::Safe)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Calls authenticated by the privileged token, only ever to the credential's own URL.
+pub struct AdminApi {
+    http: Http,
+    token: AdminToken,
+    url: Url,
+}
+
+impl AdminApi {
+    pub fn new(credential: &AdminCredential, opts: ClientOptions) -> Result<Self, Error> {
+        Ok(Self {
+            http: Http::new(&credential.url, opts)?,
+            token: credential.token.clone(),
+            url: credential.url.clone(),
+        })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub async fn version(&self) -> Result<Reply<Value>, Error> {
+        self.http.call(Method::GET, "api/v4/version", Some(&self.token), None, Idempotency::Safe).await
+    }
+
+    pub async fn pat_self(&self) -> Result<Reply<PatInfo>, Error> {
+        self.http
+            .call(Method::GET, "api/v4/personal_access_tokens/self", Some(&self.token), None, Idempotency::Safe)
+            .await
+    }
+
+    pub async fn application_settings(&self) -> Result<Reply<AppSettings>, Error> {
+        self.http
+            .call(Method::GET, "api/v4/application/settings", Some(&self.token), None, Idempotency::Safe)
+            .await
+    }
+
+    pub async fn runner(&self, id: u64) -> Result<Reply<RunnerDetails>, Error> {
+        self.http
+            .call(Method::GET, &format!("api/v4/runners/{id}"), Some(&self.token), None, Idempotency::Safe)
+            .await
+    }
+
+    /// `GET /runners/all`, every page, optionally of one type.
+    pub async fn all_runners(&self, runner_type: Option<&str>) -> Result<Vec<RunnerSummary>, Error> {
+        let mut out = Vec::new();
+        for page in 1.. {
+            let mut path = format!("api/v4/runners/all?per_page=100&page={page}");
+            if let Some(t) = runner_type {
+                path.push_str(&format!("&type={t}"));
+            }
+            let reply: Reply<Vec<RunnerSummary>> =
+                self.http.call(Method::GET, &path, Some(&self.token), None, Idempotency::Safe).await?;
+            let n = reply.value.len();
+            out.extend(reply.value);
+            if n < 100 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn update_runner(&self, id: u64, fields: Value) -> Result<Reply<RunnerDetails>, Error> {
+        self.http
+            .call(Method::PUT, &format!("api/v4/runners/{id}"), Some(&self.token), Some(fields), Idempotency::Safe)
+            .await
+    }
+
+    pub async fn delete_runner(&self, id: u64) -> Result<(), Error> {
+        self.http
+            .send(Method::DELETE, &format!("api/v4/runners/{id}"), Some(&self.token), None, Idempotency::Safe)
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /runners/:id/reset_authentication_token`: works whatever state the token is in (§3.6).
+    pub async fn reset_token(&self, id: u64) -> Result<Reply<TokenGrant>, Error> {
+        let reply: Reply<RawGrant> = self
+            .http
+            .call(Method::POST, &format!("api/v4/runners/{id}/reset_authentication_token"), Some(&self.token), None, Idempotency::Safe)
+            .await?;
+        Ok(Reply {
+            value: grant(reply.value),
+            server_date: reply.server_date,
+        })
+    }
+
+    /// `POST /user/runners` (§3.1). Never retried after an uncertain outcome; rotate looks for
+    /// the creation by its `maintenance_note` tag first.
+    pub async fn create_runner(&self, params: &CreateRunner) -> Result<Reply<TokenGrant>, Error> {
+        let body = serde_json::to_value(params).map_err(|e| Error::Setup(e.to_string()))?;
+        let reply: Reply<RawGrant> = self
+            .http
+            .call(Method::POST, "api/v4/user/runners", Some(&self.token), Some(body), Idempotency::Unsafe)
+            .await?;
+        Ok(Reply {
+            value: grant(reply.value),
+            server_date: reply.server_date,
+        })
+    }
+}

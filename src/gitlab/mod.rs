@@ -1,0 +1,18 @@
+//! Talking to GitLab: one concrete client over reqwest, typed failure classes, retries.
+//!
+//! Two entry points keep the privileged token where it belongs: [`RunnerApi`] sends only the
+//! runner's own token, to the runner's `url`; [`AdminApi`] is built only from an
+//! [`AdminCredential`], which binds the privileged token to the operator's `--gitlab-url`, and no
+//! method of it takes a URL. No code path can send the privileged token elsewhere.
+
+mod api;
+mod client;
+mod error;
+mod retry;
+
+pub use api::{
+    AppSettings, CreateRunner, PatInfo, RunnerDetails, RunnerSummary, TokenGrant, Verified,
+};
+pub use client::{AdminApi, AdminCredential, ClientOptions, Reply, RunnerApi, TlsFiles};
+pub use error::Error;
+pub use retry::RetryPolicy;
