@@ -1,14 +1,30 @@
 //! runner-medic: detects why GitLab runners lost their authentication and repairs them.
 //!
 //! # Layout
+//! - `cli`: clap definitions of the contract's commands and flags.
+//! - `settings`: settings file + environment + flags merged into one validated value.
 //! - `secret`: runner and admin tokens as secrets, and `Masked`, their only printable form.
 //! - `fs`: atomic replace, backups, private dirs, the lock; every write goes through it.
 //! - `crash`: named crash points for the crash-safety tests.
-//! - `gitlab`: the GitLab client: runner-token and privileged calls, failure classes, retries.
 //! - `runner_config`: gitlab-runner's config.toml: load, list runners, lossless rewrite, save.
+//! - `gitlab`: the GitLab client: runner-token and privileged calls, failure classes, retries.
+//! - `diagnose`: findings for every runner and for the host and credential.
+//! - `rotate`: plan, journal, execute; crash recovery.
+//! - `service`: stop/start gitlab-runner under systemd, SysV, OpenRC, launchd, its CLI, a container.
+//! - `report`: the report data and its human, JSON and metrics renderings.
+//! - `commands`: glue from settings to work to report, one module per command.
+//! - `exit`: the contract's exit status.
 
+pub mod cli;
+pub mod commands;
 pub mod crash;
+pub mod diagnose;
+pub mod exit;
 pub mod fs;
 pub mod gitlab;
+pub mod report;
+pub mod rotate;
 pub mod runner_config;
 pub mod secret;
+pub mod service;
+pub mod settings;

@@ -50,6 +50,28 @@ impl RunnerToken {
         self.0.expose_secret().starts_with("GR1348941")
     }
 
+    /// `$VAR` / `${VAR}`: gitlab-runner 18.10+ expands it from the environment (reference §6.2).
+    pub fn is_env_reference(&self) -> bool {
+        self.0.expose_secret().trim_start().starts_with('$')
+    }
+
+    /// Why the value cannot be an authentication token, if it cannot. Tokens are opaque
+    /// (reference §1): only values no GitLab would issue are flagged.
+    pub fn unusable_reason(&self) -> Option<&'static str> {
+        let token = self.0.expose_secret();
+        if token.trim().is_empty() {
+            Some("it is empty")
+        } else if token.contains('$') {
+            Some("it is an environment variable reference, which runner-medic does not rewrite")
+        } else if token.starts_with('<') || token.ends_with('>') {
+            Some("it is a placeholder")
+        } else if token.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'') {
+            Some("it contains whitespace, quotes or control characters")
+        } else {
+            None
+        }
+    }
+
     /// Same token value, compared without exposing either to the caller.
     pub fn same_as(&self, other: &RunnerToken) -> bool {
         self.0.expose_secret() == other.0.expose_secret()

@@ -249,3 +249,40 @@ fn render_new(key: &str, raw: &str) -> String {
         _ => raw.to_string(),
     }
 }
+
+/// The token value a dry-run writes in its preview; it is never saved.
+pub const NEW_TOKEN_PLACEHOLDER: &str = "<new token from GitLab>";
+
+impl ConfigFile {
+    /// A unified diff from this file to `new_text`, with every token of the file masked and the
+    /// preview's placeholder expiry shown as what it is.
+    pub fn masked_diff(&self, new_text: &str) -> String {
+        let diff = similar::TextDiff::from_lines(self.text.as_str(), new_text);
+        let path = self.path.display().to_string();
+        let mut out = diff
+            .unified_diff()
+            .context_radius(2)
+            .header(&path, &format!("{path} (after)"))
+            .to_string();
+        for entry in self.runners() {
+            if let Some(token) = &entry.token {
+                let raw = token.expose_secret();
+                if raw.len() >= 4 {
+                    out = out.replace(raw, token.masked().as_str());
+                }
+            }
+        }
+        out.lines()
+            .map(|l| {
+                if l.starts_with('+') && l.contains("token_expires_at") {
+                    let indent: String = l[1..].chars().take_while(|c| c.is_whitespace()).collect();
+                    format!("+{indent}token_expires_at = <from GitLab's answer>")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    }
+}

@@ -13,7 +13,7 @@ mod save;
 use std::path::PathBuf;
 
 pub use document::{ConfigFile, RunnerEntry, MAX_CONFIG_BYTES};
-pub use edit::{format_datetime, Credentials};
+pub use edit::{format_datetime, Credentials, NEW_TOKEN_PLACEHOLDER};
 pub use save::{SaveOptions, Saved};
 
 /// What can go wrong with config.toml itself. Each variant names the file; those about a place

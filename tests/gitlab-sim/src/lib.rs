@@ -13,10 +13,12 @@
 //! - `state`: the data (runners, access tokens, settings, faults, log) and GitLab's rules over it.
 //! - `api`: the HTTP handlers, one per endpoint.
 //! - `server`: the accept loop (plain or TLS), latency, faults and the request log.
+//! - `stand_in`: a stand-in gitlab-runner process that polls for jobs with config.toml's tokens.
 //! - `tls`: the generated CA and server certificate.
 
 mod api;
 mod server;
+pub mod stand_in;
 pub mod state;
 mod tls;
 

@@ -1,0 +1,35 @@
+//! `runner-medic rotate`: fix what diagnose finds.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::CouldNotRun;
+use crate::cli::RotateArgs;
+use crate::report::Report;
+use crate::rotate::{RotateOptions, Scope};
+use crate::settings::{parse_duration, Settings};
+
+pub fn options(args: &RotateArgs) -> RotateOptions {
+    RotateOptions {
+        dry_run: args.dry_run,
+        scope: Scope {
+            runners: args.runners.clone(),
+            force: args.force,
+        },
+        wait: args.wait,
+    }
+}
+
+pub async fn run(settings: &Settings, args: &RotateArgs, interactive: bool) -> Result<Report, CouldNotRun> {
+    if let Some(delay) = &args.random_delay {
+        let max = parse_duration("--random-delay", delay)?;
+        // From cron, spread a fleet's runs so they do not hit GitLab in the same second.
+        if !interactive && !max.is_zero() {
+            let wait = Duration::from_millis(rand::thread_rng().gen_range(0..=max.as_millis().min(u128::from(u64::MAX)) as u64));
+            tracing::info!(delay_s = wait.as_secs(), "sleeping a random delay first (--random-delay)");
+            tokio::time::sleep(wait).await;
+        }
+    }
+    Ok(crate::rotate::rotate(settings, &options(args)).await?)
+}

@@ -1,0 +1,137 @@
+//! Checks of the privileged credential (validity, expiry, scopes), the instance's token
+//! expiration policy, and the host clock against GitLab's.
+
+use chrono::{DateTime, Utc};
+
+use super::finding::{Finding, FindingCode, Severity};
+use super::host_now;
+use crate::gitlab::AdminApi;
+use crate::settings::Settings;
+
+pub struct AdminCheck {
+    pub findings: Vec<Finding>,
+    pub expires_at: Option<chrono::NaiveDate>,
+    /// The credential works (rotate may use it).
+    pub usable: bool,
+    pub dates: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+const NEW_TOKEN_FIX: &str = "create an access token with the scopes `create_runner` and `manage_runner` (or `api`) \
+     for a user who owns the runners (an administrator for instance runners), write it to the \
+     admin token file (mode 0600), then run `runner-medic diagnose`";
+
+pub async fn check(api: &AdminApi, settings: &Settings) -> AdminCheck {
+    let mut out = AdminCheck {
+        findings: Vec::new(),
+        expires_at: None,
+        usable: false,
+        dates: Vec::new(),
+    };
+    let url = super::url_key(api.url());
+    match api.pat_self().await {
+        Err(e) if e.status() == Some(401) => {
+            out.findings.push(Finding::error(
+                FindingCode::AdminTokenInvalid,
+                format!("the privileged token is not accepted by `{url}` (expired, revoked or unknown): {e}"),
+                NEW_TOKEN_FIX,
+            ));
+            return out;
+        }
+        Err(e) if e.is_transport() => {
+            let finding = super::network::probe("(privileged API)", api.url(), &e).await;
+            out.findings.push(finding);
+            return out;
+        }
+        Err(e) => {
+            out.findings.push(Finding::error(
+                FindingCode::ServerError,
+                format!("`{url}` could not check the privileged token: {e}"),
+                "retry later; check GitLab's health",
+            ));
+            return out;
+        }
+        Ok(reply) => {
+            if let Some(d) = reply.server_date {
+                out.dates.push((d, host_now()));
+            }
+            let pat = reply.value;
+            out.usable = true;
+            out.expires_at = pat.expires_at;
+            let has = |s: &str| pat.scopes.iter().any(|x| x == s || x == "api");
+            let mut missing = Vec::new();
+            if !has("manage_runner") {
+                missing.push("manage_runner");
+            }
+            if !has("create_runner") {
+                missing.push("create_runner");
+            }
+            if !missing.is_empty() {
+                out.findings.push(Finding::error(
+                    FindingCode::AdminTokenScopeMissing,
+                    format!(
+                        "the privileged token `{}` lacks the scope(s) {} that rotate needs (it has: {})",
+                        pat.name.as_deref().unwrap_or("?"),
+                        missing.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
+                        if pat.scopes.is_empty() { "none".to_string() } else { pat.scopes.join(", ") }
+                    ),
+                    NEW_TOKEN_FIX,
+                ));
+            }
+            if let Some(expires) = pat.expires_at {
+                let today = host_now().date_naive();
+                let days = (expires - today).num_days();
+                if days <= 30 {
+                    out.findings.push(Finding::warning(
+                        FindingCode::AdminTokenExpiring,
+                        format!("the privileged token expires on {expires} (in {days} days)"),
+                        format!("rotate it before then (`POST {url}/api/v4/personal_access_tokens/self/rotate`, or create a new one) and update the admin token file"),
+                    ));
+                }
+            }
+        }
+    }
+    // The instance policy is readable by administrators only; others simply skip it.
+    if let Ok(reply) = api.application_settings().await {
+        let s = reply.value;
+        for (kind, key, value) in [
+            ("instance", "runner_token_expiration_interval", s.runner_token_expiration_interval),
+            ("group", "group_runner_token_expiration_interval", s.group_runner_token_expiration_interval),
+            ("project", "project_runner_token_expiration_interval", s.project_runner_token_expiration_interval),
+        ] {
+            let Some(secs) = value else { continue };
+            let lifetime = std::time::Duration::from_secs(secs.max(0).unsigned_abs());
+            let shown = humantime::format_duration(lifetime);
+            let too_short_for_window = settings.renew_before.is_some_and(|w| lifetime <= w);
+            let unusually_short = lifetime < std::time::Duration::from_secs(7 * 86400);
+            if too_short_for_window || unusually_short {
+                let why = if too_short_for_window {
+                    format!("shorter than the renew window of {}", humantime::format_duration(settings.renew_before.unwrap_or_default()))
+                } else {
+                    "unusually short: a runner that is offline for that long loses its token".to_string()
+                };
+                out.findings.push(Finding::warning(
+                    FindingCode::ShortTokenLifetime,
+                    format!("{kind} runner tokens on `{url}` live {shown} ({key}), {why}"),
+                    format!("raise it in Admin area > Settings > CI/CD > Runners > Runner expiration, or `PUT {url}/api/v4/application/settings?{key}=<seconds>`; or run runner-medic more often than every {shown}"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+pub fn clock_finding(skew: chrono::Duration, settings: &Settings) -> Option<Finding> {
+    let secs = skew.num_milliseconds().abs() as f64 / 1000.0;
+    let warn = settings.clock_skew_warning.as_secs_f64();
+    if secs < warn {
+        return None;
+    }
+    let severity = if secs > 300.0 { Severity::Error } else { Severity::Warning };
+    let direction = if skew.num_milliseconds() > 0 { "behind" } else { "ahead of" };
+    Some(Finding::new(
+        FindingCode::ClockSkew,
+        severity,
+        format!("this host's clock is {secs:.0} s {direction} GitLab's (from its `Date` header); token expiry is judged by GitLab's clock"),
+        "turn on time sync: `timedatectl set-ntp true` (systemd-timesyncd), or check `chronyc tracking` / the ntpd service",
+    ))
+}

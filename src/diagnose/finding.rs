@@ -1,0 +1,106 @@
+//! Findings: what is wrong, how bad, and the fix. Codes are the contract's (shared/CONTRACT.md).
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+macro_rules! codes {
+    ($($variant:ident = $text:literal),+ $(,)?) => {
+        /// The stable finding codes of the contract.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum FindingCode { $($variant),+ }
+
+        impl FindingCode {
+            pub const ALL: &'static [FindingCode] = &[$(FindingCode::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $(FindingCode::$variant => $text),+ }
+            }
+        }
+    };
+}
+
+codes! {
+    ConfigUnreadable = "config_unreadable",
+    ConfigInvalid = "config_invalid",
+    TokenMissing = "token_missing",
+    TokenMalformed = "token_malformed",
+    RegistrationTokenInConfig = "registration_token_in_config",
+    DuplicateToken = "duplicate_token",
+    UrlInvalid = "url_invalid",
+    UrlMismatch = "url_mismatch",
+    DnsFailure = "dns_failure",
+    ConnectFailure = "connect_failure",
+    TlsFailure = "tls_failure",
+    ServerError = "server_error",
+    TokenExpired = "token_expired",
+    TokenRevoked = "token_revoked",
+    RunnerDeleted = "runner_deleted",
+    RunnerPaused = "runner_paused",
+    TokenExpiring = "token_expiring",
+    ShortTokenLifetime = "short_token_lifetime",
+    ClockSkew = "clock_skew",
+    AdminTokenInvalid = "admin_token_invalid",
+    AdminTokenExpiring = "admin_token_expiring",
+    AdminTokenScopeMissing = "admin_token_scope_missing",
+}
+
+impl Serialize for FindingCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Finding {
+    pub code: FindingCode,
+    pub severity: Severity,
+    pub message: String,
+    pub fix: String,
+    /// Line in config.toml the finding is about, when it is about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+}
+
+impl Finding {
+    pub fn new(code: FindingCode, severity: Severity, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            code,
+            severity,
+            message: message.into(),
+            fix: fix.into(),
+            line: None,
+            column: None,
+        }
+    }
+
+    pub fn error(code: FindingCode, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::new(code, Severity::Error, message, fix)
+    }
+
+    pub fn warning(code: FindingCode, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::new(code, Severity::Warning, message, fix)
+    }
+
+    pub fn at(mut self, line: Option<usize>) -> Self {
+        self.line = line;
+        self
+    }
+}

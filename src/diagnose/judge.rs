@@ -1,0 +1,182 @@
+//! Judging one runner from its observations: pure, so every branch is unit-testable.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::config_checks::Pre;
+use super::finding::{Finding, FindingCode};
+use super::network::Observation;
+use crate::runner_config::RunnerEntry;
+use crate::settings::Settings;
+
+/// What the token is, as far as diagnose could tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// verify accepted it.
+    Valid,
+    /// verify refused it (403).
+    Dead,
+    /// Not checked (config problem) or not reachable.
+    Unknown,
+}
+
+pub struct Judged {
+    pub findings: Vec<Finding>,
+    pub state: TokenState,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub verified_id: Option<u64>,
+}
+
+/// The renew window: the operator's `renew_before`, or a fifth of the token's lifetime when it
+/// is known (gitlab-runner itself rotates at three quarters, reference §7.1, so it gets the first
+/// chance), or 7 days.
+pub fn renew_window(entry: &RunnerEntry, expires_at: Option<DateTime<Utc>>, settings: &Settings) -> chrono::Duration {
+    if let Some(d) = settings.renew_before {
+        return chrono::Duration::from_std(d).unwrap_or_else(|_| chrono::Duration::days(7));
+    }
+    match (entry.token_obtained_at, expires_at) {
+        (Some(from), Some(to)) if to > from => std::cmp::max((to - from) / 5, chrono::Duration::hours(1)),
+        _ => chrono::Duration::days(7),
+    }
+}
+
+pub fn describe_in(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let d = at - now;
+    let abs = d.num_seconds().unsigned_abs();
+    let span = humantime::format_duration(Duration::from_secs(if abs >= 86400 { abs / 86400 * 86400 } else if abs >= 3600 { abs / 3600 * 3600 } else { abs })).to_string();
+    if d.num_seconds() >= 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+pub fn judge(entry: &RunnerEntry, pre: &Pre, obs: &Observation, server_now: DateTime<Utc>, settings: &Settings) -> Judged {
+    let name = &entry.name;
+    let file = settings.runner_config.display();
+    let mut findings = Vec::new();
+    if let Some(f) = &obs.network {
+        findings.push(f.clone().at(Some(entry.line)));
+    }
+    let config_expiry = entry.token_expires_at;
+    let out = |state, expires_at: Option<DateTime<Utc>>, verified_id, findings: Vec<Finding>| Judged {
+        findings,
+        state,
+        expires_at,
+        verified_id,
+    };
+    let rotate = format!("runner-medic rotate --runner {name}");
+    let needs_admin = if settings.admin.is_some() {
+        rotate.clone()
+    } else {
+        format!("give runner-medic a privileged token (`--admin-token-file`, `--gitlab-url`) and run `{rotate}`")
+    };
+    match &obs.verify {
+        None => out(TokenState::Unknown, config_expiry, None, findings),
+        Some(Ok(v)) => {
+            let expires_at = v.token_expires_at.or(config_expiry);
+            if let Some(at) = expires_at {
+                let window = renew_window(entry, expires_at, settings);
+                if at - server_now <= window {
+                    findings.push(
+                        Finding::warning(
+                            FindingCode::TokenExpiring,
+                            format!(
+                                "runner `{name}` (`{file}:{}`): the token expires {} ({}), inside the renew window of {}",
+                                entry.token_line.unwrap_or(entry.line),
+                                describe_in(at, server_now),
+                                at.format("%Y-%m-%d %H:%M UTC"),
+                                humantime::format_duration(window.to_std().unwrap_or_default())
+                            ),
+                            format!("{rotate} (renews with the runner's own token; no privileged token needed)"),
+                        )
+                        .at(entry.token_line),
+                    );
+                }
+            }
+            if let Some(Ok(record)) = &obs.record {
+                if record.paused {
+                    findings.push(
+                        Finding::warning(
+                            FindingCode::RunnerPaused,
+                            format!("runner `{name}` (id {}) is paused: its token is valid but it takes no jobs", record.id),
+                            format!(
+                                "resume it in GitLab (Admin area > CI/CD > Runners > runner {} > Resume) or `curl --request PUT --header \"PRIVATE-TOKEN: $TOKEN\" --data paused=false {}/api/v4/runners/{}`",
+                                record.id,
+                                settings.gitlab_url.as_ref().map_or(String::new(), super::url_key),
+                                record.id
+                            ),
+                        )
+                        .at(Some(entry.line)),
+                    );
+                }
+            }
+            out(TokenState::Valid, expires_at, v.id, findings)
+        }
+        Some(Err(e)) if e.status() == Some(403) => {
+            let expired = config_expiry.is_some_and(|at| at <= server_now);
+            match obs.record_state() {
+                super::Record::Deleted => findings.push(
+                    Finding::error(
+                        FindingCode::RunnerDeleted,
+                        format!(
+                            "runner `{name}` (`{file}:{}`): GitLab has no runner with id {} (\"runner not found\"); it was deleted",
+                            entry.line,
+                            entry.id.unwrap_or_default()
+                        ),
+                        format!("{rotate} (creates a replacement runner with the old settings)"),
+                    )
+                    .at(Some(entry.line)),
+                ),
+                record if expired => {
+                    let at = config_expiry.expect("expired implies a date");
+                    findings.push(
+                        Finding::error(
+                            FindingCode::TokenExpired,
+                            format!(
+                                "runner `{name}` (`{file}:{}`): the token expired on {} ({}){}",
+                                entry.token_line.unwrap_or(entry.line),
+                                at.format("%Y-%m-%d"),
+                                describe_in(at, server_now),
+                                if matches!(record, super::Record::Unknown) { "" } else { "; the runner record still exists" }
+                            ),
+                            needs_admin.clone(),
+                        )
+                        .at(entry.token_line),
+                    );
+                }
+                record => findings.push(
+                    Finding::error(
+                        FindingCode::TokenRevoked,
+                        format!(
+                            "runner `{name}` (`{file}:{}`): GitLab refuses the token although it had not expired: it was revoked or reset{}",
+                            entry.token_line.unwrap_or(entry.line),
+                            match record {
+                                super::Record::Exists(_) => "; the runner record still exists".to_string(),
+                                _ if pre.admin_usable && entry.id.is_none() => "; the entry has no `id`, so the record cannot be looked up".to_string(),
+                                _ => " (or the runner was deleted; a privileged token tells which)".to_string(),
+                            }
+                        ),
+                        needs_admin.clone(),
+                    )
+                    .at(entry.token_line),
+                ),
+            }
+            out(TokenState::Dead, config_expiry, None, findings)
+        }
+        Some(Err(e)) => {
+            if obs.network.is_none() {
+                findings.push(
+                    Finding::error(
+                        FindingCode::ServerError,
+                        format!("runner `{name}`: GitLab could not check the token: {e}"),
+                        "GitLab is failing or rate-limiting; retry later (`runner-medic diagnose`) and check the instance's health",
+                    )
+                    .at(Some(entry.line)),
+                );
+            }
+            out(TokenState::Unknown, config_expiry, None, findings)
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! diagnose: name every cause of a runner's authentication failure, with its fix. It changes
+//! nothing; rotate and the agent run it before they act.
+//!
+//! Network work happens first (`observe`), judgement after (`judge`, pure), because expiry is
+//! judged by GitLab's clock, which is known only once some answer carried a `Date` header.
+
+mod admin;
+mod config_checks;
+mod finding;
+mod judge;
+mod network;
+mod url;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+pub use finding::{Finding, FindingCode, Severity};
+pub use judge::{describe_in as describe_expiry, renew_window, Judged, TokenState};
+pub use url::{normalize_url, parse_runner_url, url_key};
+
+use crate::gitlab::{self, AdminApi, ClientOptions, RunnerApi, RunnerDetails, TlsFiles};
+use crate::report::{Report, RunnerReport};
+use crate::runner_config::{ConfigFile, RunnerEntry};
+use crate::settings::Settings;
+
+/// The host's clock; the one place host time is read.
+pub fn host_now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+/// What the server said about one runner's record.
+#[derive(Debug, Clone)]
+pub enum Record {
+    Exists(Box<RunnerDetails>),
+    Deleted,
+    /// Not checked (no privileged access for this runner) or the check failed.
+    Unknown,
+}
+
+/// Everything diagnose learnt about one runner, for rotate to plan from.
+#[derive(Debug, Clone)]
+pub struct RunnerFacts {
+    pub entry: RunnerEntry,
+    pub state: TokenState,
+    pub record: Record,
+    /// The privileged token may be used for this runner (its `url` is `--gitlab-url`).
+    pub admin_usable: bool,
+    /// Expiry as GitLab reported it (verify), else as config.toml has it.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+pub struct Diagnosis {
+    pub report: Report,
+    pub config: Option<ConfigFile>,
+    pub facts: Vec<RunnerFacts>,
+    /// GitLab's time minus the host's, when known.
+    pub skew: Option<chrono::Duration>,
+}
+
+impl Diagnosis {
+    pub fn server_now(&self) -> DateTime<Utc> {
+        host_now() + self.skew.unwrap_or_else(chrono::Duration::zero)
+    }
+}
+
+/// Client options for a runner: its TLS files, the settings' timeouts and retries.
+pub fn client_options(settings: &Settings, tls: TlsFiles, system_id: Option<String>) -> ClientOptions {
+    ClientOptions {
+        timeout: settings.request_timeout,
+        retry: settings.retry.clone(),
+        tls,
+        system_id,
+    }
+}
+
+pub fn tls_files(entry: &RunnerEntry) -> TlsFiles {
+    TlsFiles {
+        ca_file: entry.tls_ca_file.clone(),
+        cert_file: entry.tls_cert_file.clone(),
+        key_file: entry.tls_key_file.clone(),
+    }
+}
+
+/// gitlab-runner's system id from `<config dir>/.runner_system_id` (reference §6.3).
+pub fn read_system_id(config: &ConfigFile) -> Option<String> {
+    let path = config.real_path.parent()?.join(".runner_system_id");
+    let text = fs_err::read_to_string(path).ok()?;
+    let id = text.trim();
+    let valid = id.len() == 14
+        && (id.starts_with("s_") || id.starts_with("r_"))
+        && id[2..].chars().all(|c| c.is_ascii_alphanumeric());
+    valid.then(|| id.to_string())
+}
+
+/// Samples of (server `Date`, host time at receipt).
+#[derive(Default)]
+struct Clock {
+    samples: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl Clock {
+    fn add(&mut self, server: Option<DateTime<Utc>>, local: DateTime<Utc>) {
+        if let Some(s) = server {
+            self.samples.push((s, local));
+        }
+    }
+
+    /// Median offset; `Date` has one-second resolution, so one sample is as good as many, but
+    /// the median resists a proxy with its own clock.
+    fn skew(&self) -> Option<chrono::Duration> {
+        let mut offsets: Vec<i64> = self
+            .samples
+            .iter()
+            .map(|(s, l)| (*s - *l).num_milliseconds())
+            .collect();
+        if offsets.is_empty() {
+            return None;
+        }
+        offsets.sort_unstable();
+        Some(chrono::Duration::milliseconds(offsets[offsets.len() / 2]))
+    }
+}
+
+/// Run every check. Never writes anything.
+pub async fn diagnose(settings: &Settings) -> Diagnosis {
+    let mut report = Report::new(
+        "diagnose",
+        settings.runner_config.display().to_string(),
+        settings.gitlab_url.as_ref().map(url_key),
+    );
+    let config = match ConfigFile::load(&settings.runner_config) {
+        Ok(c) => c,
+        Err(e) => {
+            report.findings.push(config_checks::file_finding(&e));
+            return Diagnosis {
+                report,
+                config: None,
+                facts: Vec::new(),
+                skew: None,
+            };
+        }
+    };
+    let entries = config.runners();
+    if entries.is_empty() {
+        report.findings.push(
+            Finding::error(
+                FindingCode::ConfigInvalid,
+                format!("`{}` has no [[runners]] entries", settings.runner_config.display()),
+                "register a runner (`gitlab-runner register`) or point `--runner-config` at the right file",
+            )
+            .at(Some(1)),
+        );
+    }
+    let system_id = read_system_id(&config);
+    let mut clock = Clock::default();
+
+    // The privileged credential first: its answers also tell the server's clock.
+    let admin = match &settings.admin {
+        Some(cred) => {
+            // The admin URL's TLS: the CA of a runner on the same instance, if one names it.
+            let tls = entries
+                .iter()
+                .find(|e| {
+                    e.url.as_deref().and_then(|u| parse_runner_url(u).ok()).map(|u| url_key(&u))
+                        == Some(url_key(&cred.url))
+                })
+                .map(tls_files)
+                .unwrap_or_default();
+            match AdminApi::new(cred, client_options(settings, tls, None)) {
+                Ok(api) => {
+                    let checked = admin::check(&api, settings).await;
+                    for (date, local) in &checked.dates {
+                        clock.add(Some(*date), *local);
+                    }
+                    report.findings.extend(checked.findings);
+                    report.admin_token_expires_at = checked.expires_at;
+                    checked.usable.then(|| Arc::new(api))
+                }
+                Err(e) => {
+                    report.findings.push(Finding::error(
+                        FindingCode::AdminTokenInvalid,
+                        format!("cannot set up the privileged client: {e}"),
+                        "check `--gitlab-url` and the TLS settings",
+                    ));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+
+    // One client per (url, TLS files): runners of one instance share connections.
+    let mut clients: HashMap<(String, TlsFiles), Result<Arc<RunnerApi>, gitlab::Error>> = HashMap::new();
+    let pre: Vec<config_checks::Pre> = entries
+        .iter()
+        .map(|e| config_checks::check_entry(e, &config, settings))
+        .collect();
+    for (entry, p) in entries.iter().zip(&pre) {
+        if let Some(url) = &p.url {
+            let key = (url_key(url), tls_files(entry));
+            clients.entry(key).or_insert_with(|| {
+                RunnerApi::new(url, client_options(settings, tls_files(entry), system_id.clone())).map(Arc::new)
+            });
+        }
+    }
+
+    let observations: Vec<network::Observation> = futures::stream::iter(entries.iter().zip(&pre).map(|(entry, p)| {
+        let client = p
+            .url
+            .as_ref()
+            .and_then(|u| clients.get(&(url_key(u), tls_files(entry))).cloned());
+        let admin = admin.clone().filter(|_| p.admin_usable);
+        async move { network::observe(entry, p, client, admin).await }
+    }))
+    .buffered(settings.concurrency)
+    .collect()
+    .await;
+    for o in &observations {
+        for (date, local) in &o.dates {
+            clock.add(Some(*date), *local);
+        }
+    }
+
+    let skew = clock.skew();
+    if let Some(skew) = skew {
+        let now = host_now();
+        report.server_time = Some(now + skew);
+        report.clock_skew_seconds = Some(skew.num_milliseconds() as f64 / 1000.0);
+        if let Some(f) = admin::clock_finding(skew, settings) {
+            report.findings.push(f);
+        }
+    }
+    let server_now = host_now() + skew.unwrap_or_else(chrono::Duration::zero);
+
+    let duplicates = config_checks::duplicate_tokens(&entries);
+    let mut facts = Vec::new();
+    for ((entry, p), obs) in entries.iter().zip(pre).zip(observations) {
+        let judged = judge::judge(entry, &p, &obs, server_now, settings);
+        let mut findings = p.findings.clone();
+        findings.extend(judged.findings);
+        if let Some(first) = duplicates.get(&entry.index) {
+            findings.push(
+                Finding::warning(
+                    FindingCode::DuplicateToken,
+                    format!(
+                        "runner `{}` uses the same token as runner `{first}`; a reset for one breaks the other",
+                        entry.name
+                    ),
+                    format!(
+                        "remove the duplicate entry at `{}:{}`, or register a runner of its own",
+                        settings.runner_config.display(),
+                        entry.line
+                    ),
+                )
+                .at(Some(entry.line)),
+            );
+        }
+        report.runners.push(RunnerReport {
+            name: entry.name.clone(),
+            id: entry.id.or(judged.verified_id),
+            url: entry.url.clone(),
+            token: entry.token.as_ref().map(crate::secret::RunnerToken::masked),
+            token_expires_at: judged.expires_at,
+            findings,
+            action: None,
+            outcome: None,
+            line: entry.line,
+            new_token: None,
+            new_id: None,
+            calls: Vec::new(),
+            error: None,
+        });
+        facts.push(RunnerFacts {
+            entry: entry.clone(),
+            state: judged.state,
+            record: obs.record_state(),
+            admin_usable: p.admin_usable && admin.is_some(),
+            expires_at: judged.expires_at,
+        });
+    }
+    Diagnosis {
+        report,
+        config: Some(config),
+        facts,
+        skew,
+    }
+}

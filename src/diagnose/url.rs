@@ -1,0 +1,60 @@
+//! Comparing GitLab URLs the way an operator means them.
+
+use url::Url;
+
+/// Lower-case scheme and host (the url crate does that), no default port, no trailing slash,
+/// path prefix (e.g. `/gitlab`) kept, no query or fragment.
+pub fn normalize_url(url: &Url) -> Url {
+    let mut u = url.clone();
+    if u.port() == u.port_or_known_default() && u.port().is_some() {
+        let _ = u.set_port(None);
+    }
+    u.set_query(None);
+    u.set_fragment(None);
+    let path = u.path().trim_end_matches('/').to_string();
+    u.set_path(if path.is_empty() { "/" } else { &path });
+    u
+}
+
+/// The normalised string form used for comparisons and display (no trailing `/`).
+pub fn url_key(url: &Url) -> String {
+    normalize_url(url).as_str().trim_end_matches('/').to_string()
+}
+
+/// Parse a `url` value from config.toml; `Err` says why it is not usable.
+pub fn parse_runner_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text.trim()).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("scheme `{}` is not http or https", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("it has no host".into());
+    }
+    Ok(normalize_url(&url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> String {
+        url_key(&Url::parse(s).unwrap())
+    }
+
+    #[test]
+    fn equivalent_spellings_compare_equal() {
+        assert_eq!(key("HTTPS://GitLab.Example.com:443/"), key("https://gitlab.example.com"));
+        assert_eq!(key("http://gitlab.example.com:80"), key("http://gitlab.example.com/"));
+        assert_eq!(key("https://example.com/gitlab/"), key("https://example.com/gitlab"));
+        assert_ne!(key("https://example.com/gitlab"), key("https://example.com"));
+        assert_ne!(key("https://example.com:8443"), key("https://example.com"));
+        assert_ne!(key("http://example.com"), key("https://example.com"));
+    }
+
+    #[test]
+    fn invalid_runner_urls_say_why() {
+        assert!(parse_runner_url("gitlab.example.com").is_err());
+        assert!(parse_runner_url("ftp://gitlab.example.com").unwrap_err().contains("scheme"));
+        assert!(parse_runner_url("https://gitlab.example.com/").is_ok());
+    }
+}

@@ -1,0 +1,610 @@
+//! Carrying out a plan for one config.toml, in the order that keeps every token safe:
+//! obtain all new tokens → journal them → stop the service once → write config.toml once →
+//! start the service once → verify → delete replaced runner records → report.
+//! A run that finds an unfinished journal completes it first.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::sync::Mutex;
+
+use super::hooks::{self, HookEnv};
+use super::journal::{token_sha, Journal, JournalEntry, JournalError, Step};
+use super::plan::{plan, PlanItem, Scope};
+use crate::crash;
+use crate::diagnose::{client_options, diagnose, parse_runner_url, read_system_id, tls_files, Diagnosis};
+use crate::fs;
+use crate::gitlab::{AdminApi, CreateRunner, RunnerApi, TokenGrant};
+use crate::report::{Action, Outcome, Report, ServiceReport};
+use crate::runner_config::{ConfigFile, Credentials, SaveOptions};
+use crate::secret::RunnerToken;
+use crate::service::{self, RestartPolicy, ServiceManager};
+use crate::settings::Settings;
+
+#[derive(Debug, Clone, Default)]
+pub struct RotateOptions {
+    pub dry_run: bool,
+    pub scope: Scope,
+    /// Wait for another run's lock instead of failing.
+    pub wait: bool,
+}
+
+/// The rotation could not run at all (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CouldNotRun {
+    pub message: String,
+    pub fix: String,
+}
+
+impl From<JournalError> for CouldNotRun {
+    fn from(e: JournalError) -> Self {
+        Self {
+            message: e.to_string(),
+            fix: "check the state directory's permissions and free space".into(),
+        }
+    }
+}
+
+/// One audit event per change: what runner, which action, old and new masked token, who ran it.
+fn audit(runner: &str, action: Action, old: Option<&RunnerToken>, new: &RunnerToken, new_id: Option<u64>, user: &str) {
+    tracing::info!(
+        target: "runner_medic::audit",
+        runner,
+        action = action.as_str(),
+        old_token = %old.map_or_else(|| "-".to_string(), |t| t.masked().to_string()),
+        new_token = %new.masked(),
+        new_id = new_id.unwrap_or_default(),
+        user,
+        "token rotated"
+    );
+}
+
+pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report, CouldNotRun> {
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        if opts.wait {
+            tracing::info!(lock = %settings.lock_path().display(), "waiting for another runner-medic run to finish");
+        }
+        Some(fs::lock(&settings.lock_path(), opts.wait).map_err(|e| CouldNotRun {
+            message: format!("{e}; it is rotating `{}` now", settings.runner_config.display()),
+            fix: "wait for it to finish, or run again with `--wait`".into(),
+        })?)
+    };
+    let mut notes = Vec::new();
+    if !opts.dry_run {
+        if let Some(journal) = Journal::load(&settings.journal_path())? {
+            tracing::warn!(journal = %journal.path().display(), "an unfinished rotation was found; completing it first");
+            let mut scratch = Report::new("rotate", String::new(), None);
+            commit(settings, journal, &mut scratch, true).await?;
+            notes.push("completed an unfinished rotation found in the journal".to_string());
+        }
+    }
+    let diagnosis = diagnose(settings).await;
+    let plan = plan(&diagnosis, settings, &opts.scope);
+    let mut report = diagnosis.report.clone();
+    report.command = "rotate";
+    report.dry_run = opts.dry_run;
+    for item in &plan.items {
+        let r = &mut report.runners[item.index];
+        r.action = Some(item.action);
+        r.calls.clone_from(&item.calls);
+        r.error.clone_from(&item.reason);
+        r.outcome = match (item.skipped, item.action, opts.dry_run) {
+            (true, _, _) => Some(Outcome::Skipped),
+            (_, Action::Renew | Action::Reset | Action::Recreate, true) => Some(Outcome::Planned),
+            (_, Action::Manual, _) => Some(Outcome::Skipped),
+            _ => None,
+        };
+    }
+    if opts.dry_run {
+        report.diff = Some(dry_run_diff(&diagnosis, &plan.items));
+        return Ok(report);
+    }
+    let changes: Vec<PlanItem> = plan.changes().filter(|i| !i.skipped).cloned().collect();
+    if changes.is_empty() {
+        for note in notes {
+            tracing::info!("{note}");
+        }
+        return Ok(report);
+    }
+    let names: Vec<String> = changes.iter().map(|c| c.name.clone()).collect();
+    let actions: Vec<String> = changes.iter().map(|c| format!("{}:{}", c.name, c.action.as_str())).collect();
+    let hook_env = HookEnv {
+        vars: vec![
+            ("RUNNER_MEDIC_RUNNERS".into(), names.join(" ")),
+            ("RUNNER_MEDIC_ACTIONS".into(), actions.join(" ")),
+            ("RUNNER_MEDIC_RUNNER_CONFIG".into(), settings.runner_config.display().to_string()),
+        ],
+    };
+    if let Some(pre) = &settings.hooks.pre {
+        if let Err(e) = hooks::run("pre", pre, &hook_env) {
+            for c in &changes {
+                let r = &mut report.runners[c.index];
+                r.outcome = Some(Outcome::Failed);
+                r.error = Some(format!("not rotated: {e}"));
+            }
+            return Ok(report);
+        }
+    }
+
+    let config = diagnosis.config.as_ref().expect("changes imply a loaded config");
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    let entries = changes
+        .iter()
+        .map(|c| {
+            let entry = &diagnosis.facts[c.index].entry;
+            JournalEntry {
+                index: c.index,
+                name: c.name.clone(),
+                action: c.action,
+                old_id: c.old_id,
+                old_token_sha256: entry.token.as_ref().map(token_sha),
+                creation_tag: (c.action == Action::Recreate).then(|| format!("runner-medic:{run_id}:{}", c.index)),
+                create: c.create.clone(),
+                delete_old: c.delete_old,
+                token_was_dead: c.token_was_dead,
+                step: Step::Planned,
+                new_token: None,
+                new_id: None,
+                new_expires_at: None,
+                obtained_at: None,
+                error: None,
+            }
+        })
+        .collect();
+    let journal = Journal::new(&settings.journal_path(), &config.path, run_id, entries);
+    journal.save()?;
+    crash::checkpoint("after-journal-planned");
+
+    let journal = obtain(settings, &diagnosis, journal).await?;
+    commit(settings, journal, &mut report, false).await?;
+
+    if let Some(post) = &settings.hooks.post {
+        if let Err(e) = hooks::run("post", post, &hook_env) {
+            tracing::warn!(error = %e, "post hook failed");
+        }
+    }
+    Ok(report)
+}
+
+/// Obtain every new token, journalling each one before anything else happens.
+async fn obtain(settings: &Settings, diagnosis: &Diagnosis, journal: Journal) -> Result<Journal, CouldNotRun> {
+    let admin = match &settings.admin {
+        Some(cred) => AdminApi::new(cred, client_options(settings, Default::default(), None)).ok().map(Arc::new),
+        None => None,
+    };
+    let config = diagnosis.config.as_ref().expect("changes imply a loaded config");
+    let system_id = read_system_id(config);
+    let shared = Arc::new(Mutex::new(journal));
+    let count = shared.lock().await.entries.len();
+    let results: Vec<Result<(), CouldNotRun>> = futures::stream::iter((0..count).map(|slot| {
+        let shared = shared.clone();
+        let admin = admin.clone();
+        let system_id = system_id.clone();
+        async move {
+            let entry = {
+                let j = shared.lock().await;
+                j.entries[slot].clone()
+            };
+            let facts = &diagnosis.facts[entry.index];
+            let result: Result<TokenGrant, String> = match entry.action {
+                Action::Renew => {
+                    let url = facts.entry.url.as_deref().and_then(|u| parse_runner_url(u).ok());
+                    match (url, &facts.entry.token) {
+                        (Some(url), Some(token)) => match RunnerApi::new(&url, client_options(settings, tls_files(&facts.entry), system_id)) {
+                            Ok(api) => api.reset_own_token(token).await.map(|r| r.value).map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        },
+                        _ => Err("the entry has no usable url or token".into()),
+                    }
+                }
+                Action::Reset => match (&admin, entry.old_id) {
+                    (Some(admin), Some(id)) => admin.reset_token(id).await.map(|r| r.value).map_err(|e| e.to_string()),
+                    _ => Err("no privileged access or no runner id".into()),
+                },
+                Action::Recreate => match &admin {
+                    Some(admin) => {
+                        {
+                            let mut j = shared.lock().await;
+                            j.entries[slot].step = Step::Requesting;
+                            j.save()?;
+                        }
+                        let params = tagged(entry.create.clone().unwrap_or_else(|| CreateRunner {
+                            runner_type: "instance_type".into(),
+                            group_id: None,
+                            project_id: None,
+                            description: Some(entry.name.clone()),
+                            tag_list: vec![],
+                            run_untagged: true,
+                            locked: false,
+                            access_level: None,
+                            maximum_timeout: None,
+                            paused: false,
+                            maintenance_note: None,
+                        }), &entry);
+                        admin.create_runner(&params).await.map(|r| r.value).map_err(|e| e.to_string())
+                    }
+                    None => Err("no privileged access".into()),
+                },
+                _ => Err("nothing to obtain".into()),
+            };
+            crash::checkpoint("after-token-obtained");
+            let mut j = shared.lock().await;
+            let e = &mut j.entries[slot];
+            match result {
+                Ok(grant) => {
+                    audit(&e.name, e.action, facts.entry.token.as_ref(), &grant.token, grant.id.or(e.old_id), &settings.user);
+                    e.new_id = grant.id.or(e.old_id);
+                    e.new_token = Some(grant.token);
+                    e.new_expires_at = grant.token_expires_at;
+                    e.obtained_at = Some(Utc::now());
+                    e.step = Step::Obtained;
+                }
+                Err(err) => {
+                    tracing::error!(runner = %e.name, action = e.action.as_str(), error = %err, "could not obtain a new token");
+                    e.error = Some(err);
+                    // An uncertain creation stays `Requesting`: the next run looks for it by tag.
+                    if e.step != Step::Requesting {
+                        e.step = Step::Failed;
+                    }
+                }
+            }
+            j.save()?;
+            drop(j);
+            crash::checkpoint("after-journal-obtained");
+            Ok(())
+        }
+    }))
+    .buffer_unordered(settings.concurrency)
+    .collect()
+    .await;
+    for r in results {
+        r?;
+    }
+    let journal = Arc::try_unwrap(shared).map_err(|_| CouldNotRun {
+        message: "internal error: journal still shared".into(),
+        fix: "report this as a bug".into(),
+    })?;
+    Ok(journal.into_inner())
+}
+
+/// Mark a creation so it can be found again after an uncertain outcome.
+fn tagged(mut params: CreateRunner, entry: &JournalEntry) -> CreateRunner {
+    let tag = entry.creation_tag.clone().unwrap_or_default();
+    let replaces = entry.old_id.map_or_else(String::new, |id| format!(" to replace runner {id}"));
+    params.maintenance_note = Some(format!("created by runner-medic{replaces} ({tag})"));
+    params
+}
+
+/// Find a runner created with `tag` (an earlier run's uncertain creation) and give it a new
+/// token, so it is never created twice.
+async fn resolve_uncertain(admin: &AdminApi, entry: &mut JournalEntry) {
+    let Some(tag) = entry.creation_tag.clone() else { return };
+    let runner_type = entry.create.as_ref().map(|c| c.runner_type.clone());
+    let Ok(list) = admin.all_runners(runner_type.as_deref()).await else {
+        entry.error = Some("could not list runners to look for an uncertain creation".into());
+        return;
+    };
+    let wanted = entry.create.as_ref().and_then(|c| c.description.clone());
+    for candidate in list.iter().rev().filter(|r| wanted.is_none() || r.description == wanted) {
+        let Ok(details) = admin.runner(candidate.id).await else { continue };
+        if details.value.maintenance_note.as_deref().is_some_and(|n| n.contains(&tag)) {
+            match admin.reset_token(candidate.id).await {
+                Ok(grant) => {
+                    tracing::info!(runner = %entry.name, id = candidate.id, "found the runner an interrupted run created; using it");
+                    entry.new_id = Some(candidate.id);
+                    entry.new_token = Some(grant.value.token);
+                    entry.new_expires_at = grant.value.token_expires_at;
+                    entry.obtained_at = Some(Utc::now());
+                    entry.step = Step::Obtained;
+                }
+                Err(e) => entry.error = Some(e.to_string()),
+            }
+            return;
+        }
+    }
+    // Not there: the creation never happened. The next diagnosis plans it again.
+    entry.step = Step::Failed;
+    entry.error = Some("the interrupted creation did not happen".into());
+}
+
+/// Write every obtained token into config.toml with one stop/start of the service, verify,
+/// delete replaced runners, and finish the journal. Used by a normal run and by recovery.
+async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, recovering: bool) -> Result<(), CouldNotRun> {
+    let admin = settings
+        .admin
+        .as_ref()
+        .and_then(|cred| AdminApi::new(cred, client_options(settings, Default::default(), None)).ok());
+    if recovering {
+        if let Some(admin) = &admin {
+            for e in journal.entries.iter_mut().filter(|e| e.step == Step::Requesting) {
+                resolve_uncertain(admin, e).await;
+            }
+            journal.save()?;
+        }
+    }
+    let config = match ConfigFile::load(&journal.config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            // Keep the journal: its tokens are the only copies.
+            return Err(CouldNotRun {
+                message: format!("cannot read `{}` to write the new tokens: {e}", journal.config_path.display()),
+                fix: format!("{}; the new tokens are kept in `{}`", e.fix(), journal.path().display()),
+            });
+        }
+    };
+    let current = config.runners();
+    let mut writes: Vec<(usize, Credentials)> = Vec::new();
+    for e in journal.entries.iter_mut().filter(|e| e.step == Step::Obtained) {
+        let Some(token) = e.new_token.clone() else { continue };
+        let now_sha = current.get(e.index).and_then(|c| c.token.as_ref()).map(token_sha);
+        if now_sha.is_some() && now_sha == Some(token_sha(&token)) {
+            e.step = Step::Written;
+        } else if current.get(e.index).is_some_and(|c| c.name == e.name) && now_sha == e.old_token_sha256 {
+            writes.push((
+                e.index,
+                Credentials {
+                    token,
+                    id: e.new_id,
+                    obtained_at: e.obtained_at.unwrap_or_else(Utc::now),
+                    expires_at: e.new_expires_at,
+                },
+            ));
+        } else {
+            e.step = Step::Failed;
+            e.error = Some("config.toml changed under the rotation; the entry is no longer where it was".into());
+        }
+    }
+
+    let chosen = service::choose(&settings.service, std::path::Path::new("/"));
+    let token_was_dead = journal.entries.iter().any(|e| e.token_was_dead && e.step == Step::Obtained);
+    let restart = match settings.service.restart {
+        RestartPolicy::Always => true,
+        RestartPolicy::WhenNeeded => token_was_dead,
+        RestartPolicy::Never => false,
+    } && chosen.manager.kind() != service::ManagerKind::None;
+    let mut service_report = ServiceReport {
+        manager: chosen.manager.kind().as_str().to_string(),
+        name: chosen.manager.name().to_string(),
+        stopped: false,
+        started: false,
+        reason: if restart {
+            chosen.reason.clone()
+        } else if chosen.manager.kind() == service::ManagerKind::None {
+            format!("{}; no restart", chosen.reason)
+        } else {
+            "not restarted (restart policy); gitlab-runner re-reads config.toml within 3 s".into()
+        },
+        error: None,
+    };
+    let manager: Arc<dyn ServiceManager> = Arc::from(chosen.manager);
+    let stop_timeout = settings.service.stop_timeout;
+
+    if !writes.is_empty() || journal.service_stopped {
+        if restart && !writes.is_empty() && !journal.service_stopped {
+            let m = manager.clone();
+            let stopped = tokio::task::spawn_blocking(move || {
+                m.stop()?;
+                service::wait_for(m.as_ref(), false, stop_timeout)
+            })
+            .await
+            .unwrap_or_else(|e| Err(service::Error::Spawn { argv: "stop".into(), reason: e.to_string() }));
+            match stopped {
+                Ok(_) => {
+                    service_report.stopped = true;
+                    journal.service_stopped = true;
+                    journal.save()?;
+                    tracing::info!(service = %manager.name(), manager = manager.kind().as_str(), "service stopped");
+                    crash::checkpoint("after-stop");
+                }
+                Err(e) => {
+                    // The tokens must still be written: gitlab-runner re-reads the file itself.
+                    tracing::error!(error = %e, "could not stop the service; writing config.toml anyway");
+                    service_report.error = Some(format!("stop failed: {e}"));
+                }
+            }
+        }
+        if !writes.is_empty() {
+            let saved = save_with_retry(settings, &config, &writes);
+            match saved {
+                Ok((backup, _)) => {
+                    journal.backup = Some(backup.clone());
+                    report.backup = Some(backup.display().to_string());
+                    for e in journal.entries.iter_mut().filter(|e| e.step == Step::Obtained) {
+                        if writes.iter().any(|(i, _)| *i == e.index) {
+                            e.step = Step::Written;
+                        }
+                    }
+                    journal.save()?;
+                    tracing::info!(config = %config.path.display(), runners = writes.len(), "config.toml rewritten");
+                    crash::checkpoint("after-journal-written");
+                }
+                Err(e) => {
+                    // Keep the journal (its tokens are the only copies) and bring the service back.
+                    tracing::error!(error = %e, "could not write config.toml; the new tokens stay in the journal");
+                    if journal.service_stopped {
+                        let m = manager.clone();
+                        let _ = tokio::task::spawn_blocking(move || m.start()).await;
+                        journal.service_stopped = false;
+                        journal.save()?;
+                    }
+                    for e2 in &journal.entries {
+                        if let Some(r) = report.runners.get_mut(e2.index) {
+                            r.outcome = Some(Outcome::Failed);
+                            r.error = Some(format!("{e}; fix: {}", e.fix()));
+                        }
+                    }
+                    report.service = Some(service_report);
+                    return Ok(());
+                }
+            }
+        }
+        if journal.service_stopped {
+            let m = manager.clone();
+            let started = tokio::task::spawn_blocking(move || {
+                m.start()?;
+                service::wait_for(m.as_ref(), true, stop_timeout)
+            })
+            .await
+            .unwrap_or_else(|e| Err(service::Error::Spawn { argv: "start".into(), reason: e.to_string() }));
+            match started {
+                Ok(_) => {
+                    service_report.started = true;
+                    tracing::info!(service = %manager.name(), "service started");
+                    crash::checkpoint("after-start");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the service did not start with the new config.toml; restoring the backup");
+                    service_report.error = Some(format!("start failed with the new config.toml: {e}; the backup was restored"));
+                    if let Some(backup) = &journal.backup {
+                        if let Ok(bytes) = fs_err::read(backup) {
+                            let _ = fs::atomic_replace(&config.real_path, &bytes, None);
+                        }
+                    }
+                    let m = manager.clone();
+                    let again = tokio::task::spawn_blocking(move || {
+                        m.start()?;
+                        service::wait_for(m.as_ref(), true, stop_timeout)
+                    })
+                    .await;
+                    service_report.started = matches!(again, Ok(Ok(_)));
+                    for e in journal.entries.iter_mut().filter(|e| e.step == Step::Written) {
+                        e.step = Step::Failed;
+                        e.error = Some("the service did not start with the new token; the old config.toml was restored".into());
+                    }
+                }
+            }
+            journal.service_stopped = false;
+            journal.save()?;
+        }
+    }
+
+    // Verify every written token against GitLab.
+    let system_id = read_system_id(&config);
+    for e in journal.entries.iter_mut().filter(|e| e.step == Step::Written) {
+        let entry = current.get(e.index);
+        let url = entry.and_then(|c| c.url.as_deref()).and_then(|u| parse_runner_url(u).ok());
+        let (Some(entry), Some(url), Some(token)) = (entry, url, e.new_token.as_ref()) else { continue };
+        let verified = match RunnerApi::new(&url, client_options(settings, tls_files(entry), system_id.clone())) {
+            Ok(api) => api.verify(token).await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        match verified {
+            Ok(()) => e.step = Step::Verified,
+            Err(err) => {
+                e.error = Some(format!("the new token did not verify: {err}"));
+                e.step = Step::Failed;
+            }
+        }
+    }
+    crash::checkpoint("after-verify");
+    journal.save()?;
+
+    // Delete the records the new runners replace, only once the new ones work.
+    if settings.delete_replaced {
+        if let Some(admin) = &admin {
+            for e in journal.entries.iter_mut().filter(|e| e.step == Step::Verified && e.delete_old) {
+                let Some(old) = e.old_id.filter(|old| Some(*old) != e.new_id) else { continue };
+                match admin.delete_runner(old).await {
+                    Ok(()) => e.step = Step::OldDeleted,
+                    Err(err) if err.status() == Some(404) => e.step = Step::OldDeleted,
+                    Err(err) => tracing::warn!(runner = %e.name, old_id = old, error = %err, "could not delete the replaced runner"),
+                }
+            }
+            journal.save()?;
+            crash::checkpoint("after-delete-replaced");
+        }
+    }
+
+    for e in &journal.entries {
+        if let Some(r) = report.runners.get_mut(e.index) {
+            let done = matches!(e.step, Step::Verified | Step::OldDeleted);
+            r.outcome = Some(if done { Outcome::Done } else { Outcome::Failed });
+            r.new_token = e.new_token.as_ref().map(RunnerToken::masked);
+            r.new_id = e.new_id.filter(|id| Some(*id) != e.old_id);
+            if !done {
+                r.error.clone_from(&e.error);
+            }
+            if done {
+                if let Some(at) = e.new_expires_at {
+                    r.token_expires_at = Some(at);
+                }
+            }
+        }
+        if matches!(e.step, Step::Verified | Step::OldDeleted) {
+            if let Some(deploy) = &settings.hooks.deploy {
+                let env = HookEnv {
+                    vars: vec![
+                        ("RUNNER_MEDIC_RUNNER".into(), e.name.clone()),
+                        ("RUNNER_MEDIC_ACTION".into(), e.action.as_str().into()),
+                        ("RUNNER_MEDIC_RUNNER_ID".into(), e.new_id.map(|i| i.to_string()).unwrap_or_default()),
+                        ("RUNNER_MEDIC_RUNNER_CONFIG".into(), journal.config_path.display().to_string()),
+                    ],
+                };
+                if let Err(err) = hooks::run("deploy", deploy, &env) {
+                    tracing::warn!(error = %err, "deploy hook failed");
+                }
+            }
+        }
+    }
+    if writes.is_empty() && !service_report.stopped && !service_report.started && service_report.error.is_none() {
+        service_report.reason = format!("{}; nothing was written", service_report.reason);
+    }
+    report.service = Some(service_report);
+    journal.finish()?;
+    Ok(())
+}
+
+/// Save once; if gitlab-runner rewrote the file meanwhile, re-read it and try once more.
+fn save_with_retry(
+    settings: &Settings,
+    config: &ConfigFile,
+    writes: &[(usize, Credentials)],
+) -> Result<(std::path::PathBuf, ()), crate::runner_config::Error> {
+    let opts = SaveOptions {
+        backup_dir: &settings.backup_dir(),
+        keep_backups: settings.keep_backups,
+    };
+    let text = config.with_credentials(writes)?;
+    match config.save(&text, &opts) {
+        Ok(saved) => Ok((saved.backup, ())),
+        Err(crate::runner_config::Error::Write(fs::WriteError::ChangedOnDisk { .. })) => {
+            tracing::warn!("config.toml changed while rotating; re-reading it once");
+            let fresh = ConfigFile::load(&config.path)?;
+            let text = fresh.with_credentials(writes)?;
+            fresh.save(&text, &opts).map(|s| (s.backup, ()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The unified diff config.toml would get, with every token masked.
+fn dry_run_diff(diagnosis: &Diagnosis, items: &[PlanItem]) -> String {
+    let Some(config) = &diagnosis.config else { return String::new() };
+    let changes: Vec<(usize, Credentials)> = items
+        .iter()
+        .filter(|i| !i.skipped && matches!(i.action, Action::Renew | Action::Reset | Action::Recreate))
+        .filter(|i| diagnosis.facts[i.index].entry.token.is_some())
+        .map(|i| {
+            (
+                i.index,
+                Credentials {
+                    token: RunnerToken::new(crate::runner_config::NEW_TOKEN_PLACEHOLDER),
+                    id: None,
+                    obtained_at: Utc::now(),
+                    expires_at: None,
+                },
+            )
+        })
+        .collect();
+    if changes.is_empty() {
+        return String::new();
+    }
+    match config.with_credentials(&changes) {
+        Ok(text) => config.masked_diff(&text),
+        Err(e) => format!("(no diff: {e})\n"),
+    }
+}

@@ -1,0 +1,161 @@
+//! The rotation journal: a record, fsynced before and after every step, of what one rotation of
+//! one config.toml has done. It holds new tokens until config.toml does, so a crash at any point
+//! loses none: the next run finds the journal and completes the rotation first.
+//!
+//! The file is JSON, mode 0600 in a 0700 directory. It is one of the three places a token may
+//! be (with config.toml and its backups), and is removed when the rotation completes.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::fs;
+use crate::gitlab::CreateRunner;
+use crate::report::Action;
+use crate::secret::RunnerToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Planned,
+    /// A creation request was (maybe) sent; its outcome is uncertain until recorded.
+    Requesting,
+    Obtained,
+    Written,
+    Verified,
+    OldDeleted,
+    /// Given up; nothing further to do for this entry.
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub index: usize,
+    pub name: String,
+    pub action: Action,
+    pub old_id: Option<u64>,
+    /// SHA-256 of the old token, to recognise the entry in config.toml without keeping the token.
+    pub old_token_sha256: Option<String>,
+    /// Put in `maintenance_note` of a created runner so an uncertain creation can be found.
+    pub creation_tag: Option<String>,
+    pub create: Option<CreateRunner>,
+    pub delete_old: bool,
+    pub token_was_dead: bool,
+    pub step: Step,
+    #[serde(serialize_with = "ser_token", deserialize_with = "de_token", default)]
+    pub new_token: Option<RunnerToken>,
+    pub new_id: Option<u64>,
+    pub new_expires_at: Option<DateTime<Utc>>,
+    pub obtained_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+#[allow(clippy::ref_option)]
+fn ser_token<S: Serializer>(t: &Option<RunnerToken>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_some(t.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+fn de_token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RunnerToken>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(RunnerToken::new))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Journal {
+    pub version: u32,
+    pub run_id: String,
+    pub config_path: PathBuf,
+    pub started_at: DateTime<Utc>,
+    pub entries: Vec<JournalEntry>,
+    /// The service was stopped by this rotation and not yet started again.
+    pub service_stopped: bool,
+    pub backup: Option<PathBuf>,
+    #[serde(skip)]
+    path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot write the journal `{path}`: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("the journal `{path}` is unreadable ({reason}); move it aside after checking config.toml")]
+    Read { path: PathBuf, reason: String },
+}
+
+impl Journal {
+    pub fn new(path: &Path, config_path: &Path, run_id: String, entries: Vec<JournalEntry>) -> Self {
+        Self {
+            version: 1,
+            run_id,
+            config_path: config_path.to_path_buf(),
+            started_at: Utc::now(),
+            entries,
+            service_stopped: false,
+            backup: None,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The unfinished journal at `path`, if any.
+    pub fn load(path: &Path) -> Result<Option<Self>, JournalError> {
+        let text = match fs_err::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(JournalError::Read {
+                    path: path.to_path_buf(),
+                    reason: e.kind().to_string(),
+                })
+            }
+        };
+        let mut journal: Journal = serde_json::from_str(&text).map_err(|e| JournalError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        journal.path = path.to_path_buf();
+        Ok(Some(journal))
+    }
+
+    /// Write the journal durably (temp file, fsync, rename, fsync of the directory).
+    pub fn save(&self) -> Result<(), JournalError> {
+        let err = |source| JournalError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        if let Some(dir) = self.path.parent() {
+            fs::private_dir(dir).map_err(err)?;
+        }
+        // Serialising plain data cannot fail.
+        let text = serde_json::to_vec_pretty(self).expect("journal serialises");
+        fs::write_private(&self.path, &text, 0o600).map_err(err)
+    }
+
+    /// The rotation is complete: remove the journal.
+    pub fn finish(self) -> Result<(), JournalError> {
+        match fs_err::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(JournalError::Write {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
+        if let Some(dir) = self.path.parent() {
+            let _ = fs::sync_dir(dir);
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+pub fn token_sha(token: &RunnerToken) -> String {
+    fs::sha256_hex(token.expose_secret().as_bytes())
+}

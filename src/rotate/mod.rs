@@ -1,0 +1,10 @@
+//! rotate: act on what diagnose finds. `plan` decides (pure), `execute` does it with a journal
+//! that makes every step recoverable, `hooks` runs the operator's commands.
+
+mod execute;
+pub mod hooks;
+pub mod journal;
+pub mod plan;
+
+pub use execute::{rotate, CouldNotRun, RotateOptions};
+pub use plan::{plan, Plan, PlanItem, Scope};

@@ -1,0 +1,281 @@
+//! Stopping and starting gitlab-runner under whatever supervises it.
+//!
+//! One small trait, [`ServiceManager`], with a backend per supervisor. Each backend builds its
+//! argv and parses output with pure functions (unit-tested against recorded real outputs) and
+//! runs commands only through `command.rs`.
+
+mod command;
+mod container;
+mod gitlab_runner;
+mod launchd;
+mod openrc;
+mod systemd;
+mod sysv;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use command::{run as run_command, Output};
+pub use container::Container;
+pub use gitlab_runner::GitlabRunnerCli;
+pub use launchd::Launchd;
+pub use openrc::OpenRc;
+pub use systemd::Systemd;
+pub use sysv::SysV;
+
+use crate::settings::ServiceSettings;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("cannot run `{argv}`: {reason}")]
+    Spawn { argv: String, reason: String },
+    #[error("`{argv}` did not finish within {secs} s")]
+    Timeout { argv: String, secs: u64 },
+    #[error("`{argv}` failed (exit {code:?}): {stderr}")]
+    Failed {
+        argv: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+    #[error("service `{name}` is still {state} after {secs} s")]
+    StateNotReached {
+        name: String,
+        state: &'static str,
+        secs: u64,
+    },
+}
+
+/// Which supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManagerKind {
+    Auto,
+    Systemd,
+    Sysv,
+    Openrc,
+    Launchd,
+    GitlabRunner,
+    Docker,
+    Podman,
+    None,
+}
+
+impl ManagerKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "auto" => Self::Auto,
+            "systemd" => Self::Systemd,
+            "sysv" | "service" => Self::Sysv,
+            "openrc" => Self::Openrc,
+            "launchd" => Self::Launchd,
+            "gitlab-runner" => Self::GitlabRunner,
+            "docker" => Self::Docker,
+            "podman" => Self::Podman,
+            "none" => Self::None,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Systemd => "systemd",
+            Self::Sysv => "sysv",
+            Self::Openrc => "openrc",
+            Self::Launchd => "launchd",
+            Self::GitlabRunner => "gitlab-runner",
+            Self::Docker => "docker",
+            Self::Podman => "podman",
+            Self::None => "none",
+        }
+    }
+}
+
+/// `restart = always | when-needed | never`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    /// Restart only when a token was dead; a renewed valid token relies on gitlab-runner's own
+    /// reload of config.toml (it re-reads the file within 3 s of a change, reference §7.2).
+    WhenNeeded,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceState {
+    Running { pid: Option<u32> },
+    Stopped,
+    /// The manager could not tell (or there is none).
+    Unknown(String),
+}
+
+pub trait ServiceManager: Send + Sync {
+    fn kind(&self) -> ManagerKind;
+    fn name(&self) -> &str;
+    /// Ask the service to stop (gracefully where the supervisor allows).
+    fn stop(&self) -> Result<(), Error>;
+    fn start(&self) -> Result<(), Error>;
+    fn status(&self) -> Result<ServiceState, Error>;
+}
+
+/// No supervision: gitlab-runner reloads config.toml by itself.
+pub struct NoManager;
+
+impl ServiceManager for NoManager {
+    fn kind(&self) -> ManagerKind {
+        ManagerKind::None
+    }
+    fn name(&self) -> &str {
+        "-"
+    }
+    fn stop(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn start(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn status(&self) -> Result<ServiceState, Error> {
+        Ok(ServiceState::Unknown("no service manager".into()))
+    }
+}
+
+/// The chosen manager and why it was chosen.
+pub struct Chosen {
+    pub manager: Box<dyn ServiceManager>,
+    pub reason: String,
+}
+
+/// Build the manager the settings ask for; `auto` detects from the host under `root` ("/").
+pub fn choose(settings: &ServiceSettings, root: &Path) -> Chosen {
+    let (kind, reason) = match settings.manager {
+        ManagerKind::Auto => detect(root, &settings.name),
+        other => (other, "chosen in the settings or on the command line".to_string()),
+    };
+    let timeout = settings.stop_timeout;
+    let name = settings.name.clone();
+    let manager: Box<dyn ServiceManager> = match kind {
+        ManagerKind::Systemd => Box::new(Systemd::new(name, timeout)),
+        ManagerKind::Sysv => Box::new(SysV::new(name, settings.init_dir.clone(), timeout)),
+        ManagerKind::Openrc => Box::new(OpenRc::new(name, timeout)),
+        ManagerKind::Launchd => Box::new(Launchd::new(name, nix::unistd::geteuid().is_root(), timeout)),
+        ManagerKind::GitlabRunner => {
+            Box::new(GitlabRunnerCli::new(name, settings.gitlab_runner_bin.clone(), timeout))
+        }
+        ManagerKind::Docker => Box::new(Container::new("docker".into(), name, timeout)),
+        ManagerKind::Podman => Box::new(Container::new("podman".into(), name, timeout)),
+        ManagerKind::None | ManagerKind::Auto => Box::new(NoManager),
+    };
+    Chosen { manager, reason }
+}
+
+/// Detect the supervisor of `name` from the files of the host rooted at `root`.
+pub fn detect(root: &Path, name: &str) -> (ManagerKind, String) {
+    let at = |p: &str| root.join(p.trim_start_matches('/'));
+    if at("/run/systemd/system").is_dir() {
+        for dir in ["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"] {
+            let unit = at(dir).join(format!("{name}.service"));
+            if unit.exists() {
+                return (
+                    ManagerKind::Systemd,
+                    format!("systemd is running and `{}` exists", unit.display()),
+                );
+            }
+        }
+    }
+    let script = at("/etc/init.d").join(name);
+    if script.exists() {
+        if at("/run/openrc").is_dir() || at("/sbin/openrc-run").exists() {
+            return (
+                ManagerKind::Openrc,
+                format!("OpenRC is present and `{}` exists", script.display()),
+            );
+        }
+        return (ManagerKind::Sysv, format!("the init script `{}` exists", script.display()));
+    }
+    for plist in [
+        format!("/Library/LaunchDaemons/{name}.plist"),
+        format!("/Library/LaunchAgents/{name}.plist"),
+    ] {
+        if at(&plist).exists() {
+            return (ManagerKind::Launchd, format!("`{plist}` exists"));
+        }
+    }
+    (
+        ManagerKind::None,
+        format!(
+            "no systemd unit, init script or launchd job named `{name}` was found; gitlab-runner \
+             re-reads config.toml by itself within 3 s"
+        ),
+    )
+}
+
+/// Poll `status` until `want` holds or `timeout` passes.
+pub fn wait_for(
+    manager: &dyn ServiceManager,
+    want_running: bool,
+    timeout: Duration,
+) -> Result<ServiceState, Error> {
+    let started = Instant::now();
+    loop {
+        let state = manager.status()?;
+        let reached = match &state {
+            ServiceState::Running { .. } => want_running,
+            ServiceState::Stopped => !want_running,
+            ServiceState::Unknown(_) => manager.kind() == ManagerKind::None,
+        };
+        if reached {
+            return Ok(state);
+        }
+        if started.elapsed() >= timeout {
+            return Err(Error::StateNotReached {
+                name: manager.name().to_string(),
+                state: if want_running { "not running" } else { "running" },
+                secs: timeout.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(root: &Path, p: &str) {
+        let path = root.join(p.trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "").unwrap();
+    }
+
+    #[test]
+    fn detects_systemd_only_when_running_and_unit_present() {
+        let root = tempfile::tempdir().unwrap();
+        touch(root.path(), "/etc/systemd/system/gitlab-runner.service");
+        assert_eq!(detect(root.path(), "gitlab-runner").0, ManagerKind::None);
+        std::fs::create_dir_all(root.path().join("run/systemd/system")).unwrap();
+        let (kind, reason) = detect(root.path(), "gitlab-runner");
+        assert_eq!(kind, ManagerKind::Systemd);
+        assert!(reason.contains("gitlab-runner.service"));
+    }
+
+    #[test]
+    fn detects_sysv_openrc_launchd_and_none() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(detect(root.path(), "gitlab-runner").0, ManagerKind::None);
+        touch(root.path(), "/etc/init.d/gitlab-runner");
+        assert_eq!(detect(root.path(), "gitlab-runner").0, ManagerKind::Sysv);
+        touch(root.path(), "/sbin/openrc-run");
+        assert_eq!(detect(root.path(), "gitlab-runner").0, ManagerKind::Openrc);
+        let mac = tempfile::tempdir().unwrap();
+        touch(mac.path(), "/Library/LaunchDaemons/gitlab-runner.plist");
+        assert_eq!(detect(mac.path(), "gitlab-runner").0, ManagerKind::Launchd);
+        // A unit of another name does not count.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(other.path().join("run/systemd/system")).unwrap();
+        touch(other.path(), "/lib/systemd/system/other.service");
+        assert_eq!(detect(other.path(), "gitlab-runner").0, ManagerKind::None);
+    }
+}

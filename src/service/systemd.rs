@@ -1,0 +1,107 @@
+//! systemd: `systemctl` on the unit. The stop is graceful first: gitlab-runner's unit has no
+//! `KillSignal`, so a plain `systemctl stop` sends SIGTERM, which aborts running jobs (reference
+//! §7.6). We send SIGQUIT, wait up to the stop timeout for the jobs to drain, then stop.
+
+use std::time::Duration;
+
+use super::command::{argv, run, run_ok};
+use super::{Error, ManagerKind, ServiceManager, ServiceState};
+
+pub struct Systemd {
+    unit: String,
+    timeout: Duration,
+}
+
+impl Systemd {
+    pub fn new(unit: String, timeout: Duration) -> Self {
+        Self { unit, timeout }
+    }
+
+    pub fn stop_argv(&self) -> Vec<Vec<String>> {
+        vec![
+            argv(&["systemctl", "kill", "--signal=SIGQUIT", "--kill-whom=main", &self.unit]),
+            argv(&["systemctl", "stop", &self.unit]),
+        ]
+    }
+
+    pub fn start_argv(&self) -> Vec<String> {
+        argv(&["systemctl", "start", &self.unit])
+    }
+
+    pub fn status_argv(&self) -> Vec<String> {
+        argv(&["systemctl", "show", &self.unit, "--property=ActiveState,SubState,MainPID"])
+    }
+}
+
+/// Parse `systemctl show --property=ActiveState,SubState,MainPID`.
+pub fn parse_show(text: &str) -> ServiceState {
+    let prop = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .map(str::trim)
+    };
+    let pid = prop("MainPID").and_then(|p| p.parse::<u32>().ok()).filter(|p| *p > 0);
+    match prop("ActiveState") {
+        Some("active" | "reloading" | "activating" | "deactivating") => ServiceState::Running { pid },
+        Some("inactive" | "failed") => ServiceState::Stopped,
+        other => ServiceState::Unknown(format!("ActiveState={}", other.unwrap_or("?"))),
+    }
+}
+
+impl ServiceManager for Systemd {
+    fn kind(&self) -> ManagerKind {
+        ManagerKind::Systemd
+    }
+    fn name(&self) -> &str {
+        &self.unit
+    }
+    fn stop(&self) -> Result<(), Error> {
+        let [graceful, hard] = <[Vec<String>; 2]>::try_from(self.stop_argv()).expect("two commands");
+        // The unit may already be stopped; a failed SIGQUIT is not an error then.
+        let _ = run(&graceful, Duration::from_secs(10));
+        if super::wait_for(self, false, self.timeout).is_err() {
+            tracing::warn!(unit = %self.unit, "jobs did not drain in time, stopping hard");
+        }
+        run_ok(&hard, self.timeout + Duration::from_secs(30)).map(|_| ())
+    }
+    fn start(&self) -> Result<(), Error> {
+        run_ok(&self.start_argv(), self.timeout).map(|_| ())
+    }
+    fn status(&self) -> Result<ServiceState, Error> {
+        let out = run_ok(&self.status_argv(), Duration::from_secs(10))?;
+        Ok(parse_show(&out.stdout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines() {
+        let s = Systemd::new("gitlab-runner".into(), Duration::from_secs(5));
+        assert_eq!(s.start_argv().join(" "), "systemctl start gitlab-runner");
+        assert_eq!(
+            s.status_argv().join(" "),
+            "systemctl show gitlab-runner --property=ActiveState,SubState,MainPID"
+        );
+        assert_eq!(s.stop_argv()[0].join(" "), "systemctl kill --signal=SIGQUIT --kill-whom=main gitlab-runner");
+        assert_eq!(s.stop_argv()[1].join(" "), "systemctl stop gitlab-runner");
+    }
+
+    #[test]
+    fn parses_recorded_show_output() {
+        assert_eq!(
+            parse_show(include_str!("../../tests/fixtures/systemctl-show-active.txt")),
+            ServiceState::Running { pid: Some(1234) }
+        );
+        assert_eq!(
+            parse_show(include_str!("../../tests/fixtures/systemctl-show-inactive.txt")),
+            ServiceState::Stopped
+        );
+        assert_eq!(
+            parse_show(include_str!("../../tests/fixtures/systemctl-show-deactivating.txt")),
+            ServiceState::Running { pid: Some(1234) }
+        );
+    }
+}

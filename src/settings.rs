@@ -1,0 +1,429 @@
+//! runner-medic's own settings: the settings file, environment and flags merged into one typed,
+//! validated value. Library code reads nothing from the environment; `main` gathers it once into
+//! [`Environment`] and everything below gets [`Settings`].
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::cli::{GlobalArgs, OutputFormat, Strategy};
+use crate::gitlab::{AdminCredential, CreateRunner, RetryPolicy};
+use crate::secret::AdminToken;
+use crate::service::{ManagerKind, RestartPolicy};
+
+/// What `main` read from the process environment, once.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    pub admin_token: Option<String>,
+    pub home: Option<PathBuf>,
+    pub is_root: bool,
+    /// `RUNNER_MEDIC_TEST_FAST_RETRY`: shrink retry delays (tests only).
+    pub fast_retry: bool,
+    pub is_tty_stdout: bool,
+    pub is_tty_stderr: bool,
+    pub user: String,
+}
+
+/// The settings file (`config/settings.example.toml` documents every key).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsFile {
+    pub gitlab_url: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub runner_config: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub metrics_file: Option<PathBuf>,
+    pub renew_before: Option<String>,
+    pub strategy: Option<Strategy>,
+    pub request_timeout: Option<String>,
+    pub retry_attempts: Option<u32>,
+    pub concurrency: Option<usize>,
+    pub delete_replaced: Option<bool>,
+    pub keep_backups: Option<usize>,
+    pub clock_skew_warning: Option<String>,
+    #[serde(default)]
+    pub service: ServiceFile,
+    #[serde(default)]
+    pub hooks: HooksFile,
+    #[serde(default)]
+    pub agent: AgentFile,
+    /// Per-runner creation parameters for recreating a runner whose record is gone.
+    #[serde(default)]
+    pub templates: BTreeMap<String, CreateRunner>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub manager: Option<String>,
+    pub name: Option<String>,
+    pub stop_timeout: Option<String>,
+    pub restart: Option<RestartPolicy>,
+    /// Where SysV/OpenRC init scripts live (default `/etc/init.d`).
+    pub init_dir: Option<PathBuf>,
+    /// The `gitlab-runner` binary for the `gitlab-runner` manager (default: from PATH).
+    pub gitlab_runner_bin: Option<PathBuf>,
+    /// `docker` or `podman` for the container manager.
+    pub container_cli: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksFile {
+    pub pre: Option<String>,
+    pub post: Option<String>,
+    pub deploy: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub interval: Option<String>,
+    pub jitter: Option<String>,
+    pub listen: Option<String>,
+}
+
+/// Everything a command needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub runner_config: PathBuf,
+    pub settings_file: Option<PathBuf>,
+    /// The operator's GitLab, normalised.
+    pub gitlab_url: Option<Url>,
+    pub admin: Option<AdminCredential>,
+    pub state_dir: PathBuf,
+    pub output: OutputFormat,
+    pub metrics_file: Option<PathBuf>,
+    pub renew_before: Option<Duration>,
+    pub strategy: Strategy,
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub concurrency: usize,
+    pub delete_replaced: bool,
+    pub keep_backups: usize,
+    pub clock_skew_warning: Duration,
+    pub service: ServiceSettings,
+    pub hooks: HooksFile,
+    pub agent: AgentSettings,
+    pub templates: BTreeMap<String, CreateRunner>,
+    pub color: bool,
+    pub user: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub manager: ManagerKind,
+    pub name: String,
+    pub stop_timeout: Duration,
+    pub restart: RestartPolicy,
+    pub init_dir: PathBuf,
+    pub gitlab_runner_bin: PathBuf,
+    pub container_cli: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub interval: Duration,
+    pub jitter: Duration,
+    pub listen: Option<String>,
+}
+
+/// The settings could not be used: the command cannot run (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SettingsError {
+    pub message: String,
+    pub fix: String,
+}
+
+fn bad(message: impl Into<String>, fix: impl Into<String>) -> SettingsError {
+    SettingsError {
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Parse `90s`, `30m`, `6h`, `7d`.
+pub fn parse_duration(what: &str, text: &str) -> Result<Duration, SettingsError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        bad(
+            format!("`{what}` is not a duration: `{text}` ({e})"),
+            "write durations like `90s`, `30m`, `6h` or `7d`",
+        )
+    })
+}
+
+/// Parse and normalise a GitLab base URL.
+pub fn parse_gitlab_url(text: &str) -> Result<Url, SettingsError> {
+    let url = Url::parse(text.trim()).map_err(|e| {
+        bad(
+            format!("`--gitlab-url` is not a URL: `{text}` ({e})"),
+            "give the instance's base URL, e.g. `https://gitlab.example.com`",
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(bad(
+            format!("`--gitlab-url` must be an http(s) URL with a host: `{text}`"),
+            "give the instance's base URL, e.g. `https://gitlab.example.com`",
+        ));
+    }
+    Ok(crate::diagnose::normalize_url(&url))
+}
+
+/// Read the privileged token from a file the way ssh treats a private key: refused when the group
+/// or others may read it.
+pub fn read_admin_token_file(path: &Path) -> Result<AdminToken, SettingsError> {
+    let meta = fs_err::metadata(path).map_err(|e| {
+        bad(
+            format!("cannot read the admin token file `{}`: {}", path.display(), e.kind()),
+            format!("create it with `install -m 0600 /dev/null {}` and write the token into it", path.display()),
+        )
+    })?;
+    if !meta.is_file() {
+        return Err(bad(
+            format!("the admin token file `{}` is not a regular file", path.display()),
+            "point `--admin-token-file` at the file that holds the token",
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(bad(
+            format!(
+                "the admin token file `{}` is readable by others (mode {mode:04o}); refusing to use it",
+                path.display()
+            ),
+            format!("chmod 600 {}", path.display()),
+        ));
+    }
+    let text = fs_err::read_to_string(path).map_err(|e| {
+        bad(
+            format!("cannot read the admin token file `{}`: {}", path.display(), e.kind()),
+            "check its permissions",
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(bad(
+            format!("the admin token file `{}` is empty", path.display()),
+            "write the access token (scopes `create_runner` and `manage_runner`, or `api`) into it",
+        ));
+    }
+    Ok(AdminToken::new(token))
+}
+
+impl Settings {
+    /// Merge flags (highest), the settings file and defaults.
+    pub fn resolve(
+        global: &GlobalArgs,
+        env: &Environment,
+        overrides: &Overrides,
+    ) -> Result<Self, SettingsError> {
+        let default_settings = PathBuf::from("/etc/runner-medic/settings.toml");
+        let settings_path = global
+            .settings
+            .clone()
+            .or_else(|| default_settings.exists().then_some(default_settings));
+        let file: SettingsFile = match &settings_path {
+            Some(path) => {
+                let text = fs_err::read_to_string(path).map_err(|e| {
+                    bad(
+                        format!("cannot read the settings file `{}`: {}", path.display(), e.kind()),
+                        "check the path given to `--settings`",
+                    )
+                })?;
+                toml::from_str(&text).map_err(|e| {
+                    let (line, col) = e
+                        .span()
+                        .map_or((1, 1), |s| crate::runner_config::line_col(&text, s.start));
+                    bad(
+                        format!(
+                            "the settings file `{}:{line}:{col}` is invalid: {}",
+                            path.display(),
+                            e.message()
+                        ),
+                        "see `config/settings.example.toml` for every key",
+                    )
+                })?
+            }
+            None => SettingsFile::default(),
+        };
+
+        let home = env.home.clone().unwrap_or_else(|| PathBuf::from("."));
+        let runner_config = global
+            .runner_config
+            .clone()
+            .or(file.runner_config.clone())
+            .unwrap_or_else(|| {
+                if env.is_root {
+                    PathBuf::from("/etc/gitlab-runner/config.toml")
+                } else {
+                    home.join(".gitlab-runner/config.toml")
+                }
+            });
+        let state_dir = global
+            .state_dir
+            .clone()
+            .or(file.state_dir.clone())
+            .unwrap_or_else(|| {
+                if env.is_root {
+                    PathBuf::from("/var/lib/runner-medic")
+                } else {
+                    home.join(".local/state/runner-medic")
+                }
+            });
+        let gitlab_url = global
+            .gitlab_url
+            .clone()
+            .or(file.gitlab_url.clone())
+            .map(|u| parse_gitlab_url(&u))
+            .transpose()?;
+        let token = match (&env.admin_token, global.admin_token_file.as_ref().or(file.admin_token_file.as_ref())) {
+            (Some(t), _) if !t.trim().is_empty() => Some(AdminToken::new(t.trim())),
+            (Some(_), _) => {
+                return Err(bad(
+                    "RUNNER_MEDIC_ADMIN_TOKEN is set but empty",
+                    "unset it or put the access token in it",
+                ))
+            }
+            (None, Some(path)) => Some(read_admin_token_file(path)?),
+            (None, None) => None,
+        };
+        let admin = match (token, &gitlab_url) {
+            (Some(token), Some(url)) => Some(AdminCredential {
+                url: url.clone(),
+                token,
+            }),
+            (Some(_), None) => {
+                return Err(bad(
+                    "a privileged token was given but no `--gitlab-url`; runner-medic sends it only to a URL you name",
+                    "add `--gitlab-url https://your.gitlab` (or `gitlab_url` in the settings file)",
+                ))
+            }
+            (None, _) => None,
+        };
+        let renew_before = overrides
+            .renew_before
+            .as_deref()
+            .or(file.renew_before.as_deref())
+            .map(|d| parse_duration("renew_before", d))
+            .transpose()?;
+        let duration = |what: &str, v: Option<&str>, default: Duration| {
+            v.map_or(Ok(default), |t| parse_duration(what, t))
+        };
+        let mut retry = RetryPolicy::default();
+        if let Some(n) = file.retry_attempts {
+            retry.max_attempts = n.max(1);
+        }
+        if env.fast_retry {
+            retry.base_delay = Duration::from_millis(5);
+            retry.max_delay = Duration::from_millis(50);
+        }
+        let manager_text = overrides
+            .service_manager
+            .clone()
+            .or(file.service.manager.clone())
+            .unwrap_or_else(|| "auto".into());
+        let manager = ManagerKind::parse(&manager_text).ok_or_else(|| {
+            bad(
+                format!("unknown service manager `{manager_text}`"),
+                "use one of auto, systemd, sysv, openrc, launchd, gitlab-runner, docker, podman, none",
+            )
+        })?;
+        let interval = duration(
+            "agent.interval",
+            overrides.interval.as_deref().or(file.agent.interval.as_deref()),
+            Duration::from_secs(6 * 3600),
+        )?;
+        if interval.is_zero() {
+            return Err(bad("`interval` must be longer than zero", "use e.g. `6h`"));
+        }
+        let jitter = duration(
+            "agent.jitter",
+            overrides.jitter.as_deref().or(file.agent.jitter.as_deref()),
+            interval / 10,
+        )?;
+        Ok(Self {
+            runner_config,
+            settings_file: settings_path,
+            gitlab_url,
+            admin,
+            state_dir,
+            output: global.output,
+            metrics_file: global.metrics_file.clone().or(file.metrics_file.clone()),
+            renew_before,
+            strategy: overrides.strategy.or(file.strategy).unwrap_or(Strategy::Auto),
+            request_timeout: duration("request_timeout", file.request_timeout.as_deref(), Duration::from_secs(30))?,
+            retry,
+            concurrency: file.concurrency.unwrap_or(16).clamp(1, 256),
+            delete_replaced: file.delete_replaced.unwrap_or(true),
+            keep_backups: file.keep_backups.unwrap_or(10).max(1),
+            clock_skew_warning: duration("clock_skew_warning", file.clock_skew_warning.as_deref(), Duration::from_secs(60))?,
+            service: ServiceSettings {
+                manager,
+                name: overrides
+                    .service_name
+                    .clone()
+                    .or(file.service.name.clone())
+                    .unwrap_or_else(|| "gitlab-runner".into()),
+                stop_timeout: duration("service.stop_timeout", file.service.stop_timeout.as_deref(), Duration::from_secs(60))?,
+                restart: if overrides.no_restart {
+                    RestartPolicy::Never
+                } else {
+                    file.service.restart.unwrap_or(RestartPolicy::Always)
+                },
+                init_dir: file.service.init_dir.clone().unwrap_or_else(|| PathBuf::from("/etc/init.d")),
+                gitlab_runner_bin: file
+                    .service
+                    .gitlab_runner_bin
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("gitlab-runner")),
+                container_cli: file.service.container_cli.clone().unwrap_or_else(|| "docker".into()),
+            },
+            hooks: file.hooks.clone(),
+            agent: AgentSettings {
+                interval,
+                jitter,
+                listen: overrides.listen.clone().or(file.agent.listen.clone()),
+            },
+            templates: file.templates,
+            color: env.is_tty_stdout,
+            user: env.user.clone(),
+        })
+    }
+
+    /// The lock, journal and backups of one config.toml live under a key derived from its path,
+    /// so several config.toml files on one host never share them.
+    pub fn config_key(&self) -> String {
+        let real = fs_err::canonicalize(&self.runner_config).unwrap_or_else(|_| self.runner_config.clone());
+        crate::fs::sha256_hex(real.to_string_lossy().as_bytes())[..16].to_string()
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.state_dir.join("locks").join(format!("{}.lock", self.config_key()))
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.state_dir.join("journal").join(format!("{}.json", self.config_key()))
+    }
+
+    pub fn backup_dir(&self) -> PathBuf {
+        self.state_dir.join("backups").join(self.config_key())
+    }
+}
+
+/// Command-specific flags that override settings.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub renew_before: Option<String>,
+    pub strategy: Option<Strategy>,
+    pub service_manager: Option<String>,
+    pub service_name: Option<String>,
+    pub no_restart: bool,
+    pub interval: Option<String>,
+    pub jitter: Option<String>,
+    pub listen: Option<String>,
+}

@@ -1,0 +1,114 @@
+//! A stand-in for `gitlab-runner run`, for end-to-end tests: it reads config.toml, polls
+//! `POST /api/v4/jobs/request` with each runner's token, re-reads the file when its mtime
+//! changes (as gitlab-runner does every 3 s, here faster) and on SIGHUP, writes a pid file, and
+//! exits cleanly on SIGQUIT, SIGTERM or SIGINT. It logs `poll name=… status=…`, never a token.
+//!
+//! Usage: stand-in-runner --config FILE [--pid-file FILE] [--interval-ms N]
+//! (also reachable as `runner-medic demo --stand-in-runner …` for the demo)
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+struct Entry {
+    name: String,
+    url: String,
+    token: String,
+}
+
+fn load(path: &Path) -> Result<Vec<Entry>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let doc: toml::Table = toml::from_str(&text).map_err(|e| e.message().to_string())?;
+    let runners = doc
+        .get("runners")
+        .and_then(|r| r.as_array())
+        .cloned()
+        .unwrap_or_default();
+    Ok(runners
+        .iter()
+        .filter_map(|r| {
+            Some(Entry {
+                name: r.get("name")?.as_str()?.to_string(),
+                url: r.get("url")?.as_str()?.trim_end_matches('/').to_string(),
+                token: r.get("token")?.as_str()?.to_string(),
+            })
+        })
+        .collect())
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Parse `--config FILE [--pid-file FILE] [--interval-ms N]` from `args` and run until a signal.
+pub async fn main_with_args(args: Vec<String>) {
+    let arg = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let Some(config) = arg("--config").map(PathBuf::from) else {
+        eprintln!("usage: stand-in-runner --config FILE [--pid-file FILE] [--interval-ms N]");
+        std::process::exit(2);
+    };
+    let pid_file = arg("--pid-file").map(PathBuf::from);
+    let interval = Duration::from_millis(
+        arg("--interval-ms").and_then(|v| v.parse().ok()).unwrap_or(300),
+    );
+    if let Some(p) = &pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id())).expect("write pid file");
+    }
+    let mut entries = load(&config).unwrap_or_else(|e| {
+        println!("config error: {e}");
+        Vec::new()
+    });
+    let mut seen = mtime(&config);
+    println!("started pid={} runners={}", std::process::id(), entries.len());
+
+    let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        let mut reload = false;
+        tokio::select! {
+            _ = quit.recv() => { println!("SIGQUIT: stopping gracefully"); break; }
+            _ = term.recv() => { println!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { println!("SIGINT: stopping"); break; }
+            _ = hup.recv() => { reload = true; }
+            _ = tick.tick() => {}
+        }
+        let now = mtime(&config);
+        if reload || now != seen {
+            seen = now;
+            match load(&config) {
+                Ok(e) => {
+                    entries = e;
+                    println!("reloaded config runners={}", entries.len());
+                }
+                // As gitlab-runner: keep the previous config when the new one is bad.
+                Err(e) => println!("failed to load config, keeping the previous one: {e}"),
+            }
+        }
+        for e in &entries {
+            let status = client
+                .post(format!("{}/api/v4/jobs/request", e.url))
+                .json(&serde_json::json!({ "token": e.token }))
+                .send()
+                .await
+                .map(|r| r.status().as_u16().to_string())
+                .unwrap_or_else(|err| format!("error({})", if err.is_connect() { "connect" } else { "other" }));
+            println!("poll name={} status={status}", e.name);
+        }
+    }
+    if let Some(p) = &pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+}
