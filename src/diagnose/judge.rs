@@ -1,7 +1,5 @@
 //! Judging one runner from its observations: pure, so every branch is unit-testable.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 
 use super::config_checks::Pre;
@@ -41,11 +39,18 @@ pub fn renew_window(entry: &RunnerEntry, expires_at: Option<DateTime<Utc>>, sett
     }
 }
 
+/// "in 12 days", "3 days ago", "in 5 hours": the coarsest unit that is at least one.
 pub fn describe_in(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    let d = at - now;
-    let abs = d.num_seconds().unsigned_abs();
-    let span = humantime::format_duration(Duration::from_secs(if abs >= 86400 { abs / 86400 * 86400 } else if abs >= 3600 { abs / 3600 * 3600 } else { abs })).to_string();
-    if d.num_seconds() >= 0 {
+    let secs = (at - now).num_seconds();
+    let abs = secs.unsigned_abs();
+    let (n, unit) = match abs {
+        0..=119 => (abs, "second"),
+        120..=7199 => (abs / 60, "minute"),
+        7200..=172_799 => (abs / 3600, "hour"),
+        _ => (abs / 86400, "day"),
+    };
+    let span = format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if secs >= 0 {
         format!("in {span}")
     } else {
         format!("{span} ago")

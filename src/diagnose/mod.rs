@@ -104,7 +104,8 @@ struct Clock {
 impl Clock {
     fn add(&mut self, server: Option<DateTime<Utc>>, local: DateTime<Utc>) {
         if let Some(s) = server {
-            self.samples.push((s, local));
+            // `Date` is cut to whole seconds: the true time lies in [s, s + 1), so centre it.
+            self.samples.push((s + chrono::Duration::milliseconds(500), local));
         }
     }
 

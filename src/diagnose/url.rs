@@ -5,10 +5,8 @@ use url::Url;
 /// Lower-case scheme and host (the url crate does that), no default port, no trailing slash,
 /// path prefix (e.g. `/gitlab`) kept, no query or fragment.
 pub fn normalize_url(url: &Url) -> Url {
+    // The url crate already drops a default port (`:443` on https) when it parses.
     let mut u = url.clone();
-    if u.port() == u.port_or_known_default() && u.port().is_some() {
-        let _ = u.set_port(None);
-    }
     u.set_query(None);
     u.set_fragment(None);
     let path = u.path().trim_end_matches('/').to_string();

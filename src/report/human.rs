@@ -87,6 +87,7 @@ pub fn render(report: &Report, color: bool) -> String {
             None => {}
         }
         let status = match r.worst() {
+            _ if r.outcome == Some(Outcome::Done) => p.wrap("32", "fixed"),
             None => p.wrap("32", "ok"),
             Some(Severity::Info) => p.wrap("32", "ok"),
             Some(Severity::Warning) => p.wrap("33", "warning"),

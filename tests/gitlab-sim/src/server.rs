@@ -108,6 +108,11 @@ async fn apply(kind: FaultKind, kill: Option<&KillConnection>) -> Response {
             tokio::time::sleep(d).await;
             fault_response(504)
         }
+        FaultKind::Body(status, body) => {
+            let mut r = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
+            r.headers_mut().insert("Content-Type", HeaderValue::from_static("application/json"));
+            r
+        }
     }
 }
 
@@ -193,6 +198,7 @@ fn fault_status(kind: &FaultKind) -> u16 {
         FaultKind::RateLimited { .. } => 429,
         FaultKind::Reset => 0,
         FaultKind::Hang(_) => 504,
+        FaultKind::Body(status, _) => *status,
     }
 }
 

@@ -11,6 +11,16 @@ use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 
+/// Every line carries the time (ms since the epoch) so tests can order events across processes.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        println!("ts={ms} {}", format!($($arg)*));
+    }};
+}
+
 struct Entry {
     name: String,
     url: String,
@@ -61,11 +71,11 @@ pub async fn main_with_args(args: Vec<String>) {
         std::fs::write(p, format!("{}\n", std::process::id())).expect("write pid file");
     }
     let mut entries = load(&config).unwrap_or_else(|e| {
-        println!("config error: {e}");
+        say!("config error: {e}");
         Vec::new()
     });
     let mut seen = mtime(&config);
-    println!("started pid={} runners={}", std::process::id(), entries.len());
+    say!("started pid={} runners={}", std::process::id(), entries.len());
 
     let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -79,9 +89,9 @@ pub async fn main_with_args(args: Vec<String>) {
     loop {
         let mut reload = false;
         tokio::select! {
-            _ = quit.recv() => { println!("SIGQUIT: stopping gracefully"); break; }
-            _ = term.recv() => { println!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { println!("SIGINT: stopping"); break; }
+            _ = quit.recv() => { say!("SIGQUIT: stopping gracefully"); break; }
+            _ = term.recv() => { say!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { say!("SIGINT: stopping"); break; }
             _ = hup.recv() => { reload = true; }
             _ = tick.tick() => {}
         }
@@ -91,10 +101,10 @@ pub async fn main_with_args(args: Vec<String>) {
             match load(&config) {
                 Ok(e) => {
                     entries = e;
-                    println!("reloaded config runners={}", entries.len());
+                    say!("reloaded config runners={}", entries.len());
                 }
                 // As gitlab-runner: keep the previous config when the new one is bad.
-                Err(e) => println!("failed to load config, keeping the previous one: {e}"),
+                Err(e) => say!("failed to load config, keeping the previous one: {e}"),
             }
         }
         for e in &entries {
@@ -105,7 +115,7 @@ pub async fn main_with_args(args: Vec<String>) {
                 .await
                 .map(|r| r.status().as_u16().to_string())
                 .unwrap_or_else(|err| format!("error({})", if err.is_connect() { "connect" } else { "other" }));
-            println!("poll name={} status={status}", e.name);
+            say!("poll name={} status={status}", e.name);
         }
     }
     if let Some(p) = &pid_file {

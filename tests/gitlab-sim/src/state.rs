@@ -114,6 +114,8 @@ pub enum FaultKind {
     Reset,
     /// Hold the request this long before answering 504.
     Hang(Duration),
+    /// Answer with this status and this raw body (e.g. a malformed one).
+    Body(u16, String),
 }
 
 #[derive(Debug, Clone)]
