@@ -1,3 +1,6 @@
 //! runner-medic's integration tests: one binary, a module per area.
 
+mod harness;
+
 mod config_editor;
+mod diagnose;

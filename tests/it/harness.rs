@@ -1,0 +1,283 @@
+//! `TestEnv`: a temp dir, a config.toml, the GitLab simulator, and the real binary.
+//! Each test builds its world as data, runs `runner-medic`, and checks what came out: exit code,
+//! stdout, stderr, the files afterwards and the simulator's request log.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use chrono::{DateTime, Duration, Utc};
+use gitlab_sim::{NewRunner, Options, RunnerType, Simulator};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_runner-medic");
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub sim: Simulator,
+    pub admin_token: String,
+    pub config: PathBuf,
+    pub settings: PathBuf,
+    pub state: PathBuf,
+    /// Extra settings text appended to the generated settings file.
+    pub extra_settings: String,
+    pub use_admin: bool,
+}
+
+/// One `[[runners]]` entry to write.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: String,
+    pub url: String,
+    pub id: Option<u64>,
+    pub token: String,
+    pub obtained_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub extra: String,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+    /// The runner object named `name` in the JSON report.
+    pub fn runner(&self, name: &str) -> serde_json::Value {
+        self.json()["runners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no runner {name} in report"))
+    }
+    pub fn codes(&self, name: &str) -> Vec<String> {
+        self.runner(name)["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap().to_string()).collect()
+    }
+    pub fn top_codes(&self) -> Vec<String> {
+        self.json()["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap().to_string()).collect()
+    }
+}
+
+fn fmt(d: DateTime<Utc>) -> String {
+    d.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        Self::with_options(Options::default())
+    }
+
+    pub fn with_options(options: Options) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options { tls_dir: Some(dir.path().to_path_buf()), ..options };
+        let sim = Simulator::start(options).unwrap();
+        let admin_token = sim.state().add_pat(&["api"], true, None);
+        let config = dir.path().join("config.toml");
+        let settings = dir.path().join("settings.toml");
+        let state = dir.path().join("state");
+        Self { dir, sim, admin_token, config, settings, state, extra_settings: String::new(), use_admin: true }
+    }
+
+    pub fn url(&self) -> String {
+        self.sim.url()
+    }
+
+    /// A runner in the simulator plus the matching config entry.
+    pub fn runner(&self, name: &str, kind: RunnerType) -> Entry {
+        let (id, token) = self.sim.state().add_runner(NewRunner {
+            runner_type: kind,
+            description: name.to_string(),
+            tag_list: vec!["linux".into()],
+            ..NewRunner::default()
+        });
+        let expires = self.sim.state().runners[&id].token_expires_at;
+        Entry {
+            name: name.to_string(),
+            url: self.url(),
+            id: Some(id),
+            token,
+            obtained_at: Some(Utc::now() - Duration::days(1)),
+            expires_at: expires,
+            extra: String::new(),
+        }
+    }
+
+    pub fn healthy(&self, name: &str) -> Entry {
+        self.runner(name, RunnerType::InstanceType)
+    }
+
+    /// Token expired (in the simulator and in config.toml).
+    pub fn expired(&self, name: &str) -> Entry {
+        let mut e = self.runner(name, RunnerType::ProjectType);
+        self.sim.state().expire_token(e.id.unwrap());
+        e.obtained_at = Some(Utc::now() - Duration::days(31));
+        e.expires_at = Some(Utc::now() - Duration::days(1));
+        e
+    }
+
+    /// Token reset elsewhere: config.toml has the old value.
+    pub fn revoked(&self, name: &str) -> Entry {
+        let e = self.runner(name, RunnerType::ProjectType);
+        self.sim.state().reset_token(e.id.unwrap());
+        e
+    }
+
+    /// Runner record deleted; config.toml still has it.
+    pub fn deleted(&self, name: &str) -> Entry {
+        let e = self.runner(name, RunnerType::GroupType);
+        self.sim.state().runners.remove(&e.id.unwrap());
+        e
+    }
+
+    /// Valid token that expires in `days`.
+    pub fn expiring(&self, name: &str, days: i64) -> Entry {
+        let mut e = self.runner(name, RunnerType::InstanceType);
+        let at = Utc::now() + Duration::days(days);
+        self.sim.state().runners.get_mut(&e.id.unwrap()).unwrap().token_expires_at = Some(at);
+        e.obtained_at = Some(Utc::now() - Duration::days(80));
+        e.expires_at = Some(at);
+        e
+    }
+
+    pub fn write_config(&self, entries: &[Entry]) -> String {
+        let mut text = String::from("# managed by hand\nconcurrent = 4\ncheck_interval = 0\n\n[session_server]\n  session_timeout = 1800\n");
+        for e in entries {
+            text.push_str(&format!("\n[[runners]]\n  name = \"{}\"\n  url = \"{}\"\n", e.name, e.url));
+            if let Some(id) = e.id {
+                text.push_str(&format!("  id = {id}\n"));
+            }
+            text.push_str(&format!("  token = \"{}\"\n", e.token));
+            if let Some(at) = e.obtained_at {
+                text.push_str(&format!("  token_obtained_at = {}\n", fmt(at)));
+            }
+            text.push_str(&format!(
+                "  token_expires_at = {}\n",
+                e.expires_at.map_or_else(|| "0001-01-01T00:00:00Z".to_string(), fmt)
+            ));
+            text.push_str("  executor = \"shell\"  # keep this comment\n");
+            text.push_str(&e.extra);
+        }
+        self.write_config_text(&text);
+        text
+    }
+
+    pub fn write_config_text(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+        std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config).unwrap()
+    }
+
+    fn write_settings(&self) {
+        let mut text = format!("state_dir = \"{}\"\nrequest_timeout = \"5s\"\n", self.state.display());
+        if self.use_admin {
+            let token_file = self.dir.path().join("admin-token");
+            std::fs::write(&token_file, &self.admin_token).unwrap();
+            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            text.push_str(&format!("gitlab_url = \"{}\"\nadmin_token_file = \"{}\"\n", self.url(), token_file.display()));
+        }
+        text.push_str(&self.extra_settings);
+        if !self.extra_settings.contains("[service]") {
+            text.push_str("\n[service]\nmanager = \"none\"\n");
+        }
+        std::fs::write(&self.settings, text).unwrap();
+    }
+
+    /// The binary with this environment's config and settings, and nothing from the caller's env.
+    pub fn command(&self, args: &[&str]) -> Command {
+        self.write_settings();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .arg("--runner-config")
+            .arg(&self.config)
+            .arg("--settings")
+            .arg(&self.settings)
+            .env_remove("RUNNER_MEDIC_ADMIN_TOKEN")
+            .env_remove("RUNNER_MEDIC_GITLAB_URL")
+            .env_remove("RUNNER_MEDIC_ADMIN_TOKEN_FILE")
+            .env_remove("RUNNER_MEDIC_STATE_DIR")
+            .env_remove("RUNNER_MEDIC_RUNNER_CONFIG")
+            .env_remove("RUNNER_MEDIC_SETTINGS")
+            .env_remove("RUNNER_MEDIC_METRICS_FILE")
+            .env_remove("RUNNER_MEDIC_CRASH_AT")
+            .env_remove("NO_COLOR")
+            .env("RUNNER_MEDIC_TEST_FAST_RETRY", "1")
+            .env("RUST_LOG", "runner_medic=debug");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_cmd(self.command(args))
+    }
+
+    pub fn run_cmd(&self, mut cmd: Command) -> Run {
+        let out: Output = cmd.output().expect("runner-medic runs");
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        // Every run is scanned for secrets: no token may ever be printed.
+        self.assert_no_secrets(&run.stdout, "stdout");
+        self.assert_no_secrets(&run.stderr, "stderr");
+        run
+    }
+
+    /// Every token the simulator ever issued, and the privileged token.
+    pub fn all_secrets(&self) -> Vec<String> {
+        let s = self.sim.state();
+        let mut all: Vec<String> = s.issued_tokens.clone();
+        all.extend(s.pats.iter().map(|p| p.token.clone()));
+        all
+    }
+
+    pub fn assert_no_secrets(&self, text: &str, what: &str) {
+        for secret in self.all_secrets() {
+            assert!(!text.contains(&secret), "a token leaked into {what}:\n{text}");
+        }
+    }
+
+    /// Token currently in config.toml for `name`.
+    pub fn config_token(&self, name: &str) -> String {
+        let doc: toml::Table = toml::from_str(&self.config_text()).unwrap();
+        doc["runners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"].as_str() == Some(name))
+            .and_then(|r| r["token"].as_str())
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn config_id(&self, name: &str) -> Option<i64> {
+        let doc: toml::Table = toml::from_str(&self.config_text()).unwrap();
+        doc["runners"].as_array().unwrap().iter().find(|r| r["name"].as_str() == Some(name)).and_then(|r| r.get("id")).and_then(toml::Value::as_integer)
+    }
+
+    /// The runner id whose current token this is (simulator side).
+    pub fn token_works(&self, token: &str) -> bool {
+        self.sim.state().runner_by_token(token).is_some()
+    }
+
+    pub fn changing_requests(&self) -> Vec<String> {
+        self.sim.state().log.iter().filter(|e| e.is_changing()).map(|e| format!("{} {}", e.method, e.route)).collect()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+pub fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
