@@ -281,3 +281,91 @@ impl TestEnv {
 pub fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
+
+/// A stand-in gitlab-runner process (this binary's `demo --stand-in-runner`), managed through a
+/// `gitlab-runner`-compatible launcher script (`start|stop|status`).
+pub struct StandIn {
+    pub launcher: PathBuf,
+    pub log: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+impl StandIn {
+    pub fn install(env: &TestEnv) -> Self {
+        let dir = env.dir.path();
+        let launcher = dir.join("gitlab-runner");
+        let log = dir.join("runner.log");
+        let pid_file = dir.join("runner.pid");
+        let script = format!(
+            r#"#!/bin/sh
+pidfile="{pid}"
+running() {{ [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }}
+case "$1" in
+  start)
+    running && exit 0
+    rm -f "$pidfile"
+    nohup "{bin}" demo --stand-in-runner --config "{config}" --pid-file "$pidfile" --interval-ms 100 >>"{log}" 2>&1 &
+    i=0; while [ ! -f "$pidfile" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+    running ;;
+  stop)
+    running || exit 0
+    kill -QUIT "$(cat "$pidfile")"
+    i=0; while running && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+    ! running ;;
+  status)
+    if running; then echo "gitlab-runner: Service is running"; exit 0; fi
+    echo "gitlab-runner: Service has stopped" >&2; exit 1 ;;
+esac
+"#,
+            pid = pid_file.display(),
+            bin = BIN,
+            config = env.config.display(),
+            log = log.display()
+        );
+        std::fs::write(&launcher, script).unwrap();
+        std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self { launcher, log, pid_file }
+    }
+
+    pub fn settings(&self) -> String {
+        format!("\n[service]\nmanager = \"gitlab-runner\"\ngitlab_runner_bin = \"{}\"\nstop_timeout = \"10s\"\n", self.launcher.display())
+    }
+
+    pub fn ctl(&self, action: &str) -> bool {
+        Command::new(&self.launcher).arg(action).status().unwrap().success()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Lines of the log that match `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.launcher).arg("stop").status();
+    }
+}
+
+/// Wait (bounded) until the simulator has seen a successful job poll with `token`: the runner
+/// works again. Returns whether it did.
+pub fn wait_polling_with(env: &TestEnv, token: &str) -> bool {
+    for _ in 0..100 {
+        let seen = env.sim.state().log.iter().any(|e| {
+            e.route == "/api/v4/jobs/request" && e.status == 204 && e.credential.as_deref() == Some(token)
+        });
+        if seen {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}

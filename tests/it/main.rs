@@ -4,3 +4,4 @@ mod harness;
 
 mod config_editor;
 mod diagnose;
+mod rotate;
