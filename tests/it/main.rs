@@ -5,3 +5,4 @@ mod harness;
 mod config_editor;
 mod diagnose;
 mod rotate;
+mod service;
