@@ -4,5 +4,6 @@ mod harness;
 
 mod config_editor;
 mod diagnose;
+mod gitlab_client;
 mod rotate;
 mod service;
