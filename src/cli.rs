@@ -24,25 +24,55 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// The gitlab-runner config.toml [default: /etc/gitlab-runner/config.toml as root, else ~/.gitlab-runner/config.toml]
-    #[arg(long, global = true, env = "RUNNER_MEDIC_RUNNER_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_MEDIC_RUNNER_CONFIG",
+        value_name = "FILE"
+    )]
     pub runner_config: Option<PathBuf>,
     /// runner-medic's own settings (TOML) [default: /etc/runner-medic/settings.toml if present]
-    #[arg(long, global = true, env = "RUNNER_MEDIC_SETTINGS", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_MEDIC_SETTINGS",
+        value_name = "FILE"
+    )]
     pub settings: Option<PathBuf>,
     /// The GitLab instance trusted with the privileged token
-    #[arg(long, global = true, env = "RUNNER_MEDIC_GITLAB_URL", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_MEDIC_GITLAB_URL",
+        value_name = "URL"
+    )]
     pub gitlab_url: Option<String>,
     /// File holding the privileged token (must not be group/world readable); or set RUNNER_MEDIC_ADMIN_TOKEN
-    #[arg(long, global = true, env = "RUNNER_MEDIC_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_MEDIC_ADMIN_TOKEN_FILE",
+        value_name = "FILE"
+    )]
     pub admin_token_file: Option<PathBuf>,
     /// Journal, backups and lock files (mode 0700) [default: /var/lib/runner-medic as root, else ~/.local/state/runner-medic]
-    #[arg(long, global = true, env = "RUNNER_MEDIC_STATE_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_MEDIC_STATE_DIR",
+        value_name = "DIR"
+    )]
     pub state_dir: Option<PathBuf>,
     /// Report format on stdout; logs go to stderr
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
     /// After the run, write Prometheus text-format metrics here (atomically)
-    #[arg(long, global = true, env = "RUNNER_MEDIC_METRICS_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_MEDIC_METRICS_FILE",
+        value_name = "FILE"
+    )]
     pub metrics_file: Option<PathBuf>,
     /// Log format on stderr [default: human on a terminal, plain otherwise]
     #[arg(long, global = true, value_enum, env = "RUNNER_MEDIC_LOG_FORMAT")]

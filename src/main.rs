@@ -34,13 +34,23 @@ fn init_tracing(cli: &Cli, env: &Environment) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("runner_medic={default},warn")));
-    let format = cli.global.log_format.unwrap_or(if env.is_tty_stderr { LogFormat::Human } else { LogFormat::Plain });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("runner_medic={default},warn")));
+    let format = cli.global.log_format.unwrap_or(if env.is_tty_stderr {
+        LogFormat::Human
+    } else {
+        LogFormat::Plain
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Plain => builder.with_ansi(false).init(),
-        LogFormat::Human => builder.with_ansi(env.is_tty_stderr && std::env::var_os("NO_COLOR").is_none()).without_time().init(),
+        LogFormat::Human => builder
+            .with_ansi(env.is_tty_stderr && std::env::var_os("NO_COLOR").is_none())
+            .without_time()
+            .init(),
     }
 }
 
@@ -53,7 +63,11 @@ fn report_error(e: &CouldNotRun) -> ExitCode {
 /// Write to stdout; a closed pipe (`| head`) is a quiet exit, not a panic.
 fn print(text: &str) {
     let mut out = std::io::stdout().lock();
-    if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
         std::process::exit(0);
     }
 }
@@ -68,8 +82,13 @@ fn render(report: &Report, format: OutputFormat, color: bool) {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     // The demo's stand-in gitlab-runner is this same binary, so the demo needs nothing installed.
-    if args.get(1).map(String::as_str) == Some("demo") && args.get(2).map(String::as_str) == Some("--stand-in-runner") {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    if args.get(1).map(String::as_str) == Some("demo")
+        && args.get(2).map(String::as_str) == Some("--stand-in-runner")
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
         runtime.block_on(gitlab_sim::stand_in::main_with_args(args));
         return ExitCode::SUCCESS;
     }
@@ -77,10 +96,17 @@ fn main() -> ExitCode {
     runner_medic::crash::arm(std::env::var("RUNNER_MEDIC_CRASH_AT").ok());
     let env = environment();
     init_tracing(&cli, &env);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
-            return report_error(&CouldNotRun { message: format!("cannot start the async runtime: {e}"), fix: "check the process limits".into() })
+            return report_error(&CouldNotRun {
+                message: format!("cannot start the async runtime: {e}"),
+                fix: "check the process limits".into(),
+            })
         }
     };
     runtime.block_on(run(cli, env))
@@ -116,7 +142,10 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
         }
         Command::Man => {
             let mut buf = Vec::new();
-            if clap_mangen::Man::new(Cli::command()).render(&mut buf).is_err() {
+            if clap_mangen::Man::new(Cli::command())
+                .render(&mut buf)
+                .is_err()
+            {
                 return ExitCode::FAILURE;
             }
             print(&String::from_utf8_lossy(&buf));
@@ -134,7 +163,11 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
                     for line in &demo.runner_log_tail {
                         print(&format!("{line}\n"));
                     }
-                    let verdict = if demo.status == ExitStatus::Healthy { "every runner is healthy again" } else { "some runner is still broken" };
+                    let verdict = if demo.status == ExitStatus::Healthy {
+                        "every runner is healthy again"
+                    } else {
+                        "some runner is still broken"
+                    };
                     print(&format!("\ndemo: {verdict}\n"));
                     ExitCode::from(demo.status.code())
                 }
@@ -149,16 +182,21 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
     };
     let result: Result<Report, CouldNotRun> = match &cli.command {
         Command::Diagnose => Ok(commands::diagnose::run(&settings).await),
-        Command::Rotate(args) => commands::rotate::run(&settings, args, env.is_tty_stdout || env.is_tty_stderr).await,
+        Command::Rotate(args) => {
+            commands::rotate::run(&settings, args, env.is_tty_stdout || env.is_tty_stderr).await
+        }
         Command::Agent(_) => {
             let (tx, rx) = tokio::sync::mpsc::channel(8);
             tokio::spawn(forward_signals(tx));
             let global = cli.global;
             let env2 = env.clone();
-            let reload = move || Settings::resolve(&global, &env2, &overrides).map_err(CouldNotRun::from);
+            let reload =
+                move || Settings::resolve(&global, &env2, &overrides).map_err(CouldNotRun::from);
             commands::agent::run(settings.clone(), reload, rx).await
         }
-        Command::Demo(_) | Command::Completions { .. } | Command::Man => unreachable!("handled above"),
+        Command::Demo(_) | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(report) => {
@@ -184,7 +222,11 @@ fn cli_command_name(report: &Report) -> &'static str {
 /// The OS edge of the agent: SIGTERM/SIGINT mean shut down, SIGHUP means reload.
 async fn forward_signals(tx: tokio::sync::mpsc::Sender<commands::agent::Signal>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         return;
     };
     loop {

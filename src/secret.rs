@@ -65,7 +65,10 @@ impl RunnerToken {
             Some("it is an environment variable reference, which runner-medic does not rewrite")
         } else if token.starts_with('<') || token.ends_with('>') {
             Some("it is a placeholder")
-        } else if token.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'') {
+        } else if token
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'')
+        {
             Some("it contains whitespace, quotes or control characters")
         } else {
             None

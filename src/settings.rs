@@ -179,13 +179,23 @@ pub fn parse_gitlab_url(text: &str) -> Result<Url, SettingsError> {
 pub fn read_admin_token_file(path: &Path) -> Result<AdminToken, SettingsError> {
     let meta = fs_err::metadata(path).map_err(|e| {
         bad(
-            format!("cannot read the admin token file `{}`: {}", path.display(), e.kind()),
-            format!("create it with `install -m 0600 /dev/null {}` and write the token into it", path.display()),
+            format!(
+                "cannot read the admin token file `{}`: {}",
+                path.display(),
+                e.kind()
+            ),
+            format!(
+                "create it with `install -m 0600 /dev/null {}` and write the token into it",
+                path.display()
+            ),
         )
     })?;
     if !meta.is_file() {
         return Err(bad(
-            format!("the admin token file `{}` is not a regular file", path.display()),
+            format!(
+                "the admin token file `{}` is not a regular file",
+                path.display()
+            ),
             "point `--admin-token-file` at the file that holds the token",
         ));
     }
@@ -201,7 +211,11 @@ pub fn read_admin_token_file(path: &Path) -> Result<AdminToken, SettingsError> {
     }
     let text = fs_err::read_to_string(path).map_err(|e| {
         bad(
-            format!("cannot read the admin token file `{}`: {}", path.display(), e.kind()),
+            format!(
+                "cannot read the admin token file `{}`: {}",
+                path.display(),
+                e.kind()
+            ),
             "check its permissions",
         )
     })?;
@@ -231,7 +245,11 @@ impl Settings {
             Some(path) => {
                 let text = fs_err::read_to_string(path).map_err(|e| {
                     bad(
-                        format!("cannot read the settings file `{}`: {}", path.display(), e.kind()),
+                        format!(
+                            "cannot read the settings file `{}`: {}",
+                            path.display(),
+                            e.kind()
+                        ),
                         "check the path given to `--settings`",
                     )
                 })?;
@@ -281,7 +299,13 @@ impl Settings {
             .or(file.gitlab_url.clone())
             .map(|u| parse_gitlab_url(&u))
             .transpose()?;
-        let token = match (&env.admin_token, global.admin_token_file.as_ref().or(file.admin_token_file.as_ref())) {
+        let token = match (
+            &env.admin_token,
+            global
+                .admin_token_file
+                .as_ref()
+                .or(file.admin_token_file.as_ref()),
+        ) {
             (Some(t), _) if !t.trim().is_empty() => Some(AdminToken::new(t.trim())),
             (Some(_), _) => {
                 return Err(bad(
@@ -335,7 +359,10 @@ impl Settings {
         })?;
         let interval = duration(
             "agent.interval",
-            overrides.interval.as_deref().or(file.agent.interval.as_deref()),
+            overrides
+                .interval
+                .as_deref()
+                .or(file.agent.interval.as_deref()),
             Duration::from_secs(6 * 3600),
         )?;
         if interval.is_zero() {
@@ -355,13 +382,24 @@ impl Settings {
             output: global.output,
             metrics_file: global.metrics_file.clone().or(file.metrics_file.clone()),
             renew_before,
-            strategy: overrides.strategy.or(file.strategy).unwrap_or(Strategy::Auto),
-            request_timeout: duration("request_timeout", file.request_timeout.as_deref(), Duration::from_secs(30))?,
+            strategy: overrides
+                .strategy
+                .or(file.strategy)
+                .unwrap_or(Strategy::Auto),
+            request_timeout: duration(
+                "request_timeout",
+                file.request_timeout.as_deref(),
+                Duration::from_secs(30),
+            )?,
             retry,
             concurrency: file.concurrency.unwrap_or(16).clamp(1, 256),
             delete_replaced: file.delete_replaced.unwrap_or(true),
             keep_backups: file.keep_backups.unwrap_or(10).max(1),
-            clock_skew_warning: duration("clock_skew_warning", file.clock_skew_warning.as_deref(), Duration::from_secs(60))?,
+            clock_skew_warning: duration(
+                "clock_skew_warning",
+                file.clock_skew_warning.as_deref(),
+                Duration::from_secs(60),
+            )?,
             service: ServiceSettings {
                 manager,
                 name: overrides
@@ -369,19 +407,31 @@ impl Settings {
                     .clone()
                     .or(file.service.name.clone())
                     .unwrap_or_else(|| "gitlab-runner".into()),
-                stop_timeout: duration("service.stop_timeout", file.service.stop_timeout.as_deref(), Duration::from_secs(60))?,
+                stop_timeout: duration(
+                    "service.stop_timeout",
+                    file.service.stop_timeout.as_deref(),
+                    Duration::from_secs(60),
+                )?,
                 restart: if overrides.no_restart {
                     RestartPolicy::Never
                 } else {
                     file.service.restart.unwrap_or(RestartPolicy::Always)
                 },
-                init_dir: file.service.init_dir.clone().unwrap_or_else(|| PathBuf::from("/etc/init.d")),
+                init_dir: file
+                    .service
+                    .init_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/etc/init.d")),
                 gitlab_runner_bin: file
                     .service
                     .gitlab_runner_bin
                     .clone()
                     .unwrap_or_else(|| PathBuf::from("gitlab-runner")),
-                container_cli: file.service.container_cli.clone().unwrap_or_else(|| "docker".into()),
+                container_cli: file
+                    .service
+                    .container_cli
+                    .clone()
+                    .unwrap_or_else(|| "docker".into()),
             },
             hooks: file.hooks.clone(),
             agent: AgentSettings {
@@ -398,16 +448,21 @@ impl Settings {
     /// The lock, journal and backups of one config.toml live under a key derived from its path,
     /// so several config.toml files on one host never share them.
     pub fn config_key(&self) -> String {
-        let real = fs_err::canonicalize(&self.runner_config).unwrap_or_else(|_| self.runner_config.clone());
+        let real = fs_err::canonicalize(&self.runner_config)
+            .unwrap_or_else(|_| self.runner_config.clone());
         crate::fs::sha256_hex(real.to_string_lossy().as_bytes())[..16].to_string()
     }
 
     pub fn lock_path(&self) -> PathBuf {
-        self.state_dir.join("locks").join(format!("{}.lock", self.config_key()))
+        self.state_dir
+            .join("locks")
+            .join(format!("{}.lock", self.config_key()))
     }
 
     pub fn journal_path(&self) -> PathBuf {
-        self.state_dir.join("journal").join(format!("{}.json", self.config_key()))
+        self.state_dir
+            .join("journal")
+            .join(format!("{}.json", self.config_key()))
     }
 
     pub fn backup_dir(&self) -> PathBuf {

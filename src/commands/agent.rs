@@ -30,9 +30,19 @@ pub enum Signal {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 fn unreachable(report: &Report) -> bool {
-    report.findings.iter().chain(report.runners.iter().flat_map(|r| r.findings.iter())).any(|f| {
-        matches!(f.code, FindingCode::DnsFailure | FindingCode::ConnectFailure | FindingCode::ServerError | FindingCode::TlsFailure)
-    })
+    report
+        .findings
+        .iter()
+        .chain(report.runners.iter().flat_map(|r| r.findings.iter()))
+        .any(|f| {
+            matches!(
+                f.code,
+                FindingCode::DnsFailure
+                    | FindingCode::ConnectFailure
+                    | FindingCode::ServerError
+                    | FindingCode::TlsFailure
+            )
+        })
 }
 
 /// Run until a shutdown signal. `reload` re-reads the settings on SIGHUP.
@@ -48,7 +58,11 @@ pub async fn run(
     let mut last_rotation: BTreeMap<String, (i64, String, String)> = BTreeMap::new();
     let mut failures: u32 = 0;
     let mut last_report = Report::new("agent", settings.runner_config.display().to_string(), None);
-    tracing::info!(interval_s = settings.agent.interval.as_secs(), jitter_s = settings.agent.jitter.as_secs(), "agent started");
+    tracing::info!(
+        interval_s = settings.agent.interval.as_secs(),
+        jitter_s = settings.agent.jitter.as_secs(),
+        "agent started"
+    );
     loop {
         let opts = RotateOptions {
             dry_run: false,
@@ -82,7 +96,11 @@ pub async fn run(
                     if matches!(r.outcome, Some(Outcome::Done | Outcome::Failed)) {
                         last_rotation.insert(
                             r.name.clone(),
-                            (now, r.action.map_or("none", |a| a.as_str()).to_string(), r.outcome.map_or("", |o| o.as_str()).to_string()),
+                            (
+                                now,
+                                r.action.map_or("none", |a| a.as_str()).to_string(),
+                                r.outcome.map_or("", |o| o.as_str()).to_string(),
+                            ),
                         );
                     }
                 }
@@ -94,7 +112,11 @@ pub async fn run(
                     }
                 }
                 let status = report.exit_status();
-                tracing::info!(status = status.code(), runners = report.runners.len(), "cycle finished");
+                tracing::info!(
+                    status = status.code(),
+                    runners = report.runners.len(),
+                    "cycle finished"
+                );
                 let down = unreachable(&report);
                 last_report = report;
                 if down {
@@ -144,32 +166,47 @@ fn jitter(max: Duration) -> Duration {
     if max.is_zero() {
         return Duration::ZERO;
     }
-    Duration::from_millis(rand::thread_rng().gen_range(0..=max.as_millis().min(u128::from(u64::MAX)) as u64))
+    Duration::from_millis(
+        rand::thread_rng().gen_range(0..=max.as_millis().min(u128::from(u64::MAX)) as u64),
+    )
 }
 
 /// 30 s, 1 min, 2 min, … capped at the interval, while GitLab is unreachable.
 fn backoff(failures: u32, interval: Duration) -> Duration {
-    let base = Duration::from_secs(30).saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)));
+    let base = Duration::from_secs(30)
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)));
     base.min(interval) + jitter(Duration::from_secs(5))
 }
 
 /// A minimal `/metrics` listener: GET /metrics answers the last cycle's text.
 async fn serve_metrics(addr: &str, text: Arc<RwLock<String>>) -> Result<(), CouldNotRun> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| CouldNotRun {
-        message: format!("cannot listen on `{addr}`: {e}"),
-        fix: "choose a free address for `--listen`, e.g. 127.0.0.1:9852".into(),
-    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CouldNotRun {
+            message: format!("cannot listen on `{addr}`: {e}"),
+            fix: "choose a free address for `--listen`, e.g. 127.0.0.1:9852".into(),
+        })?;
     tracing::info!(addr, "serving /metrics");
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
             let text = text.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 2048];
-                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.ok().and_then(Result::ok).unwrap_or(0);
+                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let ok = request.starts_with("GET /metrics");
-                let body = if ok { text.read().await.clone() } else { "not found\n".to_string() };
+                let body = if ok {
+                    text.read().await.clone()
+                } else {
+                    "not found\n".to_string()
+                };
                 let status = if ok { "200 OK" } else { "404 Not Found" };
                 let response = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -63,8 +63,15 @@ esac
 }
 
 pub async fn run(env: &Environment, keep: bool) -> Result<DemoRun, CouldNotRun> {
-    let tmp = tempfile::Builder::new().prefix("runner-medic-demo-").tempdir().map_err(io)?;
-    let dir = if keep { tmp.keep() } else { tmp.path().to_path_buf() };
+    let tmp = tempfile::Builder::new()
+        .prefix("runner-medic-demo-")
+        .tempdir()
+        .map_err(io)?;
+    let dir = if keep {
+        tmp.keep()
+    } else {
+        tmp.path().to_path_buf()
+    };
     let sim = Simulator::start(Options::default()).map_err(io)?;
     let url = sim.url();
     let (healthy, expired, deleted, admin_token) = {
@@ -72,11 +79,29 @@ pub async fn run(env: &Environment, keep: bool) -> Result<DemoRun, CouldNotRun> 
         s.settings.runner_token_expiration_interval = Some(90 * 86400);
         s.settings.project_runner_token_expiration_interval = Some(30 * 86400);
         s.settings.group_runner_token_expiration_interval = Some(30 * 86400);
-        let admin = s.add_pat(&["api"], true, Some((Utc::now() + chrono::Duration::days(300)).date_naive()));
-        let healthy = s.add_runner(NewRunner { description: "docker-prod".into(), tag_list: vec!["docker".into()], ..NewRunner::default() });
-        let expired = s.add_runner(NewRunner { runner_type: RunnerType::ProjectType, description: "shell-build".into(), tag_list: vec!["shell".into()], ..NewRunner::default() });
+        let admin = s.add_pat(
+            &["api"],
+            true,
+            Some((Utc::now() + chrono::Duration::days(300)).date_naive()),
+        );
+        let healthy = s.add_runner(NewRunner {
+            description: "docker-prod".into(),
+            tag_list: vec!["docker".into()],
+            ..NewRunner::default()
+        });
+        let expired = s.add_runner(NewRunner {
+            runner_type: RunnerType::ProjectType,
+            description: "shell-build".into(),
+            tag_list: vec!["shell".into()],
+            ..NewRunner::default()
+        });
         s.expire_token(expired.0);
-        let deleted = s.add_runner(NewRunner { runner_type: RunnerType::GroupType, description: "k8s-deploy".into(), tag_list: vec!["k8s".into()], ..NewRunner::default() });
+        let deleted = s.add_runner(NewRunner {
+            runner_type: RunnerType::GroupType,
+            description: "k8s-deploy".into(),
+            tag_list: vec!["k8s".into()],
+            ..NewRunner::default()
+        });
         s.runners.remove(&deleted.0);
         (healthy, expired, deleted, admin)
     };
@@ -189,18 +214,37 @@ tag_list = ["k8s"]
     // Start the stand-in runner the way an operator's service manager would.
     let service = crate::service::choose(&settings.service, Path::new("/"));
     let m = service.manager;
-    let started = tokio::task::spawn_blocking(move || m.start().map(|()| m)).await.map_err(io)?;
+    let started = tokio::task::spawn_blocking(move || m.start().map(|()| m))
+        .await
+        .map_err(io)?;
     let manager = started.map_err(|e| CouldNotRun {
         message: format!("the demo's stand-in runner did not start: {e}"),
         fix: "run `runner-medic demo --keep` and read runner.log in its directory".into(),
     })?;
 
     let mut steps = Vec::new();
-    steps.push(("1. diagnose".to_string(), crate::diagnose::diagnose(&settings).await.report));
-    let dry = RotateOptions { dry_run: true, scope: Scope::default(), wait: false };
-    steps.push(("2. rotate --dry-run".to_string(), crate::rotate::rotate(&settings, &dry).await?));
-    let real = RotateOptions { dry_run: false, scope: Scope::default(), wait: false };
-    steps.push(("3. rotate".to_string(), crate::rotate::rotate(&settings, &real).await?));
+    steps.push((
+        "1. diagnose".to_string(),
+        crate::diagnose::diagnose(&settings).await.report,
+    ));
+    let dry = RotateOptions {
+        dry_run: true,
+        scope: Scope::default(),
+        wait: false,
+    };
+    steps.push((
+        "2. rotate --dry-run".to_string(),
+        crate::rotate::rotate(&settings, &dry).await?,
+    ));
+    let real = RotateOptions {
+        dry_run: false,
+        scope: Scope::default(),
+        wait: false,
+    };
+    steps.push((
+        "3. rotate".to_string(),
+        crate::rotate::rotate(&settings, &real).await?,
+    ));
     // Give the restarted stand-in a moment to poll with its new tokens.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let last = crate::diagnose::diagnose(&settings).await.report;
@@ -208,11 +252,24 @@ tag_list = ["k8s"]
     steps.push(("4. diagnose again".to_string(), last));
 
     let log = fs_err::read_to_string(dir.join("runner.log")).unwrap_or_default();
-    let runner_log_tail = log.lines().rev().take(6).map(str::to_string).collect::<Vec<_>>().into_iter().rev().collect();
+    let runner_log_tail = log
+        .lines()
+        .rev()
+        .take(6)
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     let _ = tokio::task::spawn_blocking(move || manager.stop()).await;
     drop(sim);
     if !keep {
         let _ = fs_err::remove_dir_all(&dir);
     }
-    Ok(DemoRun { dir, steps, runner_log_tail, status })
+    Ok(DemoRun {
+        dir,
+        steps,
+        runner_log_tail,
+        status,
+    })
 }

@@ -16,12 +16,18 @@ pub struct CouldNotRun {
 
 impl From<crate::settings::SettingsError> for CouldNotRun {
     fn from(e: crate::settings::SettingsError) -> Self {
-        Self { message: e.message, fix: e.fix }
+        Self {
+            message: e.message,
+            fix: e.fix,
+        }
     }
 }
 
 impl From<crate::rotate::CouldNotRun> for CouldNotRun {
     fn from(e: crate::rotate::CouldNotRun) -> Self {
-        Self { message: e.message, fix: e.fix }
+        Self {
+            message: e.message,
+            fix: e.fix,
+        }
     }
 }

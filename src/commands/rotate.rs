@@ -21,13 +21,22 @@ pub fn options(args: &RotateArgs) -> RotateOptions {
     }
 }
 
-pub async fn run(settings: &Settings, args: &RotateArgs, interactive: bool) -> Result<Report, CouldNotRun> {
+pub async fn run(
+    settings: &Settings,
+    args: &RotateArgs,
+    interactive: bool,
+) -> Result<Report, CouldNotRun> {
     if let Some(delay) = &args.random_delay {
         let max = parse_duration("--random-delay", delay)?;
         // From cron, spread a fleet's runs so they do not hit GitLab in the same second.
         if !interactive && !max.is_zero() {
-            let wait = Duration::from_millis(rand::thread_rng().gen_range(0..=max.as_millis().min(u128::from(u64::MAX)) as u64));
-            tracing::info!(delay_s = wait.as_secs(), "sleeping a random delay first (--random-delay)");
+            let wait = Duration::from_millis(
+                rand::thread_rng().gen_range(0..=max.as_millis().min(u128::from(u64::MAX)) as u64),
+            );
+            tracing::info!(
+                delay_s = wait.as_secs(),
+                "sleeping a random delay first (--random-delay)"
+            );
             tokio::time::sleep(wait).await;
         }
     }

@@ -16,7 +16,8 @@ pub struct AdminCheck {
     pub dates: Vec<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
-const NEW_TOKEN_FIX: &str = "create an access token with the scopes `create_runner` and `manage_runner` (or `api`) \
+const NEW_TOKEN_FIX: &str =
+    "create an access token with the scopes `create_runner` and `manage_runner` (or `api`) \
      for a user who owns the runners (an administrator for instance runners), write it to the \
      admin token file (mode 0600), then run `runner-medic diagnose`";
 
@@ -94,9 +95,21 @@ pub async fn check(api: &AdminApi, settings: &Settings) -> AdminCheck {
     if let Ok(reply) = api.application_settings().await {
         let s = reply.value;
         for (kind, key, value) in [
-            ("instance", "runner_token_expiration_interval", s.runner_token_expiration_interval),
-            ("group", "group_runner_token_expiration_interval", s.group_runner_token_expiration_interval),
-            ("project", "project_runner_token_expiration_interval", s.project_runner_token_expiration_interval),
+            (
+                "instance",
+                "runner_token_expiration_interval",
+                s.runner_token_expiration_interval,
+            ),
+            (
+                "group",
+                "group_runner_token_expiration_interval",
+                s.group_runner_token_expiration_interval,
+            ),
+            (
+                "project",
+                "project_runner_token_expiration_interval",
+                s.project_runner_token_expiration_interval,
+            ),
         ] {
             let Some(secs) = value else { continue };
             let lifetime = std::time::Duration::from_secs(secs.max(0).unsigned_abs());
@@ -105,9 +118,13 @@ pub async fn check(api: &AdminApi, settings: &Settings) -> AdminCheck {
             let unusually_short = lifetime < std::time::Duration::from_secs(7 * 86400);
             if too_short_for_window || unusually_short {
                 let why = if too_short_for_window {
-                    format!("shorter than the renew window of {}", humantime::format_duration(settings.renew_before.unwrap_or_default()))
+                    format!(
+                        "shorter than the renew window of {}",
+                        humantime::format_duration(settings.renew_before.unwrap_or_default())
+                    )
                 } else {
-                    "unusually short: a runner that is offline for that long loses its token".to_string()
+                    "unusually short: a runner that is offline for that long loses its token"
+                        .to_string()
                 };
                 out.findings.push(Finding::warning(
                     FindingCode::ShortTokenLifetime,
@@ -126,8 +143,16 @@ pub fn clock_finding(skew: chrono::Duration, settings: &Settings) -> Option<Find
     if secs < warn {
         return None;
     }
-    let severity = if secs > 300.0 { Severity::Error } else { Severity::Warning };
-    let direction = if skew.num_milliseconds() > 0 { "behind" } else { "ahead of" };
+    let severity = if secs > 300.0 {
+        Severity::Error
+    } else {
+        Severity::Warning
+    };
+    let direction = if skew.num_milliseconds() > 0 {
+        "behind"
+    } else {
+        "ahead of"
+    };
     Some(Finding::new(
         FindingCode::ClockSkew,
         severity,

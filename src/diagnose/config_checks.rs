@@ -23,9 +23,12 @@ pub struct Pre {
 
 pub fn file_finding(e: &ConfigError) -> Finding {
     match e {
-        ConfigError::Unreadable { .. } => Finding::error(FindingCode::ConfigUnreadable, e.to_string(), e.fix()),
+        ConfigError::Unreadable { .. } => {
+            Finding::error(FindingCode::ConfigUnreadable, e.to_string(), e.fix())
+        }
         ConfigError::Invalid { line, column, .. } => {
-            let mut f = Finding::error(FindingCode::ConfigInvalid, e.to_string(), e.fix()).at(Some(*line));
+            let mut f =
+                Finding::error(FindingCode::ConfigInvalid, e.to_string(), e.fix()).at(Some(*line));
             f.column = Some(*column);
             f
         }
@@ -93,7 +96,10 @@ pub fn check_entry(entry: &RunnerEntry, config: &ConfigFile, settings: &Settings
                 format!("runner `{name}` ({}) has no `url`", at(None)),
                 format!(
                     "add `url = \"{}\"` to the entry",
-                    settings.gitlab_url.as_ref().map_or("https://gitlab.example.com".to_string(), url_key)
+                    settings
+                        .gitlab_url
+                        .as_ref()
+                        .map_or("https://gitlab.example.com".to_string(), url_key)
                 ),
             )
             .at(Some(entry.line)),
@@ -102,10 +108,16 @@ pub fn check_entry(entry: &RunnerEntry, config: &ConfigFile, settings: &Settings
             Err(why) => findings.push(
                 Finding::error(
                     FindingCode::UrlInvalid,
-                    format!("runner `{name}` ({}): `url = {text:?}` is not a usable URL: {why}", at(entry.url_line)),
+                    format!(
+                        "runner `{name}` ({}): `url = {text:?}` is not a usable URL: {why}",
+                        at(entry.url_line)
+                    ),
                     format!(
                         "write the instance's base URL, e.g. `url = \"{}\"`",
-                        settings.gitlab_url.as_ref().map_or("https://gitlab.example.com".to_string(), url_key)
+                        settings
+                            .gitlab_url
+                            .as_ref()
+                            .map_or("https://gitlab.example.com".to_string(), url_key)
                     ),
                 )
                 .at(entry.url_line),

@@ -80,7 +80,12 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(code: FindingCode, severity: Severity, message: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn new(
+        code: FindingCode,
+        severity: Severity,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self {
             code,
             severity,

@@ -29,12 +29,18 @@ pub struct Judged {
 /// The renew window: the operator's `renew_before`, or a fifth of the token's lifetime when it
 /// is known (gitlab-runner itself rotates at three quarters, reference §7.1, so it gets the first
 /// chance), or 7 days.
-pub fn renew_window(entry: &RunnerEntry, expires_at: Option<DateTime<Utc>>, settings: &Settings) -> chrono::Duration {
+pub fn renew_window(
+    entry: &RunnerEntry,
+    expires_at: Option<DateTime<Utc>>,
+    settings: &Settings,
+) -> chrono::Duration {
     if let Some(d) = settings.renew_before {
         return chrono::Duration::from_std(d).unwrap_or_else(|_| chrono::Duration::days(7));
     }
     match (entry.token_obtained_at, expires_at) {
-        (Some(from), Some(to)) if to > from => std::cmp::max((to - from) / 5, chrono::Duration::hours(1)),
+        (Some(from), Some(to)) if to > from => {
+            std::cmp::max((to - from) / 5, chrono::Duration::hours(1))
+        }
         _ => chrono::Duration::days(7),
     }
 }
@@ -57,7 +63,13 @@ pub fn describe_in(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-pub fn judge(entry: &RunnerEntry, pre: &Pre, obs: &Observation, server_now: DateTime<Utc>, settings: &Settings) -> Judged {
+pub fn judge(
+    entry: &RunnerEntry,
+    pre: &Pre,
+    obs: &Observation,
+    server_now: DateTime<Utc>,
+    settings: &Settings,
+) -> Judged {
     let name = &entry.name;
     let file = settings.runner_config.display();
     let mut findings = Vec::new();
@@ -65,12 +77,13 @@ pub fn judge(entry: &RunnerEntry, pre: &Pre, obs: &Observation, server_now: Date
         findings.push(f.clone().at(Some(entry.line)));
     }
     let config_expiry = entry.token_expires_at;
-    let out = |state, expires_at: Option<DateTime<Utc>>, verified_id, findings: Vec<Finding>| Judged {
-        findings,
-        state,
-        expires_at,
-        verified_id,
-    };
+    let out =
+        |state, expires_at: Option<DateTime<Utc>>, verified_id, findings: Vec<Finding>| Judged {
+            findings,
+            state,
+            expires_at,
+            verified_id,
+        };
     let rotate = format!("runner-medic rotate --runner {name}");
     let needs_admin = if settings.admin.is_some() {
         rotate.clone()

@@ -67,7 +67,11 @@ impl Diagnosis {
 }
 
 /// Client options for a runner: its TLS files, the settings' timeouts and retries.
-pub fn client_options(settings: &Settings, tls: TlsFiles, system_id: Option<String>) -> ClientOptions {
+pub fn client_options(
+    settings: &Settings,
+    tls: TlsFiles,
+    system_id: Option<String>,
+) -> ClientOptions {
     ClientOptions {
         timeout: settings.request_timeout,
         retry: settings.retry.clone(),
@@ -105,7 +109,8 @@ impl Clock {
     fn add(&mut self, server: Option<DateTime<Utc>>, local: DateTime<Utc>) {
         if let Some(s) = server {
             // `Date` is cut to whole seconds: the true time lies in [s, s + 1), so centre it.
-            self.samples.push((s + chrono::Duration::milliseconds(500), local));
+            self.samples
+                .push((s + chrono::Duration::milliseconds(500), local));
         }
     }
 
@@ -165,7 +170,10 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
             let tls = entries
                 .iter()
                 .find(|e| {
-                    e.url.as_deref().and_then(|u| parse_runner_url(u).ok()).map(|u| url_key(&u))
+                    e.url
+                        .as_deref()
+                        .and_then(|u| parse_runner_url(u).ok())
+                        .map(|u| url_key(&u))
                         == Some(url_key(&cred.url))
                 })
                 .map(tls_files)
@@ -194,7 +202,8 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
     };
 
     // One client per (url, TLS files): runners of one instance share connections.
-    let mut clients: HashMap<(String, TlsFiles), Result<Arc<RunnerApi>, gitlab::Error>> = HashMap::new();
+    let mut clients: HashMap<(String, TlsFiles), Result<Arc<RunnerApi>, gitlab::Error>> =
+        HashMap::new();
     let pre: Vec<config_checks::Pre> = entries
         .iter()
         .map(|e| config_checks::check_entry(e, &config, settings))
@@ -203,22 +212,27 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
         if let Some(url) = &p.url {
             let key = (url_key(url), tls_files(entry));
             clients.entry(key).or_insert_with(|| {
-                RunnerApi::new(url, client_options(settings, tls_files(entry), system_id.clone())).map(Arc::new)
+                RunnerApi::new(
+                    url,
+                    client_options(settings, tls_files(entry), system_id.clone()),
+                )
+                .map(Arc::new)
             });
         }
     }
 
-    let observations: Vec<network::Observation> = futures::stream::iter(entries.iter().zip(&pre).map(|(entry, p)| {
-        let client = p
-            .url
-            .as_ref()
-            .and_then(|u| clients.get(&(url_key(u), tls_files(entry))).cloned());
-        let admin = admin.clone().filter(|_| p.admin_usable);
-        async move { network::observe(entry, p, client, admin).await }
-    }))
-    .buffered(settings.concurrency)
-    .collect()
-    .await;
+    let observations: Vec<network::Observation> =
+        futures::stream::iter(entries.iter().zip(&pre).map(|(entry, p)| {
+            let client = p
+                .url
+                .as_ref()
+                .and_then(|u| clients.get(&(url_key(u), tls_files(entry))).cloned());
+            let admin = admin.clone().filter(|_| p.admin_usable);
+            async move { network::observe(entry, p, client, admin).await }
+        }))
+        .buffered(settings.concurrency)
+        .collect()
+        .await;
     for o in &observations {
         for (date, local) in &o.dates {
             clock.add(Some(*date), *local);

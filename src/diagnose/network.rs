@@ -88,20 +88,23 @@ pub async fn observe(
 pub async fn probe(runner: &str, url: &Url, err: &gitlab::Error) -> Finding {
     let host = url.host_str().unwrap_or_default().to_string();
     let port = url.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
-        Ok(a) => a.collect(),
-        Err(e) => {
-            return Finding::error(
+    let addrs: Vec<std::net::SocketAddr> =
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(a) => a.collect(),
+            Err(e) => return Finding::error(
                 FindingCode::DnsFailure,
                 format!("runner `{runner}`: cannot resolve `{host}`: {e}"),
-                format!("check the name and the resolver: `getent hosts {host}`, `/etc/resolv.conf`"),
-            )
-        }
-    };
+                format!(
+                    "check the name and the resolver: `getent hosts {host}`, `/etc/resolv.conf`"
+                ),
+            ),
+        };
     let mut last = String::new();
     let mut connected = false;
     for addr in &addrs {
-        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await {
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+        {
             Ok(Ok(_)) => {
                 connected = true;
                 break;

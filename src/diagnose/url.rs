@@ -16,7 +16,10 @@ pub fn normalize_url(url: &Url) -> Url {
 
 /// The normalised string form used for comparisons and display (no trailing `/`).
 pub fn url_key(url: &Url) -> String {
-    normalize_url(url).as_str().trim_end_matches('/').to_string()
+    normalize_url(url)
+        .as_str()
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Parse a `url` value from config.toml; `Err` says why it is not usable.
@@ -41,10 +44,22 @@ mod tests {
 
     #[test]
     fn equivalent_spellings_compare_equal() {
-        assert_eq!(key("HTTPS://GitLab.Example.com:443/"), key("https://gitlab.example.com"));
-        assert_eq!(key("http://gitlab.example.com:80"), key("http://gitlab.example.com/"));
-        assert_eq!(key("https://example.com/gitlab/"), key("https://example.com/gitlab"));
-        assert_ne!(key("https://example.com/gitlab"), key("https://example.com"));
+        assert_eq!(
+            key("HTTPS://GitLab.Example.com:443/"),
+            key("https://gitlab.example.com")
+        );
+        assert_eq!(
+            key("http://gitlab.example.com:80"),
+            key("http://gitlab.example.com/")
+        );
+        assert_eq!(
+            key("https://example.com/gitlab/"),
+            key("https://example.com/gitlab")
+        );
+        assert_ne!(
+            key("https://example.com/gitlab"),
+            key("https://example.com")
+        );
         assert_ne!(key("https://example.com:8443"), key("https://example.com"));
         assert_ne!(key("http://example.com"), key("https://example.com"));
     }
@@ -52,7 +67,9 @@ mod tests {
     #[test]
     fn invalid_runner_urls_say_why() {
         assert!(parse_runner_url("gitlab.example.com").is_err());
-        assert!(parse_runner_url("ftp://gitlab.example.com").unwrap_err().contains("scheme"));
+        assert!(parse_runner_url("ftp://gitlab.example.com")
+            .unwrap_err()
+            .contains("scheme"));
         assert!(parse_runner_url("https://gitlab.example.com/").is_ok());
     }
 }

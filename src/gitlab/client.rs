@@ -79,14 +79,18 @@ impl Http {
         if let Some(ca) = &opts.tls.ca_file {
             let pem = fs_err::read(ca).map_err(|e| Error::Setup(format!("tls-ca-file: {e}")))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::Setup(format!("tls-ca-file `{}` holds no PEM certificate: {e}", ca.display()))
+                Error::Setup(format!(
+                    "tls-ca-file `{}` holds no PEM certificate: {e}",
+                    ca.display()
+                ))
             })?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
         }
         if let (Some(cert), Some(key)) = (&opts.tls.cert_file, &opts.tls.key_file) {
-            let mut pem = fs_err::read(cert).map_err(|e| Error::Setup(format!("tls-cert-file: {e}")))?;
+            let mut pem =
+                fs_err::read(cert).map_err(|e| Error::Setup(format!("tls-cert-file: {e}")))?;
             pem.extend(fs_err::read(key).map_err(|e| Error::Setup(format!("tls-key-file: {e}")))?);
             let identity = reqwest::Identity::from_pem(&pem)
                 .map_err(|e| Error::Setup(format!("tls-cert-file/tls-key-file: {e}")))?;
@@ -188,7 +192,9 @@ impl Http {
 
 fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
     let v = headers.get("Date")?.to_str().ok()?;
-    DateTime::parse_from_rfc2822(v).ok().map(|d| d.with_timezone(&Utc))
+    DateTime::parse_from_rfc2822(v)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
 }
 
 /// GitLab's `message` is a string or an object (reference §4.1); OAuth errors use `error`.
@@ -202,7 +208,11 @@ fn error_message(text: &str) -> String {
                 };
             }
             match (v.get("error"), v.get("error_description")) {
-                (Some(e), Some(d)) => format!("{}: {}", e.as_str().unwrap_or_default(), d.as_str().unwrap_or_default()),
+                (Some(e), Some(d)) => format!(
+                    "{}: {}",
+                    e.as_str().unwrap_or_default(),
+                    d.as_str().unwrap_or_default()
+                ),
                 (Some(e), None) => e.as_str().unwrap_or_default().to_string(),
                 _ => text.chars().take(200).collect(),
             }
@@ -243,7 +253,13 @@ impl RunnerApi {
     pub async fn verify(&self, token: &RunnerToken) -> Result<Reply<Verified>, Error> {
         let (_, text, date) = self
             .http
-            .send(Method::POST, "api/v4/runners/verify", None, Some(self.token_body(token)), Idempotency::Safe)
+            .send(
+                Method::POST,
+                "api/v4/runners/verify",
+                None,
+                Some(self.token_body(token)),
+                Idempotency::Safe,
+            )
             .await?;
         // GitLab before 15.10 answers a plain-text `200` (§2.1).
         let value = match serde_json::from_str::<RawVerified>(&text) {
@@ -266,7 +282,13 @@ impl RunnerApi {
     pub async fn reset_own_token(&self, token: &RunnerToken) -> Result<Reply<TokenGrant>, Error> {
         let reply: Reply<RawGrant> = self
             .http
-            .call(Method::POST, "api/v4/runners/reset_authentication_token", None, Some(json!({"token": token.expose_secret()})), Idempotency::Unsafe)
+            .call(
+                Method::POST,
+                "api/v4/runners/reset_authentication_token",
+                None,
+                Some(json!({"token": token.expose_secret()})),
+                Idempotency::Unsafe,
+            )
             .await?;
         Ok(Reply {
             value: grant(reply.value),
@@ -279,7 +301,13 @@ impl RunnerApi {
     pub async fn request_job(&self, token: &RunnerToken) -> Result<u16, Error> {
         let (status, _, _) = self
             .http
-            .send(Method::POST, "api/v4/jobs/request", None, Some(self.token_body(token)), Idempotency::Safe)
+            .send(
+                Method::POST,
+                "api/v4/jobs/request",
+                None,
+                Some(self.token_body(token)),
+                Idempotency::Safe,
+            )
             .await?;
         Ok(status.as_u16())
     }
@@ -287,7 +315,13 @@ impl RunnerApi {
     /// `DELETE /runners` with the runner's token: deletes the runner record (§2.4).
     pub async fn unregister(&self, token: &RunnerToken) -> Result<(), Error> {
         self.http
-            .send(Method::DELETE, "api/v4/runners", None, Some(json!({"token": token.expose_secret()})), Idempotency::Safe)
+            .send(
+                Method::DELETE,
+                "api/v4/runners",
+                None,
+                Some(json!({"token": token.expose_secret()})),
+                Idempotency::Safe,
+            )
             .await
             .map(|_| ())
     }
@@ -314,37 +348,74 @@ impl AdminApi {
     }
 
     pub async fn version(&self) -> Result<Reply<Value>, Error> {
-        self.http.call(Method::GET, "api/v4/version", Some(&self.token), None, Idempotency::Safe).await
+        self.http
+            .call(
+                Method::GET,
+                "api/v4/version",
+                Some(&self.token),
+                None,
+                Idempotency::Safe,
+            )
+            .await
     }
 
     pub async fn pat_self(&self) -> Result<Reply<PatInfo>, Error> {
         self.http
-            .call(Method::GET, "api/v4/personal_access_tokens/self", Some(&self.token), None, Idempotency::Safe)
+            .call(
+                Method::GET,
+                "api/v4/personal_access_tokens/self",
+                Some(&self.token),
+                None,
+                Idempotency::Safe,
+            )
             .await
     }
 
     pub async fn application_settings(&self) -> Result<Reply<AppSettings>, Error> {
         self.http
-            .call(Method::GET, "api/v4/application/settings", Some(&self.token), None, Idempotency::Safe)
+            .call(
+                Method::GET,
+                "api/v4/application/settings",
+                Some(&self.token),
+                None,
+                Idempotency::Safe,
+            )
             .await
     }
 
     pub async fn runner(&self, id: u64) -> Result<Reply<RunnerDetails>, Error> {
         self.http
-            .call(Method::GET, &format!("api/v4/runners/{id}"), Some(&self.token), None, Idempotency::Safe)
+            .call(
+                Method::GET,
+                &format!("api/v4/runners/{id}"),
+                Some(&self.token),
+                None,
+                Idempotency::Safe,
+            )
             .await
     }
 
     /// `GET /runners/all`, every page, optionally of one type.
-    pub async fn all_runners(&self, runner_type: Option<&str>) -> Result<Vec<RunnerSummary>, Error> {
+    pub async fn all_runners(
+        &self,
+        runner_type: Option<&str>,
+    ) -> Result<Vec<RunnerSummary>, Error> {
         let mut out = Vec::new();
         for page in 1.. {
             let mut path = format!("api/v4/runners/all?per_page=100&page={page}");
             if let Some(t) = runner_type {
                 path.push_str(&format!("&type={t}"));
             }
-            let reply: Reply<Vec<RunnerSummary>> =
-                self.http.call(Method::GET, &path, Some(&self.token), None, Idempotency::Safe).await?;
+            let reply: Reply<Vec<RunnerSummary>> = self
+                .http
+                .call(
+                    Method::GET,
+                    &path,
+                    Some(&self.token),
+                    None,
+                    Idempotency::Safe,
+                )
+                .await?;
             let n = reply.value.len();
             out.extend(reply.value);
             if n < 100 {
@@ -354,15 +425,31 @@ impl AdminApi {
         Ok(out)
     }
 
-    pub async fn update_runner(&self, id: u64, fields: Value) -> Result<Reply<RunnerDetails>, Error> {
+    pub async fn update_runner(
+        &self,
+        id: u64,
+        fields: Value,
+    ) -> Result<Reply<RunnerDetails>, Error> {
         self.http
-            .call(Method::PUT, &format!("api/v4/runners/{id}"), Some(&self.token), Some(fields), Idempotency::Safe)
+            .call(
+                Method::PUT,
+                &format!("api/v4/runners/{id}"),
+                Some(&self.token),
+                Some(fields),
+                Idempotency::Safe,
+            )
             .await
     }
 
     pub async fn delete_runner(&self, id: u64) -> Result<(), Error> {
         self.http
-            .send(Method::DELETE, &format!("api/v4/runners/{id}"), Some(&self.token), None, Idempotency::Safe)
+            .send(
+                Method::DELETE,
+                &format!("api/v4/runners/{id}"),
+                Some(&self.token),
+                None,
+                Idempotency::Safe,
+            )
             .await
             .map(|_| ())
     }
@@ -371,7 +458,13 @@ impl AdminApi {
     pub async fn reset_token(&self, id: u64) -> Result<Reply<TokenGrant>, Error> {
         let reply: Reply<RawGrant> = self
             .http
-            .call(Method::POST, &format!("api/v4/runners/{id}/reset_authentication_token"), Some(&self.token), None, Idempotency::Safe)
+            .call(
+                Method::POST,
+                &format!("api/v4/runners/{id}/reset_authentication_token"),
+                Some(&self.token),
+                None,
+                Idempotency::Safe,
+            )
             .await?;
         Ok(Reply {
             value: grant(reply.value),
@@ -385,7 +478,13 @@ impl AdminApi {
         let body = serde_json::to_value(params).map_err(|e| Error::Setup(e.to_string()))?;
         let reply: Reply<RawGrant> = self
             .http
-            .call(Method::POST, "api/v4/user/runners", Some(&self.token), Some(body), Idempotency::Unsafe)
+            .call(
+                Method::POST,
+                "api/v4/user/runners",
+                Some(&self.token),
+                Some(body),
+                Idempotency::Unsafe,
+            )
             .await?;
         Ok(Reply {
             value: grant(reply.value),

@@ -34,20 +34,41 @@ impl Paint {
 /// Text read from config.toml may hold control characters; show them escaped.
 fn clean(text: &str) -> String {
     text.chars()
-        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
         .collect()
 }
 
 fn finding(out: &mut String, p: &Paint, f: &Finding, indent: &str) {
-    let _ = writeln!(out, "{indent}{} {}: {}", p.severity(f.severity), f.code.as_str(), clean(&f.message));
+    let _ = writeln!(
+        out,
+        "{indent}{} {}: {}",
+        p.severity(f.severity),
+        f.code.as_str(),
+        clean(&f.message)
+    );
     let _ = writeln!(out, "{indent}        fix: {}", clean(&f.fix));
 }
 
 pub fn render(report: &Report, color: bool) -> String {
     let p = Paint { on: color };
     let mut out = String::new();
-    let title = if report.dry_run { format!("{} --dry-run", report.command) } else { report.command.to_string() };
-    let _ = writeln!(out, "{} {}", p.bold(&format!("runner-medic {title}")), report.runner_config);
+    let title = if report.dry_run {
+        format!("{} --dry-run", report.command)
+    } else {
+        report.command.to_string()
+    };
+    let _ = writeln!(
+        out,
+        "{} {}",
+        p.bold(&format!("runner-medic {title}")),
+        report.runner_config
+    );
     let mut context = Vec::new();
     if let Some(url) = &report.gitlab_url {
         context.push(format!("GitLab {url}"));
@@ -81,7 +102,15 @@ pub fn render(report: &Report, color: bool) -> String {
         }
         match r.token_expires_at {
             Some(at) => {
-                let _ = write!(head, ", expires {} ({})", crate::diagnose::describe_expiry(at, report.server_time.unwrap_or(report.generated_at)), at.format("%Y-%m-%d"));
+                let _ = write!(
+                    head,
+                    ", expires {} ({})",
+                    crate::diagnose::describe_expiry(
+                        at,
+                        report.server_time.unwrap_or(report.generated_at)
+                    ),
+                    at.format("%Y-%m-%d")
+                );
             }
             None if r.token.is_some() => head.push_str(", no expiry known"),
             None => {}
@@ -143,7 +172,11 @@ pub fn render(report: &Report, color: bool) -> String {
         if diff.is_empty() {
             let _ = writeln!(out, "config.toml would not change");
         } else {
-            let _ = writeln!(out, "{}", p.bold("config.toml would change like this (tokens masked):"));
+            let _ = writeln!(
+                out,
+                "{}",
+                p.bold("config.toml would change like this (tokens masked):")
+            );
             out.push_str(diff);
         }
     }
@@ -156,23 +189,47 @@ fn summary(report: &Report) -> String {
     let total = report.runners.len();
     // A runner whose rotation is done is healthy whatever was wrong with it before.
     let fixed = |r: &&super::RunnerReport| r.outcome == Some(Outcome::Done);
-    let broken = report.runners.iter().filter(|r| r.worst() == Some(Severity::Error) && !fixed(r)).count();
-    let warn = report.runners.iter().filter(|r| r.worst() == Some(Severity::Warning) && !fixed(r)).count();
+    let broken = report
+        .runners
+        .iter()
+        .filter(|r| r.worst() == Some(Severity::Error) && !fixed(r))
+        .count();
+    let warn = report
+        .runners
+        .iter()
+        .filter(|r| r.worst() == Some(Severity::Warning) && !fixed(r))
+        .count();
     let healthy = total - broken - warn;
-    let mut s = format!("summary: {total} runner(s): {healthy} healthy, {warn} with warnings, {broken} broken");
-    let host_errors = report.findings.iter().filter(|f| f.severity == Severity::Error).count();
+    let mut s = format!(
+        "summary: {total} runner(s): {healthy} healthy, {warn} with warnings, {broken} broken"
+    );
+    let host_errors = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
     if host_errors > 0 {
         let _ = write!(s, "; {host_errors} host/credential error(s)");
     }
     if report.command == "rotate" {
-        let count = |o: Outcome| report.runners.iter().filter(|r| r.outcome == Some(o)).count();
+        let count = |o: Outcome| {
+            report
+                .runners
+                .iter()
+                .filter(|r| r.outcome == Some(o))
+                .count()
+        };
         let _ = write!(
             s,
             "; rotation: {} done, {} planned, {} failed, {} need a person",
             count(Outcome::Done),
             count(Outcome::Planned),
             count(Outcome::Failed),
-            report.runners.iter().filter(|r| r.action == Some(Action::Manual)).count()
+            report
+                .runners
+                .iter()
+                .filter(|r| r.action == Some(Action::Manual))
+                .count()
         );
     }
     s

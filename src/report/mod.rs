@@ -165,7 +165,10 @@ impl Report {
             }
             _ => {
                 self.any_error_finding()
-                    || self.runners.iter().any(|r| r.worst() == Some(Severity::Error))
+                    || self
+                        .runners
+                        .iter()
+                        .any(|r| r.worst() == Some(Severity::Error))
             }
         };
         if broken {

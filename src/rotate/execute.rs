@@ -13,7 +13,9 @@ use super::hooks::{self, HookEnv};
 use super::journal::{token_sha, Journal, JournalEntry, JournalError, Step};
 use super::plan::{plan, PlanItem, Scope};
 use crate::crash;
-use crate::diagnose::{client_options, diagnose, parse_runner_url, read_system_id, tls_files, Diagnosis};
+use crate::diagnose::{
+    client_options, diagnose, parse_runner_url, read_system_id, tls_files, Diagnosis,
+};
 use crate::fs;
 use crate::gitlab::{AdminApi, CreateRunner, RunnerApi, TokenGrant};
 use crate::report::{Action, Outcome, Report, ServiceReport};
@@ -48,7 +50,14 @@ impl From<JournalError> for CouldNotRun {
 }
 
 /// One audit event per change: what runner, which action, old and new masked token, who ran it.
-fn audit(runner: &str, action: Action, old: Option<&RunnerToken>, new: &RunnerToken, new_id: Option<u64>, user: &str) {
+fn audit(
+    runner: &str,
+    action: Action,
+    old: Option<&RunnerToken>,
+    new: &RunnerToken,
+    new_id: Option<u64>,
+    user: &str,
+) {
     tracing::info!(
         target: "runner_medic::audit",
         runner,
@@ -68,10 +77,15 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         if opts.wait {
             tracing::info!(lock = %settings.lock_path().display(), "waiting for another runner-medic run to finish");
         }
-        Some(fs::lock(&settings.lock_path(), opts.wait).map_err(|e| CouldNotRun {
-            message: format!("{e}; it is rotating `{}` now", settings.runner_config.display()),
-            fix: "wait for it to finish, or run again with `--wait`".into(),
-        })?)
+        Some(
+            fs::lock(&settings.lock_path(), opts.wait).map_err(|e| CouldNotRun {
+                message: format!(
+                    "{e}; it is rotating `{}` now",
+                    settings.runner_config.display()
+                ),
+                fix: "wait for it to finish, or run again with `--wait`".into(),
+            })?,
+        )
     };
     let mut notes = Vec::new();
     if !opts.dry_run {
@@ -111,12 +125,18 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         return Ok(report);
     }
     let names: Vec<String> = changes.iter().map(|c| c.name.clone()).collect();
-    let actions: Vec<String> = changes.iter().map(|c| format!("{}:{}", c.name, c.action.as_str())).collect();
+    let actions: Vec<String> = changes
+        .iter()
+        .map(|c| format!("{}:{}", c.name, c.action.as_str()))
+        .collect();
     let hook_env = HookEnv {
         vars: vec![
             ("RUNNER_MEDIC_RUNNERS".into(), names.join(" ")),
             ("RUNNER_MEDIC_ACTIONS".into(), actions.join(" ")),
-            ("RUNNER_MEDIC_RUNNER_CONFIG".into(), settings.runner_config.display().to_string()),
+            (
+                "RUNNER_MEDIC_RUNNER_CONFIG".into(),
+                settings.runner_config.display().to_string(),
+            ),
         ],
     };
     if let Some(pre) = &settings.hooks.pre {
@@ -130,7 +150,10 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         }
     }
 
-    let config = diagnosis.config.as_ref().expect("changes imply a loaded config");
+    let config = diagnosis
+        .config
+        .as_ref()
+        .expect("changes imply a loaded config");
     let run_id = format!("{:016x}", rand::random::<u64>());
     let entries = changes
         .iter()
@@ -142,7 +165,8 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
                 action: c.action,
                 old_id: c.old_id,
                 old_token_sha256: entry.token.as_ref().map(token_sha),
-                creation_tag: (c.action == Action::Recreate).then(|| format!("runner-medic:{run_id}:{}", c.index)),
+                creation_tag: (c.action == Action::Recreate)
+                    .then(|| format!("runner-medic:{run_id}:{}", c.index)),
                 create: c.create.clone(),
                 delete_old: c.delete_old,
                 token_was_dead: c.token_was_dead,
@@ -171,12 +195,21 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
 }
 
 /// Obtain every new token, journalling each one before anything else happens.
-async fn obtain(settings: &Settings, diagnosis: &Diagnosis, journal: Journal) -> Result<Journal, CouldNotRun> {
+async fn obtain(
+    settings: &Settings,
+    diagnosis: &Diagnosis,
+    journal: Journal,
+) -> Result<Journal, CouldNotRun> {
     let admin = match &settings.admin {
-        Some(cred) => AdminApi::new(cred, client_options(settings, Default::default(), None)).ok().map(Arc::new),
+        Some(cred) => AdminApi::new(cred, client_options(settings, Default::default(), None))
+            .ok()
+            .map(Arc::new),
         None => None,
     };
-    let config = diagnosis.config.as_ref().expect("changes imply a loaded config");
+    let config = diagnosis
+        .config
+        .as_ref()
+        .expect("changes imply a loaded config");
     let system_id = read_system_id(config);
     let shared = Arc::new(Mutex::new(journal));
     let count = shared.lock().await.entries.len();
@@ -274,7 +307,9 @@ async fn obtain(settings: &Settings, diagnosis: &Diagnosis, journal: Journal) ->
 /// Mark a creation so it can be found again after an uncertain outcome.
 fn tagged(mut params: CreateRunner, entry: &JournalEntry) -> CreateRunner {
     let tag = entry.creation_tag.clone().unwrap_or_default();
-    let replaces = entry.old_id.map_or_else(String::new, |id| format!(" to replace runner {id}"));
+    let replaces = entry
+        .old_id
+        .map_or_else(String::new, |id| format!(" to replace runner {id}"));
     params.maintenance_note = Some(format!("created by runner-medic{replaces} ({tag})"));
     params
 }
@@ -282,16 +317,29 @@ fn tagged(mut params: CreateRunner, entry: &JournalEntry) -> CreateRunner {
 /// Find a runner created with `tag` (an earlier run's uncertain creation) and give it a new
 /// token, so it is never created twice.
 async fn resolve_uncertain(admin: &AdminApi, entry: &mut JournalEntry) {
-    let Some(tag) = entry.creation_tag.clone() else { return };
+    let Some(tag) = entry.creation_tag.clone() else {
+        return;
+    };
     let runner_type = entry.create.as_ref().map(|c| c.runner_type.clone());
     let Ok(list) = admin.all_runners(runner_type.as_deref()).await else {
         entry.error = Some("could not list runners to look for an uncertain creation".into());
         return;
     };
     let wanted = entry.create.as_ref().and_then(|c| c.description.clone());
-    for candidate in list.iter().rev().filter(|r| wanted.is_none() || r.description == wanted) {
-        let Ok(details) = admin.runner(candidate.id).await else { continue };
-        if details.value.maintenance_note.as_deref().is_some_and(|n| n.contains(&tag)) {
+    for candidate in list
+        .iter()
+        .rev()
+        .filter(|r| wanted.is_none() || r.description == wanted)
+    {
+        let Ok(details) = admin.runner(candidate.id).await else {
+            continue;
+        };
+        if details
+            .value
+            .maintenance_note
+            .as_deref()
+            .is_some_and(|n| n.contains(&tag))
+        {
             match admin.reset_token(candidate.id).await {
                 Ok(grant) => {
                     tracing::info!(runner = %entry.name, id = candidate.id, "found the runner an interrupted run created; using it");
@@ -313,14 +361,22 @@ async fn resolve_uncertain(admin: &AdminApi, entry: &mut JournalEntry) {
 
 /// Write every obtained token into config.toml with one stop/start of the service, verify,
 /// delete replaced runners, and finish the journal. Used by a normal run and by recovery.
-async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, recovering: bool) -> Result<(), CouldNotRun> {
-    let admin = settings
-        .admin
-        .as_ref()
-        .and_then(|cred| AdminApi::new(cred, client_options(settings, Default::default(), None)).ok());
+async fn commit(
+    settings: &Settings,
+    mut journal: Journal,
+    report: &mut Report,
+    recovering: bool,
+) -> Result<(), CouldNotRun> {
+    let admin = settings.admin.as_ref().and_then(|cred| {
+        AdminApi::new(cred, client_options(settings, Default::default(), None)).ok()
+    });
     if recovering {
         if let Some(admin) = &admin {
-            for e in journal.entries.iter_mut().filter(|e| e.step == Step::Requesting) {
+            for e in journal
+                .entries
+                .iter_mut()
+                .filter(|e| e.step == Step::Requesting)
+            {
                 resolve_uncertain(admin, e).await;
             }
             journal.save()?;
@@ -331,19 +387,37 @@ async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, 
         Err(e) => {
             // Keep the journal: its tokens are the only copies.
             return Err(CouldNotRun {
-                message: format!("cannot read `{}` to write the new tokens: {e}", journal.config_path.display()),
-                fix: format!("{}; the new tokens are kept in `{}`", e.fix(), journal.path().display()),
+                message: format!(
+                    "cannot read `{}` to write the new tokens: {e}",
+                    journal.config_path.display()
+                ),
+                fix: format!(
+                    "{}; the new tokens are kept in `{}`",
+                    e.fix(),
+                    journal.path().display()
+                ),
             });
         }
     };
     let current = config.runners();
     let mut writes: Vec<(usize, Credentials)> = Vec::new();
-    for e in journal.entries.iter_mut().filter(|e| e.step == Step::Obtained) {
-        let Some(token) = e.new_token.clone() else { continue };
-        let now_sha = current.get(e.index).and_then(|c| c.token.as_ref()).map(token_sha);
+    for e in journal
+        .entries
+        .iter_mut()
+        .filter(|e| e.step == Step::Obtained)
+    {
+        let Some(token) = e.new_token.clone() else {
+            continue;
+        };
+        let now_sha = current
+            .get(e.index)
+            .and_then(|c| c.token.as_ref())
+            .map(token_sha);
         if now_sha.is_some() && now_sha == Some(token_sha(&token)) {
             e.step = Step::Written;
-        } else if current.get(e.index).is_some_and(|c| c.name == e.name) && now_sha == e.old_token_sha256 {
+        } else if current.get(e.index).is_some_and(|c| c.name == e.name)
+            && now_sha == e.old_token_sha256
+        {
             writes.push((
                 e.index,
                 Credentials {
@@ -355,12 +429,18 @@ async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, 
             ));
         } else {
             e.step = Step::Failed;
-            e.error = Some("config.toml changed under the rotation; the entry is no longer where it was".into());
+            e.error = Some(
+                "config.toml changed under the rotation; the entry is no longer where it was"
+                    .into(),
+            );
         }
     }
 
     let chosen = service::choose(&settings.service, std::path::Path::new("/"));
-    let token_was_dead = journal.entries.iter().any(|e| e.token_was_dead && e.step == Step::Obtained);
+    let token_was_dead = journal
+        .entries
+        .iter()
+        .any(|e| e.token_was_dead && e.step == Step::Obtained);
     let restart = match settings.service.restart {
         RestartPolicy::Always => true,
         RestartPolicy::WhenNeeded => token_was_dead,
@@ -391,7 +471,12 @@ async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, 
                 service::wait_for(m.as_ref(), false, stop_timeout)
             })
             .await
-            .unwrap_or_else(|e| Err(service::Error::Spawn { argv: "stop".into(), reason: e.to_string() }));
+            .unwrap_or_else(|e| {
+                Err(service::Error::Spawn {
+                    argv: "stop".into(),
+                    reason: e.to_string(),
+                })
+            });
             match stopped {
                 Ok(_) => {
                     service_report.stopped = true;
@@ -413,7 +498,11 @@ async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, 
                 Ok((backup, _)) => {
                     journal.backup = Some(backup.clone());
                     report.backup = Some(backup.display().to_string());
-                    for e in journal.entries.iter_mut().filter(|e| e.step == Step::Obtained) {
+                    for e in journal
+                        .entries
+                        .iter_mut()
+                        .filter(|e| e.step == Step::Obtained)
+                    {
                         if writes.iter().any(|(i, _)| *i == e.index) {
                             e.step = Step::Written;
                         }
@@ -449,7 +538,12 @@ async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, 
                 service::wait_for(m.as_ref(), true, stop_timeout)
             })
             .await
-            .unwrap_or_else(|e| Err(service::Error::Spawn { argv: "start".into(), reason: e.to_string() }));
+            .unwrap_or_else(|e| {
+                Err(service::Error::Spawn {
+                    argv: "start".into(),
+                    reason: e.to_string(),
+                })
+            });
             match started {
                 Ok(_) => {
                     service_report.started = true;
@@ -458,7 +552,9 @@ async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, 
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the service did not start with the new config.toml; restoring the backup");
-                    service_report.error = Some(format!("start failed with the new config.toml: {e}; the backup was restored"));
+                    service_report.error = Some(format!(
+                        "start failed with the new config.toml: {e}; the backup was restored"
+                    ));
                     if let Some(backup) = &journal.backup {
                         if let Ok(bytes) = fs_err::read(backup) {
                             let _ = fs::atomic_replace(&config.real_path, &bytes, None);
@@ -471,7 +567,11 @@ async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, 
                     })
                     .await;
                     service_report.started = matches!(again, Ok(Ok(_)));
-                    for e in journal.entries.iter_mut().filter(|e| e.step == Step::Written) {
+                    for e in journal
+                        .entries
+                        .iter_mut()
+                        .filter(|e| e.step == Step::Written)
+                    {
                         e.step = Step::Failed;
                         e.error = Some("the service did not start with the new token; the old config.toml was restored".into());
                     }
@@ -484,12 +584,27 @@ async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, 
 
     // Verify every written token against GitLab.
     let system_id = read_system_id(&config);
-    for e in journal.entries.iter_mut().filter(|e| e.step == Step::Written) {
+    for e in journal
+        .entries
+        .iter_mut()
+        .filter(|e| e.step == Step::Written)
+    {
         let entry = current.get(e.index);
-        let url = entry.and_then(|c| c.url.as_deref()).and_then(|u| parse_runner_url(u).ok());
-        let (Some(entry), Some(url), Some(token)) = (entry, url, e.new_token.as_ref()) else { continue };
-        let verified = match RunnerApi::new(&url, client_options(settings, tls_files(entry), system_id.clone())) {
-            Ok(api) => api.verify(token).await.map(|_| ()).map_err(|e| e.to_string()),
+        let url = entry
+            .and_then(|c| c.url.as_deref())
+            .and_then(|u| parse_runner_url(u).ok());
+        let (Some(entry), Some(url), Some(token)) = (entry, url, e.new_token.as_ref()) else {
+            continue;
+        };
+        let verified = match RunnerApi::new(
+            &url,
+            client_options(settings, tls_files(entry), system_id.clone()),
+        ) {
+            Ok(api) => api
+                .verify(token)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             Err(err) => Err(err.to_string()),
         };
         match verified {
@@ -506,12 +621,20 @@ async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, 
     // Delete the records the new runners replace, only once the new ones work.
     if settings.delete_replaced {
         if let Some(admin) = &admin {
-            for e in journal.entries.iter_mut().filter(|e| e.step == Step::Verified && e.delete_old) {
-                let Some(old) = e.old_id.filter(|old| Some(*old) != e.new_id) else { continue };
+            for e in journal
+                .entries
+                .iter_mut()
+                .filter(|e| e.step == Step::Verified && e.delete_old)
+            {
+                let Some(old) = e.old_id.filter(|old| Some(*old) != e.new_id) else {
+                    continue;
+                };
                 match admin.delete_runner(old).await {
                     Ok(()) => e.step = Step::OldDeleted,
                     Err(err) if err.status() == Some(404) => e.step = Step::OldDeleted,
-                    Err(err) => tracing::warn!(runner = %e.name, old_id = old, error = %err, "could not delete the replaced runner"),
+                    Err(err) => {
+                        tracing::warn!(runner = %e.name, old_id = old, error = %err, "could not delete the replaced runner")
+                    }
                 }
             }
             journal.save()?;
@@ -540,8 +663,14 @@ async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, 
                     vars: vec![
                         ("RUNNER_MEDIC_RUNNER".into(), e.name.clone()),
                         ("RUNNER_MEDIC_ACTION".into(), e.action.as_str().into()),
-                        ("RUNNER_MEDIC_RUNNER_ID".into(), e.new_id.map(|i| i.to_string()).unwrap_or_default()),
-                        ("RUNNER_MEDIC_RUNNER_CONFIG".into(), journal.config_path.display().to_string()),
+                        (
+                            "RUNNER_MEDIC_RUNNER_ID".into(),
+                            e.new_id.map(|i| i.to_string()).unwrap_or_default(),
+                        ),
+                        (
+                            "RUNNER_MEDIC_RUNNER_CONFIG".into(),
+                            journal.config_path.display().to_string(),
+                        ),
                     ],
                 };
                 if let Err(err) = hooks::run("deploy", deploy, &env) {
@@ -550,7 +679,11 @@ async fn commit(settings: &Settings, mut journal: Journal, report: &mut Report, 
             }
         }
     }
-    if writes.is_empty() && !service_report.stopped && !service_report.started && service_report.error.is_none() {
+    if writes.is_empty()
+        && !service_report.stopped
+        && !service_report.started
+        && service_report.error.is_none()
+    {
         service_report.reason = format!("{}; nothing was written", service_report.reason);
     }
     report.service = Some(service_report);
@@ -583,10 +716,14 @@ fn save_with_retry(
 
 /// The unified diff config.toml would get, with every token masked.
 fn dry_run_diff(diagnosis: &Diagnosis, items: &[PlanItem]) -> String {
-    let Some(config) = &diagnosis.config else { return String::new() };
+    let Some(config) = &diagnosis.config else {
+        return String::new();
+    };
     let changes: Vec<(usize, Credentials)> = items
         .iter()
-        .filter(|i| !i.skipped && matches!(i.action, Action::Renew | Action::Reset | Action::Recreate))
+        .filter(|i| {
+            !i.skipped && matches!(i.action, Action::Renew | Action::Reset | Action::Recreate)
+        })
         .filter(|i| diagnosis.facts[i.index].entry.token.is_some())
         .map(|i| {
             (

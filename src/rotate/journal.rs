@@ -80,13 +80,23 @@ pub struct Journal {
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("cannot write the journal `{path}`: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("the journal `{path}` is unreadable ({reason}); move it aside after checking config.toml")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the journal `{path}` is unreadable ({reason}); move it aside after checking config.toml"
+    )]
     Read { path: PathBuf, reason: String },
 }
 
 impl Journal {
-    pub fn new(path: &Path, config_path: &Path, run_id: String, entries: Vec<JournalEntry>) -> Self {
+    pub fn new(
+        path: &Path,
+        config_path: &Path,
+        run_id: String,
+        entries: Vec<JournalEntry>,
+    ) -> Self {
         Self {
             version: 1,
             run_id,

@@ -59,12 +59,20 @@ const MANUAL: &[FindingCode] = &[
 fn selected(scope: &Scope, facts: &RunnerFacts) -> bool {
     scope.runners.is_empty()
         || scope.runners.iter().any(|r| {
-            *r == facts.entry.name || facts.entry.id.is_some_and(|id| r.parse::<u64>().ok() == Some(id))
+            *r == facts.entry.name
+                || facts
+                    .entry
+                    .id
+                    .is_some_and(|id| r.parse::<u64>().ok() == Some(id))
         })
 }
 
 pub fn plan(diagnosis: &Diagnosis, settings: &Settings, scope: &Scope) -> Plan {
-    let base = settings.gitlab_url.as_ref().map(url_key).unwrap_or_default();
+    let base = settings
+        .gitlab_url
+        .as_ref()
+        .map(url_key)
+        .unwrap_or_default();
     // A clock far off makes every expiry judgement wrong: act on nothing until it is fixed.
     let clock_broken = diagnosis
         .report
@@ -72,7 +80,10 @@ pub fn plan(diagnosis: &Diagnosis, settings: &Settings, scope: &Scope) -> Plan {
         .iter()
         .any(|f| f.code == FindingCode::ClockSkew && f.severity == Severity::Error);
     let admin_broken = diagnosis.report.findings.iter().any(|f| {
-        matches!(f.code, FindingCode::AdminTokenInvalid | FindingCode::AdminTokenScopeMissing)
+        matches!(
+            f.code,
+            FindingCode::AdminTokenInvalid | FindingCode::AdminTokenScopeMissing
+        )
     });
     let mut items = Vec::new();
     for (facts, report) in diagnosis.facts.iter().zip(&diagnosis.report.runners) {
@@ -107,16 +118,29 @@ pub fn plan(diagnosis: &Diagnosis, settings: &Settings, scope: &Scope) -> Plan {
         if let Some(f) = report.findings.iter().find(|f| MANUAL.contains(&f.code)) {
             manual(&mut item, f.fix.clone());
         } else if clock_broken {
-            manual(&mut item, "fix the host clock first (see the clock_skew finding)".into());
+            manual(
+                &mut item,
+                "fix the host clock first (see the clock_skew finding)".into(),
+            );
         } else if entry_is_env_reference(facts) {
             manual(&mut item, "the token is an environment variable reference; rotate the secret where it is defined".into());
         } else if has(FindingCode::TokenMissing) {
-            manual(&mut item, report.findings.iter().find(|f| f.code == FindingCode::TokenMissing).map(|f| f.fix.clone()).unwrap_or_default());
+            manual(
+                &mut item,
+                report
+                    .findings
+                    .iter()
+                    .find(|f| f.code == FindingCode::TokenMissing)
+                    .map(|f| f.fix.clone())
+                    .unwrap_or_default(),
+            );
         } else if facts.state == TokenState::Valid {
             let expiring = has(FindingCode::TokenExpiring);
             if (expiring || scope.force) && settings.strategy != Strategy::Recreate {
                 item.action = Action::Renew;
-                item.calls.push(format!("POST {runner_url}/api/v4/runners/reset_authentication_token (runner token)"));
+                item.calls.push(format!(
+                    "POST {runner_url}/api/v4/runners/reset_authentication_token (runner token)"
+                ));
             } else if (expiring || scope.force) && settings.strategy == Strategy::Recreate {
                 plan_dead(&mut item, facts, settings, &base, admin_broken);
                 item.token_was_dead = false;
@@ -133,11 +157,21 @@ pub fn plan(diagnosis: &Diagnosis, settings: &Settings, scope: &Scope) -> Plan {
 }
 
 fn entry_is_env_reference(facts: &RunnerFacts) -> bool {
-    facts.entry.token.as_ref().is_some_and(crate::secret::RunnerToken::is_env_reference)
+    facts
+        .entry
+        .token
+        .as_ref()
+        .is_some_and(crate::secret::RunnerToken::is_env_reference)
 }
 
 /// The token cannot be used any more: reset it by id, or recreate the runner.
-fn plan_dead(item: &mut PlanItem, facts: &RunnerFacts, settings: &Settings, base: &str, admin_broken: bool) {
+fn plan_dead(
+    item: &mut PlanItem,
+    facts: &RunnerFacts,
+    settings: &Settings,
+    base: &str,
+    admin_broken: bool,
+) {
     item.token_was_dead = true;
     if settings.admin.is_none() || !facts.admin_usable || admin_broken {
         item.action = Action::Manual;
@@ -154,10 +188,15 @@ fn plan_dead(item: &mut PlanItem, facts: &RunnerFacts, settings: &Settings, base
     let template = settings.templates.get(&item.name).cloned();
     let recreate = |item: &mut PlanItem, params: CreateRunner, delete_old: bool| {
         item.action = Action::Recreate;
-        item.calls.push(format!("POST {base}/api/v4/user/runners (privileged; runner_type {})", params.runner_type));
+        item.calls.push(format!(
+            "POST {base}/api/v4/user/runners (privileged; runner_type {})",
+            params.runner_type
+        ));
         if delete_old {
             if let Some(id) = item.old_id {
-                item.calls.push(format!("DELETE {base}/api/v4/runners/{id} (privileged, after the new runner works)"));
+                item.calls.push(format!(
+                    "DELETE {base}/api/v4/runners/{id} (privileged, after the new runner works)"
+                ));
             }
         }
         item.create = Some(params);
@@ -166,16 +205,24 @@ fn plan_dead(item: &mut PlanItem, facts: &RunnerFacts, settings: &Settings, base
     match (&facts.record, item.old_id) {
         (Record::Exists(old), Some(id)) => {
             if settings.strategy == Strategy::Recreate {
-                recreate(item, template.unwrap_or_else(|| CreateRunner::like(old)), settings.delete_replaced);
+                recreate(
+                    item,
+                    template.unwrap_or_else(|| CreateRunner::like(old)),
+                    settings.delete_replaced,
+                );
             } else {
                 item.action = Action::Reset;
-                item.calls.push(format!("POST {base}/api/v4/runners/{id}/reset_authentication_token (privileged)"));
+                item.calls.push(format!(
+                    "POST {base}/api/v4/runners/{id}/reset_authentication_token (privileged)"
+                ));
             }
         }
         (Record::Deleted, _) | (_, None) => match (settings.strategy, template) {
             (Strategy::Reset, _) => {
                 item.action = Action::Manual;
-                item.reason = Some("the runner record is gone and `--strategy reset` forbids recreating it".into());
+                item.reason = Some(
+                    "the runner record is gone and `--strategy reset` forbids recreating it".into(),
+                );
             }
             (_, Some(t)) => recreate(item, t, false),
             (_, None) => {
@@ -188,7 +235,9 @@ fn plan_dead(item: &mut PlanItem, facts: &RunnerFacts, settings: &Settings, base
         },
         (Record::Unknown, Some(_)) => {
             item.action = Action::Manual;
-            item.reason = Some("the runner record could not be looked up; run again when GitLab answers".into());
+            item.reason = Some(
+                "the runner record could not be looked up; run again when GitLab answers".into(),
+            );
         }
     }
 }

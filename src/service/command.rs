@@ -39,8 +39,14 @@ pub fn run(argv: &[String], timeout: Duration) -> Result<Output, Error> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(out.try_clone().map_err(|e| Error::Spawn { argv: shown.clone(), reason: e.to_string() })?)
-        .stderr(err.try_clone().map_err(|e| Error::Spawn { argv: shown.clone(), reason: e.to_string() })?)
+        .stdout(out.try_clone().map_err(|e| Error::Spawn {
+            argv: shown.clone(),
+            reason: e.to_string(),
+        })?)
+        .stderr(err.try_clone().map_err(|e| Error::Spawn {
+            argv: shown.clone(),
+            reason: e.to_string(),
+        })?)
         .spawn()
         .map_err(|e| Error::Spawn {
             argv: shown.clone(),

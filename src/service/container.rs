@@ -26,7 +26,13 @@ impl Container {
         argv(&[&self.cli, "start", &self.name])
     }
     pub fn status_argv(&self) -> Vec<String> {
-        argv(&[&self.cli, "inspect", "--format", "{{.State.Running}} {{.State.Pid}}", &self.name])
+        argv(&[
+            &self.cli,
+            "inspect",
+            "--format",
+            "{{.State.Running}} {{.State.Pid}}",
+            &self.name,
+        ])
     }
 }
 
@@ -75,10 +81,20 @@ mod tests {
 
     #[test]
     fn command_lines_and_inspect() {
-        let c = Container::new("docker".into(), "gitlab-runner".into(), Duration::from_secs(1));
-        assert_eq!(c.stop_argv()[0].join(" "), "docker kill --signal QUIT gitlab-runner");
+        let c = Container::new(
+            "docker".into(),
+            "gitlab-runner".into(),
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            c.stop_argv()[0].join(" "),
+            "docker kill --signal QUIT gitlab-runner"
+        );
         assert_eq!(c.start_argv().join(" "), "docker start gitlab-runner");
-        assert_eq!(parse_inspect("true 4321\n"), ServiceState::Running { pid: Some(4321) });
+        assert_eq!(
+            parse_inspect("true 4321\n"),
+            ServiceState::Running { pid: Some(4321) }
+        );
         assert_eq!(parse_inspect("false 0\n"), ServiceState::Stopped);
     }
 }

@@ -63,9 +63,22 @@ mod tests {
 
     #[test]
     fn command_lines_and_status() {
-        let g = GitlabRunnerCli::new("gitlab-runner".into(), "gitlab-runner".into(), Duration::from_secs(1));
-        assert_eq!(g.argv("stop").join(" "), "gitlab-runner stop --service gitlab-runner");
-        assert_eq!(parse_status(Some(0), include_str!("../../tests/fixtures/gitlab-runner-status-running.txt")), ServiceState::Running { pid: None });
+        let g = GitlabRunnerCli::new(
+            "gitlab-runner".into(),
+            "gitlab-runner".into(),
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            g.argv("stop").join(" "),
+            "gitlab-runner stop --service gitlab-runner"
+        );
+        assert_eq!(
+            parse_status(
+                Some(0),
+                include_str!("../../tests/fixtures/gitlab-runner-status-running.txt")
+            ),
+            ServiceState::Running { pid: None }
+        );
         assert_eq!(parse_status(Some(1), ""), ServiceState::Stopped);
     }
 }

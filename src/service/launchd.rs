@@ -20,7 +20,11 @@ impl Launchd {
         } else {
             format!("gui/{}", nix::unistd::getuid())
         };
-        Self { label, domain, timeout }
+        Self {
+            label,
+            domain,
+            timeout,
+        }
     }
 
     fn target(&self) -> String {
@@ -46,7 +50,10 @@ pub fn parse_print(text: &str) -> ServiceState {
     let field = |key: &str| {
         text.lines()
             .map(str::trim)
-            .find_map(|l| l.strip_prefix(key).and_then(|r| r.trim_start().strip_prefix('=')))
+            .find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|r| r.trim_start().strip_prefix('='))
+            })
             .map(str::trim)
     };
     match field("state") {
@@ -92,10 +99,26 @@ mod tests {
 
     #[test]
     fn parses_recorded_print() {
-        assert_eq!(parse_print(include_str!("../../tests/fixtures/launchctl-print-running.txt")), ServiceState::Running { pid: Some(812) });
-        assert_eq!(parse_print(include_str!("../../tests/fixtures/launchctl-print-stopped.txt")), ServiceState::Stopped);
+        assert_eq!(
+            parse_print(include_str!(
+                "../../tests/fixtures/launchctl-print-running.txt"
+            )),
+            ServiceState::Running { pid: Some(812) }
+        );
+        assert_eq!(
+            parse_print(include_str!(
+                "../../tests/fixtures/launchctl-print-stopped.txt"
+            )),
+            ServiceState::Stopped
+        );
         let l = Launchd::new("gitlab-runner".into(), true, Duration::from_secs(1));
-        assert_eq!(l.status_argv().join(" "), "launchctl print system/gitlab-runner");
-        assert_eq!(l.stop_argv()[0].join(" "), "launchctl kill SIGQUIT system/gitlab-runner");
+        assert_eq!(
+            l.status_argv().join(" "),
+            "launchctl print system/gitlab-runner"
+        );
+        assert_eq!(
+            l.stop_argv()[0].join(" "),
+            "launchctl kill SIGQUIT system/gitlab-runner"
+        );
     }
 }

@@ -106,7 +106,9 @@ pub enum RestartPolicy {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceState {
-    Running { pid: Option<u32> },
+    Running {
+        pid: Option<u32>,
+    },
     Stopped,
     /// The manager could not tell (or there is none).
     Unknown(String),
@@ -152,7 +154,10 @@ pub struct Chosen {
 pub fn choose(settings: &ServiceSettings, root: &Path) -> Chosen {
     let (kind, reason) = match settings.manager {
         ManagerKind::Auto => detect(root, &settings.name),
-        other => (other, "chosen in the settings or on the command line".to_string()),
+        other => (
+            other,
+            "chosen in the settings or on the command line".to_string(),
+        ),
     };
     let timeout = settings.stop_timeout;
     let name = settings.name.clone();
@@ -160,10 +165,16 @@ pub fn choose(settings: &ServiceSettings, root: &Path) -> Chosen {
         ManagerKind::Systemd => Box::new(Systemd::new(name, timeout)),
         ManagerKind::Sysv => Box::new(SysV::new(name, settings.init_dir.clone(), timeout)),
         ManagerKind::Openrc => Box::new(OpenRc::new(name, timeout)),
-        ManagerKind::Launchd => Box::new(Launchd::new(name, nix::unistd::geteuid().is_root(), timeout)),
-        ManagerKind::GitlabRunner => {
-            Box::new(GitlabRunnerCli::new(name, settings.gitlab_runner_bin.clone(), timeout))
-        }
+        ManagerKind::Launchd => Box::new(Launchd::new(
+            name,
+            nix::unistd::geteuid().is_root(),
+            timeout,
+        )),
+        ManagerKind::GitlabRunner => Box::new(GitlabRunnerCli::new(
+            name,
+            settings.gitlab_runner_bin.clone(),
+            timeout,
+        )),
         ManagerKind::Docker => Box::new(Container::new("docker".into(), name, timeout)),
         ManagerKind::Podman => Box::new(Container::new("podman".into(), name, timeout)),
         ManagerKind::None | ManagerKind::Auto => Box::new(NoManager),
@@ -175,7 +186,11 @@ pub fn choose(settings: &ServiceSettings, root: &Path) -> Chosen {
 pub fn detect(root: &Path, name: &str) -> (ManagerKind, String) {
     let at = |p: &str| root.join(p.trim_start_matches('/'));
     if at("/run/systemd/system").is_dir() {
-        for dir in ["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"] {
+        for dir in [
+            "/etc/systemd/system",
+            "/lib/systemd/system",
+            "/usr/lib/systemd/system",
+        ] {
             let unit = at(dir).join(format!("{name}.service"));
             if unit.exists() {
                 return (
@@ -193,7 +208,10 @@ pub fn detect(root: &Path, name: &str) -> (ManagerKind, String) {
                 format!("OpenRC is present and `{}` exists", script.display()),
             );
         }
-        return (ManagerKind::Sysv, format!("the init script `{}` exists", script.display()));
+        return (
+            ManagerKind::Sysv,
+            format!("the init script `{}` exists", script.display()),
+        );
     }
     for plist in [
         format!("/Library/LaunchDaemons/{name}.plist"),
@@ -232,7 +250,11 @@ pub fn wait_for(
         if started.elapsed() >= timeout {
             return Err(Error::StateNotReached {
                 name: manager.name().to_string(),
-                state: if want_running { "not running" } else { "running" },
+                state: if want_running {
+                    "not running"
+                } else {
+                    "running"
+                },
                 secs: timeout.as_secs(),
             });
         }

@@ -56,9 +56,29 @@ mod tests {
 
     #[test]
     fn parses_recorded_status() {
-        assert_eq!(parse_status(include_str!("../../tests/fixtures/rc-service-status-started.txt")), ServiceState::Running { pid: None });
-        assert_eq!(parse_status(include_str!("../../tests/fixtures/rc-service-status-stopped.txt")), ServiceState::Stopped);
-        assert_eq!(parse_status(include_str!("../../tests/fixtures/rc-service-status-crashed.txt")), ServiceState::Stopped);
-        assert_eq!(OpenRc::new("gitlab-runner".into(), Duration::from_secs(1)).argv("stop").join(" "), "rc-service gitlab-runner stop");
+        assert_eq!(
+            parse_status(include_str!(
+                "../../tests/fixtures/rc-service-status-started.txt"
+            )),
+            ServiceState::Running { pid: None }
+        );
+        assert_eq!(
+            parse_status(include_str!(
+                "../../tests/fixtures/rc-service-status-stopped.txt"
+            )),
+            ServiceState::Stopped
+        );
+        assert_eq!(
+            parse_status(include_str!(
+                "../../tests/fixtures/rc-service-status-crashed.txt"
+            )),
+            ServiceState::Stopped
+        );
+        assert_eq!(
+            OpenRc::new("gitlab-runner".into(), Duration::from_secs(1))
+                .argv("stop")
+                .join(" "),
+            "rc-service gitlab-runner stop"
+        );
     }
 }

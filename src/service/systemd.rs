@@ -19,7 +19,13 @@ impl Systemd {
 
     pub fn stop_argv(&self) -> Vec<Vec<String>> {
         vec![
-            argv(&["systemctl", "kill", "--signal=SIGQUIT", "--kill-whom=main", &self.unit]),
+            argv(&[
+                "systemctl",
+                "kill",
+                "--signal=SIGQUIT",
+                "--kill-whom=main",
+                &self.unit,
+            ]),
             argv(&["systemctl", "stop", &self.unit]),
         ]
     }
@@ -29,7 +35,12 @@ impl Systemd {
     }
 
     pub fn status_argv(&self) -> Vec<String> {
-        argv(&["systemctl", "show", &self.unit, "--property=ActiveState,SubState,MainPID"])
+        argv(&[
+            "systemctl",
+            "show",
+            &self.unit,
+            "--property=ActiveState,SubState,MainPID",
+        ])
     }
 }
 
@@ -40,9 +51,13 @@ pub fn parse_show(text: &str) -> ServiceState {
             .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
             .map(str::trim)
     };
-    let pid = prop("MainPID").and_then(|p| p.parse::<u32>().ok()).filter(|p| *p > 0);
+    let pid = prop("MainPID")
+        .and_then(|p| p.parse::<u32>().ok())
+        .filter(|p| *p > 0);
     match prop("ActiveState") {
-        Some("active" | "reloading" | "activating" | "deactivating") => ServiceState::Running { pid },
+        Some("active" | "reloading" | "activating" | "deactivating") => {
+            ServiceState::Running { pid }
+        }
         Some("inactive" | "failed") => ServiceState::Stopped,
         other => ServiceState::Unknown(format!("ActiveState={}", other.unwrap_or("?"))),
     }
@@ -56,7 +71,8 @@ impl ServiceManager for Systemd {
         &self.unit
     }
     fn stop(&self) -> Result<(), Error> {
-        let [graceful, hard] = <[Vec<String>; 2]>::try_from(self.stop_argv()).expect("two commands");
+        let [graceful, hard] =
+            <[Vec<String>; 2]>::try_from(self.stop_argv()).expect("two commands");
         // The unit may already be stopped; a failed SIGQUIT is not an error then.
         let _ = run(&graceful, Duration::from_secs(10));
         if super::wait_for(self, false, self.timeout).is_err() {
@@ -85,22 +101,31 @@ mod tests {
             s.status_argv().join(" "),
             "systemctl show gitlab-runner --property=ActiveState,SubState,MainPID"
         );
-        assert_eq!(s.stop_argv()[0].join(" "), "systemctl kill --signal=SIGQUIT --kill-whom=main gitlab-runner");
+        assert_eq!(
+            s.stop_argv()[0].join(" "),
+            "systemctl kill --signal=SIGQUIT --kill-whom=main gitlab-runner"
+        );
         assert_eq!(s.stop_argv()[1].join(" "), "systemctl stop gitlab-runner");
     }
 
     #[test]
     fn parses_recorded_show_output() {
         assert_eq!(
-            parse_show(include_str!("../../tests/fixtures/systemctl-show-active.txt")),
+            parse_show(include_str!(
+                "../../tests/fixtures/systemctl-show-active.txt"
+            )),
             ServiceState::Running { pid: Some(1234) }
         );
         assert_eq!(
-            parse_show(include_str!("../../tests/fixtures/systemctl-show-inactive.txt")),
+            parse_show(include_str!(
+                "../../tests/fixtures/systemctl-show-inactive.txt"
+            )),
             ServiceState::Stopped
         );
         assert_eq!(
-            parse_show(include_str!("../../tests/fixtures/systemctl-show-deactivating.txt")),
+            parse_show(include_str!(
+                "../../tests/fixtures/systemctl-show-deactivating.txt"
+            )),
             ServiceState::Running { pid: Some(1234) }
         );
     }

@@ -16,7 +16,11 @@ pub struct SysV {
 
 impl SysV {
     pub fn new(name: String, init_dir: PathBuf, timeout: Duration) -> Self {
-        Self { name, init_dir, timeout }
+        Self {
+            name,
+            init_dir,
+            timeout,
+        }
     }
 
     pub fn argv(&self, action: &str, service_available: bool) -> Vec<String> {
@@ -75,17 +79,40 @@ mod tests {
 
     #[test]
     fn command_lines() {
-        let s = SysV::new("gitlab-runner".into(), "/etc/init.d".into(), Duration::from_secs(5));
+        let s = SysV::new(
+            "gitlab-runner".into(),
+            "/etc/init.d".into(),
+            Duration::from_secs(5),
+        );
         assert_eq!(s.argv("stop", true).join(" "), "service gitlab-runner stop");
-        assert_eq!(s.argv("stop", false).join(" "), "/etc/init.d/gitlab-runner stop");
-        let t = SysV::new("gitlab-runner".into(), "/tmp/root/etc/init.d".into(), Duration::from_secs(5));
-        assert_eq!(t.argv("start", true).join(" "), "/tmp/root/etc/init.d/gitlab-runner start");
+        assert_eq!(
+            s.argv("stop", false).join(" "),
+            "/etc/init.d/gitlab-runner stop"
+        );
+        let t = SysV::new(
+            "gitlab-runner".into(),
+            "/tmp/root/etc/init.d".into(),
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            t.argv("start", true).join(" "),
+            "/tmp/root/etc/init.d/gitlab-runner start"
+        );
     }
 
     #[test]
     fn parses_lsb_status() {
-        assert_eq!(parse_status(Some(0), "gitlab-runner is running (pid 4242)\n"), ServiceState::Running { pid: Some(4242) });
-        assert_eq!(parse_status(Some(3), "gitlab-runner is not running\n"), ServiceState::Stopped);
-        assert!(matches!(parse_status(Some(4), ""), ServiceState::Unknown(_)));
+        assert_eq!(
+            parse_status(Some(0), "gitlab-runner is running (pid 4242)\n"),
+            ServiceState::Running { pid: Some(4242) }
+        );
+        assert_eq!(
+            parse_status(Some(3), "gitlab-runner is not running\n"),
+            ServiceState::Stopped
+        );
+        assert!(matches!(
+            parse_status(Some(4), ""),
+            ServiceState::Unknown(_)
+        ));
     }
 }

@@ -144,7 +144,10 @@ fn crlf_files_stay_crlf_and_missing_keys_are_added_in_place() {
     let path = write(dir.path(), "config.toml", SAMPLE);
     let config = ConfigFile::load(&path).unwrap();
     let text = config.with_credentials(&[(0, creds(0))]).unwrap();
-    assert!(!text.replace("\r\n", "").contains('\n'), "every newline is CRLF:\n{text:?}");
+    assert!(
+        !text.replace("\r\n", "").contains('\n'),
+        "every newline is CRLF:\n{text:?}"
+    );
     let expected = "concurrent = 1\r\n\r\n[[runners]]\r\n  name = \"a\"\r\n  url = \"https://gitlab.example.com\"\r\n  id = 900000\r\n  token = \"glrt-t1_NEWTOKEN00abcdefghijklmn\"\r\n  token_obtained_at = 2026-11-24T16:00:00Z\r\n  token_expires_at = 2027-02-22T16:00:00Z\r\n  executor = \"shell\"\r\n";
     assert_eq!(text, expected);
 }
@@ -152,7 +155,11 @@ fn crlf_files_stay_crlf_and_missing_keys_are_added_in_place() {
 #[test]
 fn no_final_newline_and_literal_quotes_are_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "c.toml", "[[runners]]\n\turl = 'https://g.example'\n\ttoken = 'glrt-abcdefghijklmnopqrst' # ours");
+    let path = write(
+        dir.path(),
+        "c.toml",
+        "[[runners]]\n\turl = 'https://g.example'\n\ttoken = 'glrt-abcdefghijklmnopqrst' # ours",
+    );
     let config = ConfigFile::load(&path).unwrap();
     let text = config.with_credentials(&[(0, creds(1))]).unwrap();
     assert_eq!(
@@ -161,9 +168,17 @@ fn no_final_newline_and_literal_quotes_are_kept() {
     );
 }
 
-fn save_opts(dir: &std::path::Path) -> (PathBuf, runner_medic::runner_config::SaveOptions<'static>) {
+fn save_opts(
+    dir: &std::path::Path,
+) -> (PathBuf, runner_medic::runner_config::SaveOptions<'static>) {
     let backups: &'static std::path::Path = Box::leak(dir.join("backups").into_boxed_path());
-    (backups.to_path_buf(), runner_medic::runner_config::SaveOptions { backup_dir: backups, keep_backups: 3 })
+    (
+        backups.to_path_buf(),
+        runner_medic::runner_config::SaveOptions {
+            backup_dir: backups,
+            keep_backups: 3,
+        },
+    )
 }
 
 #[test]
@@ -178,11 +193,29 @@ fn a_symlinked_config_is_written_through_to_its_target() {
     let text = config.with_credentials(&[(0, creds(0))]).unwrap();
     let (backups, opts) = save_opts(dir.path());
     config.save(&text, &opts).unwrap();
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link stays a link");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link stays a link"
+    );
     assert_eq!(std::fs::read_to_string(&target).unwrap(), text);
-    assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o640, "mode kept");
-    let backup = std::fs::read_dir(&backups).unwrap().next().unwrap().unwrap().path();
-    assert_eq!(std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o640,
+        "mode kept"
+    );
+    let backup = std::fs::read_dir(&backups)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert_eq!(std::fs::read_to_string(&backup).unwrap(), SAMPLE);
 }
 
@@ -203,8 +236,15 @@ fn owner_group_and_mode_are_preserved() {
     let (_, opts) = save_opts(dir.path());
     config.save(&text, &opts).unwrap();
     let after = std::fs::metadata(&path).unwrap();
-    assert_ne!(before.ino(), after.ino(), "replaced by rename, not rewritten in place");
-    assert_eq!((after.uid(), after.gid(), after.mode() & 0o7777), (before.uid(), before.gid(), 0o600));
+    assert_ne!(
+        before.ino(),
+        after.ino(),
+        "replaced by rename, not rewritten in place"
+    );
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode() & 0o7777),
+        (before.uid(), before.gid(), 0o600)
+    );
     if root {
         assert_eq!((after.uid(), after.gid()), (4242, 4343));
     }
@@ -237,20 +277,38 @@ fn a_concurrent_modification_is_refused() {
     std::fs::write(&path, SAMPLE.replace("concurrent = 1", "concurrent = 2")).unwrap();
     let (_, opts) = save_opts(dir.path());
     let err = config.save(&text, &opts).unwrap_err();
-    assert!(err.to_string().contains("changed on disk since it was read"), "{err}");
-    assert!(std::fs::read_to_string(&path).unwrap().contains("concurrent = 2"), "the other writer's file stands");
-    assert!(!dir.path().join(".config.toml.runner-medic-tmp").exists(), "no temp file left");
+    assert!(
+        err.to_string()
+            .contains("changed on disk since it was read"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("concurrent = 2"),
+        "the other writer's file stands"
+    );
+    assert!(
+        !dir.path().join(".config.toml.runner-medic-tmp").exists(),
+        "no temp file left"
+    );
 }
 
 #[test]
 fn invalid_toml_is_refused_with_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "config.toml", "[[runners]]\n  name = \"a\"\n  url = https://x\n");
+    let path = write(
+        dir.path(),
+        "config.toml",
+        "[[runners]]\n  name = \"a\"\n  url = https://x\n",
+    );
     let err = ConfigFile::load(&path).err().expect("invalid");
     let msg = err.to_string();
     assert!(msg.contains("config.toml:3:"), "{msg}");
     match err {
-        runner_medic::runner_config::Error::Invalid { line, column, .. } => assert_eq!((line, column), (3, 9)),
+        runner_medic::runner_config::Error::Invalid { line, column, .. } => {
+            assert_eq!((line, column), (3, 9))
+        }
         other => panic!("{other}"),
     }
 }
@@ -258,10 +316,19 @@ fn invalid_toml_is_refused_with_line_and_column() {
 #[test]
 fn an_entry_without_url_or_token_is_not_rewritten() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "config.toml", "[[runners]]\n  name = \"a\"\n  token = \"glrt-abcdefghijklmnopqrst\"\n");
+    let path = write(
+        dir.path(),
+        "config.toml",
+        "[[runners]]\n  name = \"a\"\n  token = \"glrt-abcdefghijklmnopqrst\"\n",
+    );
     let config = ConfigFile::load(&path).unwrap();
     let err = config.with_credentials(&[(0, creds(0))]).unwrap_err();
-    assert!(err.to_string().contains("runner `a`") && err.to_string().contains(":1`") && err.to_string().contains("no `url`"), "{err}");
+    assert!(
+        err.to_string().contains("runner `a`")
+            && err.to_string().contains(":1`")
+            && err.to_string().contains("no `url`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -290,7 +357,18 @@ mod fuzz {
     use proptest::prelude::*;
 
     fn key() -> impl Strategy<Value = String> {
-        "[a-z][a-z_]{0,8}".prop_filter("not ours", |k| !["id", "token", "token_obtained_at", "token_expires_at", "name", "url", "runners"].contains(&k.as_str()))
+        "[a-z][a-z_]{0,8}".prop_filter("not ours", |k| {
+            ![
+                "id",
+                "token",
+                "token_obtained_at",
+                "token_expires_at",
+                "name",
+                "url",
+                "runners",
+            ]
+            .contains(&k.as_str())
+        })
     }
 
     fn value() -> impl Strategy<Value = String> {
@@ -299,7 +377,13 @@ mod fuzz {
             "[a-zA-Z0-9 _.-]{0,12}".prop_map(|s| format!("'{s}'")),
             any::<i32>().prop_map(|i| i.to_string()),
             any::<bool>().prop_map(|b| b.to_string()),
-            prop::collection::vec("[a-z]{1,5}", 0..3).prop_map(|v| format!("[{}]", v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "))),
+            prop::collection::vec("[a-z]{1,5}", 0..3).prop_map(|v| format!(
+                "[{}]",
+                v.iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
         ]
     }
 
@@ -336,10 +420,22 @@ mod fuzz {
     }
 
     fn document() -> impl Strategy<Value = (String, bool)> {
-        (prop::collection::vec(entry(), 1..4), any::<bool>(), "(# [a-z ]{0,20}\n)?").prop_map(|(entries, crlf, header)| {
-            let text = format!("{header}concurrent = 2\n\n{}", entries.join("\n"));
-            (if crlf { text.replace('\n', "\r\n") } else { text }, crlf)
-        })
+        (
+            prop::collection::vec(entry(), 1..4),
+            any::<bool>(),
+            "(# [a-z ]{0,20}\n)?",
+        )
+            .prop_map(|(entries, crlf, header)| {
+                let text = format!("{header}concurrent = 2\n\n{}", entries.join("\n"));
+                (
+                    if crlf {
+                        text.replace('\n', "\r\n")
+                    } else {
+                        text
+                    },
+                    crlf,
+                )
+            })
     }
 
     proptest! {

@@ -11,7 +11,11 @@ use crate::harness::{Entry, Run, TestEnv};
 fn diagnose(env: &TestEnv) -> Run {
     let before = std::fs::read(&env.config).ok();
     let run = env.run(&["diagnose", "--output", "json"]);
-    assert_eq!(std::fs::read(&env.config).ok(), before, "diagnose changed config.toml");
+    assert_eq!(
+        std::fs::read(&env.config).ok(),
+        before,
+        "diagnose changed config.toml"
+    );
     assert!(
         !env.sim.state().log.iter().any(|e| e.is_changing()),
         "diagnose sent a changing request: {:?}",
@@ -20,7 +24,7 @@ fn diagnose(env: &TestEnv) -> Run {
     run
 }
 
-fn finding<'a>(run: &'a Run, name: &str, code: &str) -> serde_json::Value {
+fn finding(run: &Run, name: &str, code: &str) -> serde_json::Value {
     run.runner(name)["findings"]
         .as_array()
         .unwrap()
@@ -52,7 +56,10 @@ fn expired_token() {
     let f = finding(&run, "old", "token_expired");
     assert_eq!(f["severity"], "error");
     assert_eq!(f["fix"], "runner-medic rotate --runner old");
-    assert!(f["message"].as_str().unwrap().contains("config.toml:"), "names file and line: {f}");
+    assert!(
+        f["message"].as_str().unwrap().contains("config.toml:"),
+        "names file and line: {f}"
+    );
 }
 
 #[test]
@@ -63,7 +70,10 @@ fn expired_token_without_privileged_access_says_what_is_needed() {
     let run = diagnose(&env);
     assert_eq!(run.code, 1);
     let f = finding(&run, "old", "token_expired");
-    assert!(f["fix"].as_str().unwrap().contains("--admin-token-file"), "{f}");
+    assert!(
+        f["fix"].as_str().unwrap().contains("--admin-token-file"),
+        "{f}"
+    );
 }
 
 #[test]
@@ -74,7 +84,10 @@ fn revoked_token() {
     assert_eq!(run.code, 1);
     let f = finding(&run, "gone", "token_revoked");
     assert_eq!(f["severity"], "error");
-    assert!(f["message"].as_str().unwrap().contains("record still exists"));
+    assert!(f["message"]
+        .as_str()
+        .unwrap()
+        .contains("record still exists"));
 }
 
 #[test]
@@ -85,14 +98,22 @@ fn deleted_runner() {
     assert_eq!(run.code, 1);
     let f = finding(&run, "lost", "runner_deleted");
     assert_eq!(f["severity"], "error");
-    assert!(f["fix"].as_str().unwrap().starts_with("runner-medic rotate --runner lost"));
+    assert!(f["fix"]
+        .as_str()
+        .unwrap()
+        .starts_with("runner-medic rotate --runner lost"));
 }
 
 #[test]
 fn paused_runner_is_a_warning() {
     let env = TestEnv::new();
     let e = env.healthy("sleepy");
-    env.sim.state().runners.get_mut(&e.id.unwrap()).unwrap().paused = true;
+    env.sim
+        .state()
+        .runners
+        .get_mut(&e.id.unwrap())
+        .unwrap()
+        .paused = true;
     env.write_config(&[e]);
     let run = diagnose(&env);
     assert_eq!(run.code, 0, "a warning is not a failure");
@@ -109,7 +130,11 @@ fn token_near_expiry() {
     assert_eq!(run.code, 0);
     let f = finding(&run, "soon", "token_expiring");
     assert_eq!(f["severity"], "warning");
-    assert!(f["message"].as_str().unwrap().contains("in 2 days") || f["message"].as_str().unwrap().contains("in 3 days"), "{f}");
+    assert!(
+        f["message"].as_str().unwrap().contains("in 2 days")
+            || f["message"].as_str().unwrap().contains("in 3 days"),
+        "{f}"
+    );
 }
 
 #[test]
@@ -117,7 +142,10 @@ fn renew_before_widens_the_window() {
     let env = TestEnv::new();
     env.write_config(&[env.expiring("later", 40)]);
     let run = diagnose(&env);
-    assert!(run.codes("later").is_empty(), "40 days with an 80-day-old token is outside the default window");
+    assert!(
+        run.codes("later").is_empty(),
+        "40 days with an 80-day-old token is outside the default window"
+    );
     let mut env2 = env;
     env2.extra_settings = "renew_before = \"60d\"\n".into();
     let run = diagnose(&env2);
@@ -131,7 +159,13 @@ fn short_instance_token_lifetime() {
     env.extra_settings = "renew_before = \"7d\"\n".into();
     env.write_config(&[env.healthy("a")]);
     let run = diagnose(&env);
-    let f = run.json()["findings"].as_array().unwrap().iter().find(|f| f["code"] == "short_token_lifetime").cloned().expect("short_token_lifetime");
+    let f = run.json()["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "short_token_lifetime")
+        .cloned()
+        .expect("short_token_lifetime");
     assert_eq!(f["severity"], "warning");
     assert!(f["fix"].as_str().unwrap().contains("application/settings"));
 }
@@ -146,7 +180,10 @@ fn invalid_toml_names_line_and_column() {
     assert_eq!(f["code"], "config_invalid");
     assert_eq!(f["line"], 4);
     assert!(f["column"].as_u64().is_some());
-    assert!(f["message"].as_str().unwrap().contains("config.toml:4:"), "{f}");
+    assert!(
+        f["message"].as_str().unwrap().contains("config.toml:4:"),
+        "{f}"
+    );
 }
 
 #[test]
@@ -163,8 +200,16 @@ fn registration_token_missing_token_and_duplicates() {
     let good = env.healthy("good");
     let mut dup = good.clone();
     dup.name = "copy".into();
-    let reg = Entry { name: "reg".into(), token: "GR1348941Z196cJVywzZpx_Ki_Cn2".into(), ..good.clone() };
-    let empty = Entry { name: "empty".into(), token: String::new(), ..good.clone() };
+    let reg = Entry {
+        name: "reg".into(),
+        token: "GR1348941Z196cJVywzZpx_Ki_Cn2".into(),
+        ..good.clone()
+    };
+    let empty = Entry {
+        name: "empty".into(),
+        token: String::new(),
+        ..good.clone()
+    };
     env.write_config(&[good, dup, reg, empty]);
     let text = env.config_text().replace("[[runners]]\n  name = \"empty\"", "[[runners]]\n  name = \"notoken\"\n  url = \"http://x.invalid\"\n\n[[runners]]\n  name = \"empty\"");
     env.write_config_text(&text);
@@ -173,7 +218,10 @@ fn registration_token_missing_token_and_duplicates() {
     assert!(run.codes("copy").contains(&"duplicate_token".into()));
     let f = finding(&run, "reg", "registration_token_in_config");
     assert!(f["fix"].as_str().unwrap().contains("--strategy recreate"));
-    assert!(!f["message"].as_str().unwrap().contains("Z196cJVywzZpx"), "the registration token is masked");
+    assert!(
+        !f["message"].as_str().unwrap().contains("Z196cJVywzZpx"),
+        "the registration token is masked"
+    );
     assert!(run.codes("notoken").contains(&"token_missing".into()));
     assert!(run.codes("empty").contains(&"token_malformed".into()));
 }
@@ -181,7 +229,10 @@ fn registration_token_missing_token_and_duplicates() {
 #[test]
 fn wrong_type_token_is_malformed_with_its_line() {
     let env = TestEnv::new();
-    env.write_config_text(&format!("[[runners]]\n  name = \"num\"\n  url = \"{}\"\n  token = 5\n  executor = \"shell\"\n", env.url()));
+    env.write_config_text(&format!(
+        "[[runners]]\n  name = \"num\"\n  url = \"{}\"\n  token = 5\n  executor = \"shell\"\n",
+        env.url()
+    ));
     let run = diagnose(&env);
     let f = finding(&run, "num", "token_malformed");
     assert_eq!(f["line"], 4);
@@ -190,53 +241,101 @@ fn wrong_type_token_is_malformed_with_its_line() {
 #[test]
 fn invalid_and_mismatched_urls() {
     let env = TestEnv::new();
-    let a = Entry { url: "gitlab.example.com".into(), name: "nourl".into(), ..env.healthy("nourl") };
-    let b = Entry { url: "http://127.0.0.1:1/".into(), name: "elsewhere".into(), ..env.healthy("elsewhere") };
-    let c = Entry { url: format!("{}/", env.url().to_uppercase().replace("HTTP://", "http://")), name: "samehost".into(), ..env.healthy("samehost") };
+    let a = Entry {
+        url: "gitlab.example.com".into(),
+        name: "nourl".into(),
+        ..env.healthy("nourl")
+    };
+    let b = Entry {
+        url: "http://127.0.0.1:1/".into(),
+        name: "elsewhere".into(),
+        ..env.healthy("elsewhere")
+    };
+    let c = Entry {
+        url: format!(
+            "{}/",
+            env.url().to_uppercase().replace("HTTP://", "http://")
+        ),
+        name: "samehost".into(),
+        ..env.healthy("samehost")
+    };
     env.write_config(&[a, b, c]);
     let run = diagnose(&env);
     assert!(run.codes("nourl").contains(&"url_invalid".into()));
     assert!(run.codes("elsewhere").contains(&"url_mismatch".into()));
-    assert!(run.codes("samehost").is_empty(), "trailing slash and host case are the same instance: {:?}", run.codes("samehost"));
+    assert!(
+        run.codes("samehost").is_empty(),
+        "trailing slash and host case are the same instance: {:?}",
+        run.codes("samehost")
+    );
     // The privileged token never went to the other instance (nothing listens there anyway) and
     // every privileged request went to the configured URL.
     let s = env.sim.state();
-    assert!(s.log.iter().filter(|e| e.credential_kind == "private_token").all(|e| e.credential.as_deref() == Some(env.admin_token.as_str())));
+    assert!(s
+        .log
+        .iter()
+        .filter(|e| e.credential_kind == "private_token")
+        .all(|e| e.credential.as_deref() == Some(env.admin_token.as_str())));
 }
 
 #[test]
 fn dns_failure() {
     let mut env = TestEnv::new();
     env.use_admin = false;
-    env.write_config(&[Entry { url: "http://no-such-host.invalid".into(), ..env.healthy("dns") }]);
+    env.write_config(&[Entry {
+        url: "http://no-such-host.invalid".into(),
+        ..env.healthy("dns")
+    }]);
     let run = diagnose(&env);
     assert_eq!(run.code, 1);
     let f = finding(&run, "dns", "dns_failure");
-    assert!(f["message"].as_str().unwrap().contains("no-such-host.invalid"));
+    assert!(f["message"]
+        .as_str()
+        .unwrap()
+        .contains("no-such-host.invalid"));
 }
 
 #[test]
 fn connect_failure_names_the_address() {
     let mut env = TestEnv::new();
     env.use_admin = false;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    env.write_config(&[Entry { url: format!("http://127.0.0.1:{port}"), ..env.healthy("down") }]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.write_config(&[Entry {
+        url: format!("http://127.0.0.1:{port}"),
+        ..env.healthy("down")
+    }]);
     let run = diagnose(&env);
     let f = finding(&run, "down", "connect_failure");
-    assert!(f["message"].as_str().unwrap().contains(&format!("127.0.0.1:{port}")), "{f}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("127.0.0.1:{port}")),
+        "{f}"
+    );
 }
 
 #[test]
 fn tls_failure_then_success_with_tls_ca_file() {
-    let mut env = TestEnv::with_options(gitlab_sim::Options { tls: true, ..Default::default() });
+    let mut env = TestEnv::with_options(gitlab_sim::Options {
+        tls: true,
+        ..Default::default()
+    });
     env.use_admin = false;
     let e = env.healthy("tls");
-    env.write_config(&[e.clone()]);
+    env.write_config(std::slice::from_ref(&e));
     let run = diagnose(&env);
     let f = finding(&run, "tls", "tls_failure");
     assert!(f["fix"].as_str().unwrap().contains("tls-ca-file"));
     let ca = env.sim.ca_pem_path().unwrap().display().to_string();
-    env.write_config(&[Entry { extra: format!("  tls-ca-file = \"{ca}\"\n"), ..e }]);
+    env.write_config(&[Entry {
+        extra: format!("  tls-ca-file = \"{ca}\"\n"),
+        ..e
+    }]);
     let run = diagnose(&env);
     assert_eq!(run.code, 0, "{}", run.stdout);
     assert!(run.codes("tls").is_empty());
@@ -246,7 +345,9 @@ fn tls_failure_then_success_with_tls_ca_file() {
 fn server_error_is_reported_not_mistaken_for_a_dead_token() {
     let env = TestEnv::new();
     env.write_config(&[env.healthy("busy")]);
-    env.sim.state().inject("POST /api/v4/runners/verify", FaultKind::Status(500), None);
+    env.sim
+        .state()
+        .inject("POST /api/v4/runners/verify", FaultKind::Status(500), None);
     let run = diagnose(&env);
     assert_eq!(run.code, 1);
     let codes = run.codes("busy");
@@ -260,13 +361,28 @@ fn clock_skew_warning_and_error() {
     env.write_config(&[env.healthy("a")]);
     env.sim.state().date_skew = Duration::seconds(120);
     let run = diagnose(&env);
-    let f = run.json()["findings"].as_array().unwrap().iter().find(|f| f["code"] == "clock_skew").cloned().expect("clock_skew");
+    let f = run.json()["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "clock_skew")
+        .cloned()
+        .expect("clock_skew");
     assert_eq!(f["severity"], "warning");
-    assert!(f["fix"].as_str().unwrap().contains("timedatectl set-ntp true"));
+    assert!(f["fix"]
+        .as_str()
+        .unwrap()
+        .contains("timedatectl set-ntp true"));
     assert!(run.json()["clock_skew_seconds"].as_f64().unwrap() > 100.0);
     env.sim.state().date_skew = Duration::seconds(-600);
     let run = diagnose(&env);
-    let f = run.json()["findings"].as_array().unwrap().iter().find(|f| f["code"] == "clock_skew").cloned().expect("clock_skew");
+    let f = run.json()["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "clock_skew")
+        .cloned()
+        .expect("clock_skew");
     assert_eq!(f["severity"], "error");
     assert_eq!(run.code, 1);
 }
@@ -278,7 +394,12 @@ fn expiry_is_judged_by_the_server_clock() {
     let env = TestEnv::new();
     let mut e = env.runner("late", gitlab_sim::RunnerType::InstanceType);
     e.expires_at = Some(Utc::now() + Duration::hours(1));
-    env.sim.state().runners.get_mut(&e.id.unwrap()).unwrap().token_expires_at = e.expires_at;
+    env.sim
+        .state()
+        .runners
+        .get_mut(&e.id.unwrap())
+        .unwrap()
+        .token_expires_at = e.expires_at;
     {
         let mut s = env.sim.state();
         s.clock_offset = Duration::hours(2);
@@ -286,7 +407,11 @@ fn expiry_is_judged_by_the_server_clock() {
     }
     env.write_config(&[e]);
     let run = diagnose(&env);
-    assert!(run.codes("late").contains(&"token_expired".into()), "{:?}", run.codes("late"));
+    assert!(
+        run.codes("late").contains(&"token_expired".into()),
+        "{:?}",
+        run.codes("late")
+    );
 }
 
 #[test]
@@ -308,14 +433,23 @@ fn admin_token_expiring_and_missing_scopes() {
     let run = diagnose(&env);
     let codes = run.top_codes();
     assert!(codes.contains(&"admin_token_expiring".into()), "{codes:?}");
-    assert!(codes.contains(&"admin_token_scope_missing".into()), "{codes:?}");
+    assert!(
+        codes.contains(&"admin_token_scope_missing".into()),
+        "{codes:?}"
+    );
     assert_eq!(run.code, 1);
 }
 
 #[test]
 fn several_faults_each_runner_its_own_finding() {
     let env = TestEnv::new();
-    let entries = [env.healthy("fine"), env.expired("exp"), env.revoked("rev"), env.deleted("del"), env.expiring("soon", 2)];
+    let entries = [
+        env.healthy("fine"),
+        env.expired("exp"),
+        env.revoked("rev"),
+        env.deleted("del"),
+        env.expiring("soon", 2),
+    ];
     env.write_config(&entries);
     let run = diagnose(&env);
     assert_eq!(run.code, 1);
@@ -338,16 +472,30 @@ fn human_output_is_readable_and_masked() {
         .stdout
         .lines()
         .map(|l| {
-            let l = l.replace(&env.config.display().to_string(), "[CONFIG]").replace(&env.url(), "[URL]");
+            let l = l
+                .replace(&env.config.display().to_string(), "[CONFIG]")
+                .replace(&env.url(), "[URL]");
             l.split(" token ").next().unwrap().to_string()
         })
         .collect();
-    assert!(normalized.iter().any(|l| l.starts_with("runner `fine` (id ")), "{normalized:?}");
+    assert!(
+        normalized
+            .iter()
+            .any(|l| l.starts_with("runner `fine` (id ")),
+        "{normalized:?}"
+    );
     assert!(out.stdout.contains("[ok]"));
     assert!(out.stdout.contains("[broken]"));
     assert!(out.stdout.contains("error   token_expired: runner `exp`"));
-    assert!(out.stdout.contains("        fix: runner-medic rotate --runner exp"));
-    assert!(out.stdout.contains("summary: 2 runner(s): 1 healthy, 0 with warnings, 1 broken"));
-    assert!(!out.stdout.contains("\x1b["), "no colour when not a terminal");
+    assert!(out
+        .stdout
+        .contains("        fix: runner-medic rotate --runner exp"));
+    assert!(out
+        .stdout
+        .contains("summary: 2 runner(s): 1 healthy, 0 with warnings, 1 broken"));
+    assert!(
+        !out.stdout.contains("\x1b["),
+        "no colour when not a terminal"
+    );
     assert!(out.stdout.contains('…'), "tokens are shown masked");
 }

@@ -5,25 +5,42 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use gitlab_sim::{FaultKind, NewRunner, Options, RunnerType, Simulator};
-use runner_medic::gitlab::{AdminApi, AdminCredential, ClientOptions, CreateRunner, Error, RetryPolicy, RunnerApi, TlsFiles};
+use runner_medic::gitlab::{
+    AdminApi, AdminCredential, ClientOptions, CreateRunner, Error, RetryPolicy, RunnerApi, TlsFiles,
+};
 use runner_medic::secret::{AdminToken, RunnerToken};
 use url::Url;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn fast() -> ClientOptions {
     ClientOptions {
         timeout: Duration::from_secs(2),
-        retry: RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20), max_total: Duration::from_secs(10) },
+        retry: RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+            max_total: Duration::from_secs(10),
+        },
         ..ClientOptions::default()
     }
 }
 
 fn admin(sim: &Simulator, scopes: &[&str]) -> AdminApi {
     let token = sim.state().add_pat(scopes, true, None);
-    AdminApi::new(&AdminCredential { url: Url::parse(&sim.url()).unwrap(), token: AdminToken::new(token) }, fast()).unwrap()
+    AdminApi::new(
+        &AdminCredential {
+            url: Url::parse(&sim.url()).unwrap(),
+            token: AdminToken::new(token),
+        },
+        fast(),
+    )
+    .unwrap()
 }
 
 fn runner_api(sim: &Simulator) -> RunnerApi {
@@ -49,7 +66,10 @@ fn runner_token_calls() {
         assert!(grant.token_expires_at.is_some());
         // The old token died at once (no grace period).
         assert_eq!(api.verify(&token).await.unwrap_err().status(), Some(403));
-        assert_eq!(api.reset_own_token(&token).await.unwrap_err().status(), Some(403));
+        assert_eq!(
+            api.reset_own_token(&token).await.unwrap_err().status(),
+            Some(403)
+        );
         api.unregister(&grant.token).await.unwrap();
         assert!(!sim.state().runners.contains_key(&id));
     });
@@ -86,7 +106,11 @@ fn privileged_calls() {
         assert!(details.locked);
         assert_eq!(details.access_level.as_deref(), Some("ref_protected"));
         assert_eq!(CreateRunner::like(&details).project_id, Some(42));
-        let updated = api.update_runner(id, serde_json::json!({"paused": true})).await.unwrap().value;
+        let updated = api
+            .update_runner(id, serde_json::json!({"paused": true}))
+            .await
+            .unwrap()
+            .value;
         assert!(updated.paused);
         let reset = api.reset_token(id).await.unwrap().value;
         assert!(!reset.token.same_as(&created.token));
@@ -102,7 +126,10 @@ fn privileged_calls() {
 fn list_pages_through_many_runners() {
     let sim = Simulator::start(Options::default()).unwrap();
     for i in 0..230 {
-        sim.state().add_runner(NewRunner { description: format!("r{i}"), ..NewRunner::default() });
+        sim.state().add_runner(NewRunner {
+            description: format!("r{i}"),
+            ..NewRunner::default()
+        });
     }
     let api = admin(&sim, &["api"]);
     let all = rt().block_on(api.all_runners(None)).unwrap();
@@ -112,7 +139,14 @@ fn list_pages_through_many_runners() {
 #[test]
 fn status_classes_401_403_404() {
     let sim = Simulator::start(Options::default()).unwrap();
-    let bad = AdminApi::new(&AdminCredential { url: Url::parse(&sim.url()).unwrap(), token: AdminToken::new("glpat-nope") }, fast()).unwrap();
+    let bad = AdminApi::new(
+        &AdminCredential {
+            url: Url::parse(&sim.url()).unwrap(),
+            token: AdminToken::new("glpat-nope"),
+        },
+        fast(),
+    )
+    .unwrap();
     let scoped = admin(&sim, &["create_runner"]);
     let api = admin(&sim, &["api"]);
     rt().block_on(async {
@@ -132,17 +166,33 @@ fn status_classes_401_403_404() {
 fn retries_429_with_retry_after_and_5xx() {
     let sim = Simulator::start(Options::default()).unwrap();
     let (_, token) = sim.state().add_runner(NewRunner::default());
-    sim.state().inject("POST /api/v4/runners/verify", FaultKind::RateLimited { retry_after_secs: 1 }, Some(1));
-    sim.state().inject("POST /api/v4/runners/verify", FaultKind::Status(502), Some(1));
+    sim.state().inject(
+        "POST /api/v4/runners/verify",
+        FaultKind::RateLimited {
+            retry_after_secs: 1,
+        },
+        Some(1),
+    );
+    sim.state().inject(
+        "POST /api/v4/runners/verify",
+        FaultKind::Status(502),
+        Some(1),
+    );
     let api = runner_api(&sim);
     let started = Instant::now();
     let v = rt().block_on(api.verify(&RunnerToken::new(token.clone())));
     assert!(v.is_ok(), "{v:?}");
-    assert!(started.elapsed() >= Duration::from_millis(900), "Retry-After was honoured");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "Retry-After was honoured"
+    );
     assert_eq!(sim.state().requests_to("POST", "/api/v4/runners/verify"), 3);
     // A persistent fault gives up after the attempts, with the class kept.
-    sim.state().inject("POST /api/v4/runners/verify", FaultKind::Status(503), None);
-    let e = rt().block_on(api.verify(&RunnerToken::new(token))).unwrap_err();
+    sim.state()
+        .inject("POST /api/v4/runners/verify", FaultKind::Status(503), None);
+    let e = rt()
+        .block_on(api.verify(&RunnerToken::new(token)))
+        .unwrap_err();
     assert_eq!(e.status(), Some(503));
 }
 
@@ -150,13 +200,36 @@ fn retries_429_with_retry_after_and_5xx() {
 fn a_creation_is_never_blindly_retried() {
     let sim = Simulator::start(Options::default()).unwrap();
     let api = admin(&sim, &["api"]);
-    sim.state().inject("POST /api/v4/user/runners", FaultKind::Status(502), Some(1));
-    let params = CreateRunner { runner_type: "instance_type".into(), group_id: None, project_id: None, description: None, tag_list: vec![], run_untagged: true, locked: false, access_level: None, maximum_timeout: None, paused: false, maintenance_note: None };
+    sim.state()
+        .inject("POST /api/v4/user/runners", FaultKind::Status(502), Some(1));
+    let params = CreateRunner {
+        runner_type: "instance_type".into(),
+        group_id: None,
+        project_id: None,
+        description: None,
+        tag_list: vec![],
+        run_untagged: true,
+        locked: false,
+        access_level: None,
+        maximum_timeout: None,
+        paused: false,
+        maintenance_note: None,
+    };
     let e = rt().block_on(api.create_runner(&params)).unwrap_err();
     assert_eq!(e.status(), Some(502));
-    assert_eq!(sim.state().requests_to("POST", "/api/v4/user/runners"), 1, "sent once");
+    assert_eq!(
+        sim.state().requests_to("POST", "/api/v4/user/runners"),
+        1,
+        "sent once"
+    );
     // 429 proves the request was not acted on: that one is retried.
-    sim.state().inject("POST /api/v4/user/runners", FaultKind::RateLimited { retry_after_secs: 0 }, Some(1));
+    sim.state().inject(
+        "POST /api/v4/user/runners",
+        FaultKind::RateLimited {
+            retry_after_secs: 0,
+        },
+        Some(1),
+    );
     assert!(rt().block_on(api.create_runner(&params)).is_ok());
 }
 
@@ -167,11 +240,27 @@ fn connection_reset_and_timeout_classes() {
     let api = runner_api(&sim);
     let token = RunnerToken::new(token);
     // A single reset is retried transparently.
-    sim.state().inject("POST /api/v4/runners/verify", FaultKind::Reset, Some(1));
+    sim.state()
+        .inject("POST /api/v4/runners/verify", FaultKind::Reset, Some(1));
     assert!(rt().block_on(api.verify(&token)).is_ok());
     // A persistent hang past the client timeout is a timeout.
-    sim.state().inject("POST /api/v4/runners/verify", FaultKind::Hang(Duration::from_secs(30)), None);
-    let quick = RunnerApi::new(&Url::parse(&sim.url()).unwrap(), ClientOptions { timeout: Duration::from_millis(300), retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() }, ..ClientOptions::default() }).unwrap();
+    sim.state().inject(
+        "POST /api/v4/runners/verify",
+        FaultKind::Hang(Duration::from_secs(30)),
+        None,
+    );
+    let quick = RunnerApi::new(
+        &Url::parse(&sim.url()).unwrap(),
+        ClientOptions {
+            timeout: Duration::from_millis(300),
+            retry: RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            },
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
     let e = rt().block_on(quick.verify(&token)).unwrap_err();
     assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
 }
@@ -179,11 +268,23 @@ fn connection_reset_and_timeout_classes() {
 #[test]
 fn dns_and_connect_classes() {
     let api = RunnerApi::new(&Url::parse("http://no-such-host.invalid").unwrap(), fast()).unwrap();
-    let e = rt().block_on(api.verify(&RunnerToken::new("glrt-x"))).unwrap_err();
+    let e = rt()
+        .block_on(api.verify(&RunnerToken::new("glrt-x")))
+        .unwrap_err();
     assert!(matches!(e, Error::Dns { .. }), "{e:?}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let api = RunnerApi::new(&Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(), fast()).unwrap();
-    let e = rt().block_on(api.verify(&RunnerToken::new("glrt-x"))).unwrap_err();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api = RunnerApi::new(
+        &Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+        fast(),
+    )
+    .unwrap();
+    let e = rt()
+        .block_on(api.verify(&RunnerToken::new("glrt-x")))
+        .unwrap_err();
     assert!(matches!(e, Error::Connect { .. }), "{e:?}");
 }
 
@@ -191,7 +292,11 @@ fn dns_and_connect_classes() {
 fn malformed_body_class() {
     let sim = Simulator::start(Options::default()).unwrap();
     let api = admin(&sim, &["api"]);
-    sim.state().inject("GET /api/v4/personal_access_tokens/self", FaultKind::Body(200, "{not json".into()), None);
+    sim.state().inject(
+        "GET /api/v4/personal_access_tokens/self",
+        FaultKind::Body(200, "{not json".into()),
+        None,
+    );
     let e = rt().block_on(api.pat_self()).unwrap_err();
     assert!(matches!(e, Error::Body { .. }), "{e:?}");
 }
@@ -199,24 +304,47 @@ fn malformed_body_class() {
 #[test]
 fn tls_untrusted_then_trusted_with_the_ca_file() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Simulator::start(Options { tls: true, tls_dir: Some(dir.path().into()), ..Options::default() }).unwrap();
-    let (_, token) = sim.state().add_runner(NewRunner { runner_type: RunnerType::GroupType, ..NewRunner::default() });
+    let sim = Simulator::start(Options {
+        tls: true,
+        tls_dir: Some(dir.path().into()),
+        ..Options::default()
+    })
+    .unwrap();
+    let (_, token) = sim.state().add_runner(NewRunner {
+        runner_type: RunnerType::GroupType,
+        ..NewRunner::default()
+    });
     let token = RunnerToken::new(token);
     let url = Url::parse(&sim.url()).unwrap();
-    let e = rt().block_on(RunnerApi::new(&url, fast()).unwrap().verify(&token)).unwrap_err();
+    let e = rt()
+        .block_on(RunnerApi::new(&url, fast()).unwrap().verify(&token))
+        .unwrap_err();
     match &e {
-        Error::Tls { reason, .. } => assert!(reason.to_lowercase().contains("certificate") || reason.to_lowercase().contains("issuer"), "{reason}"),
+        Error::Tls { reason, .. } => assert!(
+            reason.to_lowercase().contains("certificate")
+                || reason.to_lowercase().contains("issuer"),
+            "{reason}"
+        ),
         other => panic!("expected a TLS failure, got {other:?}"),
     }
-    let trusted = ClientOptions { tls: TlsFiles { ca_file: Some(sim.ca_pem_path().unwrap().into()), ..TlsFiles::default() }, ..fast() };
-    assert!(rt().block_on(RunnerApi::new(&url, trusted).unwrap().verify(&token)).is_ok());
+    let trusted = ClientOptions {
+        tls: TlsFiles {
+            ca_file: Some(sim.ca_pem_path().unwrap().into()),
+            ..TlsFiles::default()
+        },
+        ..fast()
+    };
+    assert!(rt()
+        .block_on(RunnerApi::new(&url, trusted).unwrap().verify(&token))
+        .is_ok());
 }
 
 #[test]
 fn errors_and_debug_never_show_tokens() {
     let sim = Simulator::start(Options::default()).unwrap();
     let (_, token) = sim.state().add_runner(NewRunner::default());
-    sim.state().inject("POST /api/v4/runners/verify", FaultKind::Status(500), None);
+    sim.state()
+        .inject("POST /api/v4/runners/verify", FaultKind::Status(500), None);
     let t = RunnerToken::new(token.clone());
     let e = rt().block_on(runner_api(&sim).verify(&t)).unwrap_err();
     assert!(!format!("{e} {e:?} {t:?}").contains(&token));
@@ -225,17 +353,31 @@ fn errors_and_debug_never_show_tokens() {
 /// The reference's error-body table (§4.1) against what the simulator answers for each case.
 #[test]
 fn simulator_matches_the_reference_tables() {
-    let reference = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/gitlab-runner-api.md")).unwrap();
+    let reference = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/reference/gitlab-runner-api.md"
+    ))
+    .unwrap();
     let row = |needle: &str| -> (u16, serde_json::Value) {
-        let line = reference.lines().find(|l| l.starts_with('|') && l.contains(needle)).unwrap_or_else(|| panic!("no row {needle:?} in the reference"));
+        let line = reference
+            .lines()
+            .find(|l| l.starts_with('|') && l.contains(needle))
+            .unwrap_or_else(|| panic!("no row {needle:?} in the reference"));
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         let status: u16 = cells[2].parse().unwrap();
         let body = cells[3].trim_matches('`');
-        (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}")))
+        (
+            status,
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}")),
+        )
     };
     let sim = Simulator::start(Options::default()).unwrap();
     let base = sim.url();
-    let expired_pat = sim.state().add_pat(&["api"], true, Some((Utc::now() - chrono::Duration::days(1)).date_naive()));
+    let expired_pat = sim.state().add_pat(
+        &["api"],
+        true,
+        Some((Utc::now() - chrono::Duration::days(1)).date_naive()),
+    );
     let revoked_pat = sim.state().add_pat(&["api"], true, None);
     sim.state().pats.last_mut().unwrap().revoked = true;
     let read_only = sim.state().add_pat(&["read_api"], true, None);
@@ -245,38 +387,107 @@ fn simulator_matches_the_reference_tables() {
         let (status, body) = row(needle);
         let got_status = resp.status().as_u16();
         let got: serde_json::Value = resp.json().unwrap();
-        assert_eq!((got_status, &got), (status, &body), "drift from the reference for {needle:?}");
+        assert_eq!(
+            (got_status, &got),
+            (status, &body),
+            "drift from the reference for {needle:?}"
+        );
     };
-    check("runner token bad, expired, reset or deleted", client.post(format!("{base}/api/v4/runners/verify")).json(&serde_json::json!({"token": "glrt-nope"})).send().unwrap());
-    check("`not_found!('Runner')`", client.get(format!("{base}/api/v4/runners/424242")).header("PRIVATE-TOKEN", &good).send().unwrap());
-    check("PAT unknown, or user may not access", client.get(format!("{base}/api/v4/version")).header("PRIVATE-TOKEN", "glpat-unknown").send().unwrap());
-    check("PAT **expired**", client.get(format!("{base}/api/v4/version")).header("PRIVATE-TOKEN", &expired_pat).send().unwrap());
-    check("PAT **revoked**", client.get(format!("{base}/api/v4/version")).header("PRIVATE-TOKEN", &revoked_pat).send().unwrap());
+    check(
+        "runner token bad, expired, reset or deleted",
+        client
+            .post(format!("{base}/api/v4/runners/verify"))
+            .json(&serde_json::json!({"token": "glrt-nope"}))
+            .send()
+            .unwrap(),
+    );
+    check(
+        "`not_found!('Runner')`",
+        client
+            .get(format!("{base}/api/v4/runners/424242"))
+            .header("PRIVATE-TOKEN", &good)
+            .send()
+            .unwrap(),
+    );
+    check(
+        "PAT unknown, or user may not access",
+        client
+            .get(format!("{base}/api/v4/version"))
+            .header("PRIVATE-TOKEN", "glpat-unknown")
+            .send()
+            .unwrap(),
+    );
+    check(
+        "PAT **expired**",
+        client
+            .get(format!("{base}/api/v4/version"))
+            .header("PRIVATE-TOKEN", &expired_pat)
+            .send()
+            .unwrap(),
+    );
+    check(
+        "PAT **revoked**",
+        client
+            .get(format!("{base}/api/v4/version"))
+            .header("PRIVATE-TOKEN", &revoked_pat)
+            .send()
+            .unwrap(),
+    );
     // The scope row carries `scope` values that depend on the route; compare the stable fields.
     let (status, body) = row("PAT lacks the scope");
-    let resp = client.delete(format!("{base}/api/v4/runners/1")).header("PRIVATE-TOKEN", &read_only).send().unwrap();
+    let resp = client
+        .delete(format!("{base}/api/v4/runners/1"))
+        .header("PRIVATE-TOKEN", &read_only)
+        .send()
+        .unwrap();
     assert_eq!(resp.status().as_u16(), status);
     let got: serde_json::Value = resp.json().unwrap();
     assert_eq!(got["error"], body["error"]);
     assert_eq!(got["error_description"], body["error_description"]);
     // §2.1 verify: `{id, token, token_expires_at}` with the same token sent.
     let (_, token) = sim.state().add_runner(NewRunner::default());
-    let v: serde_json::Value = client.post(format!("{base}/api/v4/runners/verify")).json(&serde_json::json!({"token": token})).send().unwrap().json().unwrap();
+    let v: serde_json::Value = client
+        .post(format!("{base}/api/v4/runners/verify"))
+        .json(&serde_json::json!({"token": token}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
     keys.sort();
     assert_eq!(keys, vec!["id", "token", "token_expires_at"]);
     assert_eq!(v["token"], token);
     // §2.2: `token_expires_at` is left out when the runner has no expiry.
-    let r: serde_json::Value = client.post(format!("{base}/api/v4/runners/reset_authentication_token")).json(&serde_json::json!({"token": token})).send().unwrap().json().unwrap();
+    let r: serde_json::Value = client
+        .post(format!("{base}/api/v4/runners/reset_authentication_token"))
+        .json(&serde_json::json!({"token": token}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert!(r.get("token_expires_at").is_none(), "{r}");
     // §3.2: no `token` in runner details.
-    let d: serde_json::Value = client.get(format!("{base}/api/v4/runners/{}", v["id"])).header("PRIVATE-TOKEN", &good).send().unwrap().json().unwrap();
+    let d: serde_json::Value = client
+        .get(format!("{base}/api/v4/runners/{}", v["id"]))
+        .header("PRIVATE-TOKEN", &good)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert!(d.get("token").is_none());
     assert_eq!(d["active"], !d["paused"].as_bool().unwrap());
     // §2.3: jobs/request answers 204 for a valid token, 403 otherwise.
-    let ok = client.post(format!("{base}/api/v4/jobs/request")).json(&serde_json::json!({"token": r["token"]})).send().unwrap();
+    let ok = client
+        .post(format!("{base}/api/v4/jobs/request"))
+        .json(&serde_json::json!({"token": r["token"]}))
+        .send()
+        .unwrap();
     assert_eq!(ok.status().as_u16(), 204);
-    let no = client.post(format!("{base}/api/v4/jobs/request")).json(&serde_json::json!({"token": token})).send().unwrap();
+    let no = client
+        .post(format!("{base}/api/v4/jobs/request"))
+        .json(&serde_json::json!({"token": token}))
+        .send()
+        .unwrap();
     assert_eq!(no.status().as_u16(), 403);
     // §1: token formats.
     assert!(token.starts_with("glrt-t1_") && token.len() == "glrt-t1_".len() + 20);

@@ -45,7 +45,12 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
     /// The runner object named `name` in the JSON report.
     pub fn runner(&self, name: &str) -> serde_json::Value {
@@ -58,10 +63,20 @@ impl Run {
             .unwrap_or_else(|| panic!("no runner {name} in report"))
     }
     pub fn codes(&self, name: &str) -> Vec<String> {
-        self.runner(name)["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap().to_string()).collect()
+        self.runner(name)["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["code"].as_str().unwrap().to_string())
+            .collect()
     }
     pub fn top_codes(&self) -> Vec<String> {
-        self.json()["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap().to_string()).collect()
+        self.json()["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["code"].as_str().unwrap().to_string())
+            .collect()
     }
 }
 
@@ -76,13 +91,25 @@ impl TestEnv {
 
     pub fn with_options(options: Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let options = Options { tls_dir: Some(dir.path().to_path_buf()), ..options };
+        let options = Options {
+            tls_dir: Some(dir.path().to_path_buf()),
+            ..options
+        };
         let sim = Simulator::start(options).unwrap();
         let admin_token = sim.state().add_pat(&["api"], true, None);
         let config = dir.path().join("config.toml");
         let settings = dir.path().join("settings.toml");
         let state = dir.path().join("state");
-        Self { dir, sim, admin_token, config, settings, state, extra_settings: String::new(), use_admin: true }
+        Self {
+            dir,
+            sim,
+            admin_token,
+            config,
+            settings,
+            state,
+            extra_settings: String::new(),
+            use_admin: true,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -140,7 +167,12 @@ impl TestEnv {
     pub fn expiring(&self, name: &str, days: i64) -> Entry {
         let mut e = self.runner(name, RunnerType::InstanceType);
         let at = Utc::now() + Duration::days(days);
-        self.sim.state().runners.get_mut(&e.id.unwrap()).unwrap().token_expires_at = Some(at);
+        self.sim
+            .state()
+            .runners
+            .get_mut(&e.id.unwrap())
+            .unwrap()
+            .token_expires_at = Some(at);
         e.obtained_at = Some(Utc::now() - Duration::days(80));
         e.expires_at = Some(at);
         e
@@ -149,7 +181,10 @@ impl TestEnv {
     pub fn write_config(&self, entries: &[Entry]) -> String {
         let mut text = String::from("# managed by hand\nconcurrent = 4\ncheck_interval = 0\n\n[session_server]\n  session_timeout = 1800\n");
         for e in entries {
-            text.push_str(&format!("\n[[runners]]\n  name = \"{}\"\n  url = \"{}\"\n", e.name, e.url));
+            text.push_str(&format!(
+                "\n[[runners]]\n  name = \"{}\"\n  url = \"{}\"\n",
+                e.name, e.url
+            ));
             if let Some(id) = e.id {
                 text.push_str(&format!("  id = {id}\n"));
             }
@@ -159,7 +194,8 @@ impl TestEnv {
             }
             text.push_str(&format!(
                 "  token_expires_at = {}\n",
-                e.expires_at.map_or_else(|| "0001-01-01T00:00:00Z".to_string(), fmt)
+                e.expires_at
+                    .map_or_else(|| "0001-01-01T00:00:00Z".to_string(), fmt)
             ));
             text.push_str("  executor = \"shell\"  # keep this comment\n");
             text.push_str(&e.extra);
@@ -178,12 +214,19 @@ impl TestEnv {
     }
 
     fn write_settings(&self) {
-        let mut text = format!("state_dir = \"{}\"\nrequest_timeout = \"5s\"\n", self.state.display());
+        let mut text = format!(
+            "state_dir = \"{}\"\nrequest_timeout = \"5s\"\n",
+            self.state.display()
+        );
         if self.use_admin {
             let token_file = self.dir.path().join("admin-token");
             std::fs::write(&token_file, &self.admin_token).unwrap();
             std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-            text.push_str(&format!("gitlab_url = \"{}\"\nadmin_token_file = \"{}\"\n", self.url(), token_file.display()));
+            text.push_str(&format!(
+                "gitlab_url = \"{}\"\nadmin_token_file = \"{}\"\n",
+                self.url(),
+                token_file.display()
+            ));
         }
         text.push_str(&self.extra_settings);
         if !self.extra_settings.contains("[service]") {
@@ -242,7 +285,10 @@ impl TestEnv {
 
     pub fn assert_no_secrets(&self, text: &str, what: &str) {
         for secret in self.all_secrets() {
-            assert!(!text.contains(&secret), "a token leaked into {what}:\n{text}");
+            assert!(
+                !text.contains(&secret),
+                "a token leaked into {what}:\n{text}"
+            );
         }
     }
 
@@ -261,7 +307,13 @@ impl TestEnv {
 
     pub fn config_id(&self, name: &str) -> Option<i64> {
         let doc: toml::Table = toml::from_str(&self.config_text()).unwrap();
-        doc["runners"].as_array().unwrap().iter().find(|r| r["name"].as_str() == Some(name)).and_then(|r| r.get("id")).and_then(toml::Value::as_integer)
+        doc["runners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"].as_str() == Some(name))
+            .and_then(|r| r.get("id"))
+            .and_then(toml::Value::as_integer)
     }
 
     /// The runner id whose current token this is (simulator side).
@@ -270,7 +322,13 @@ impl TestEnv {
     }
 
     pub fn changing_requests(&self) -> Vec<String> {
-        self.sim.state().log.iter().filter(|e| e.is_changing()).map(|e| format!("{} {}", e.method, e.route)).collect()
+        self.sim
+            .state()
+            .log
+            .iter()
+            .filter(|e| e.is_changing())
+            .map(|e| format!("{} {}", e.method, e.route))
+            .collect()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -324,7 +382,11 @@ esac
         );
         std::fs::write(&launcher, script).unwrap();
         std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self { launcher, log, pid_file }
+        Self {
+            launcher,
+            log,
+            pid_file,
+        }
     }
 
     pub fn settings(&self) -> String {
@@ -332,11 +394,19 @@ esac
     }
 
     pub fn ctl(&self, action: &str) -> bool {
-        Command::new(&self.launcher).arg(action).status().unwrap().success()
+        Command::new(&self.launcher)
+            .arg(action)
+            .status()
+            .unwrap()
+            .success()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+        std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     pub fn log(&self) -> String {
@@ -360,7 +430,9 @@ impl Drop for StandIn {
 pub fn wait_polling_with(env: &TestEnv, token: &str) -> bool {
     for _ in 0..100 {
         let seen = env.sim.state().log.iter().any(|e| {
-            e.route == "/api/v4/jobs/request" && e.status == 204 && e.credential.as_deref() == Some(token)
+            e.route == "/api/v4/jobs/request"
+                && e.status == 204
+                && e.credential.as_deref() == Some(token)
         });
         if seen {
             return true;

@@ -17,7 +17,10 @@ fn changed(before: &str, after: &str) -> Vec<String> {
 fn only_credentials_changed(before: &str, after: &str) {
     for line in changed(before, after) {
         let key = line.split(['=', ' ']).next().unwrap_or("");
-        assert!(["id", "token", "token_obtained_at", "token_expires_at"].contains(&key), "unexpected changed line: {line}");
+        assert!(
+            ["id", "token", "token_obtained_at", "token_expires_at"].contains(&key),
+            "unexpected changed line: {line}"
+        );
     }
 }
 
@@ -43,13 +46,25 @@ fn expired_token_is_reset_and_the_runner_polls_again() {
     let new = env.config_token("build");
     assert_ne!(new, old.token);
     assert!(env.token_works(&new));
-    assert_eq!(env.config_id("build"), Some(old.id.unwrap() as i64), "reset keeps the id");
+    assert_eq!(
+        env.config_id("build"),
+        Some(old.id.unwrap() as i64),
+        "reset keeps the id"
+    );
     only_credentials_changed(&before, &env.config_text());
     assert_eq!(mode(&env.config), 0o600);
-    assert_eq!(env.sim.state().requests_to("POST", "/api/v4/runners/:id/reset_authentication_token"), 1);
+    assert_eq!(
+        env.sim
+            .state()
+            .requests_to("POST", "/api/v4/runners/:id/reset_authentication_token"),
+        1
+    );
     // The service was restarted once and the new process polls with the new token.
     assert_ne!(runner.pid().unwrap(), first_pid);
-    assert!(wait_polling_with(&env, &new), "the runner polls with its new token");
+    assert!(
+        wait_polling_with(&env, &new),
+        "the runner polls with its new token"
+    );
     assert_eq!(run.json()["service"]["stopped"], true);
     assert_eq!(run.json()["service"]["started"], true);
     // A backup, private.
@@ -57,7 +72,10 @@ fn expired_token_is_reset_and_the_runner_polls_again() {
     assert_eq!(mode(std::path::Path::new(&backup)), 0o600);
     assert_eq!(std::fs::read_to_string(&backup).unwrap(), before);
     // The journal is gone once the rotation completed.
-    assert!(std::fs::read_dir(env.state.join("journal")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(env.state.join("journal"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 #[test]
@@ -65,7 +83,7 @@ fn deleted_runner_is_recreated_with_a_new_id() {
     let mut env = TestEnv::new();
     let old = env.deleted("lost");
     env.extra_settings = "[templates.lost]\nrunner_type = \"group_type\"\ngroup_id = 7\ndescription = \"lost\"\ntag_list = [\"linux\", \"arm\"]\nmaximum_timeout = 3600\n".into();
-    env.write_config(&[old.clone()]);
+    env.write_config(std::slice::from_ref(&old));
     let run = env.run(&["rotate", "--output", "json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.runner("lost")["action"], "recreate");
@@ -76,7 +94,11 @@ fn deleted_runner_is_recreated_with_a_new_id() {
     assert_eq!(created.tag_list, vec!["linux", "arm"]);
     assert_eq!(created.group_id, Some(7));
     assert_eq!(created.maximum_timeout, Some(3600));
-    assert!(created.maintenance_note.as_deref().unwrap().contains("runner-medic"));
+    assert!(created
+        .maintenance_note
+        .as_deref()
+        .unwrap()
+        .contains("runner-medic"));
     assert_eq!(created.token, env.config_token("lost"));
 }
 
@@ -89,7 +111,10 @@ fn deleted_runner_without_a_template_needs_a_person() {
     assert_eq!(run.code, 1);
     let r = run.runner("lost");
     assert_eq!(r["action"], "manual");
-    assert!(r["error"].as_str().unwrap().contains("[templates.\"lost\"]"));
+    assert!(r["error"]
+        .as_str()
+        .unwrap()
+        .contains("[templates.\"lost\"]"));
     assert_eq!(env.config_text(), before);
     assert!(env.changing_requests().is_empty());
 }
@@ -98,14 +123,20 @@ fn deleted_runner_without_a_template_needs_a_person() {
 fn strategy_recreate_replaces_and_deletes_the_old_record() {
     let env = TestEnv::new();
     let old = env.revoked("swap");
-    env.write_config(&[old.clone()]);
+    env.write_config(std::slice::from_ref(&old));
     let run = env.run(&["rotate", "--strategy", "recreate", "--output", "json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let new_id = env.config_id("swap").unwrap() as u64;
     let s = env.sim.state();
-    assert!(!s.runners.contains_key(&old.id.unwrap()), "the replaced record is deleted");
+    assert!(
+        !s.runners.contains_key(&old.id.unwrap()),
+        "the replaced record is deleted"
+    );
     let created = &s.runners[&new_id];
-    assert_eq!(created.description, "swap", "settings copied from the old record");
+    assert_eq!(
+        created.description, "swap",
+        "settings copied from the old record"
+    );
     assert_eq!(created.tag_list, vec!["linux"]);
     assert_eq!(created.runner_type, RunnerType::ProjectType);
     assert_eq!(created.project_id, Some(42));
@@ -115,7 +146,7 @@ fn strategy_recreate_replaces_and_deletes_the_old_record() {
 fn revoked_token_is_reset() {
     let env = TestEnv::new();
     let old = env.revoked("rev");
-    env.write_config(&[old.clone()]);
+    env.write_config(std::slice::from_ref(&old));
     let run = env.run(&["rotate", "--output", "json"]);
     assert_eq!(run.code, 0, "{}", run.stdout);
     assert_eq!(run.runner("rev")["action"], "reset");
@@ -127,7 +158,7 @@ fn token_near_expiry_is_renewed_without_a_privileged_token() {
     let mut env = TestEnv::new();
     env.use_admin = false;
     let old = env.expiring("soon", 2);
-    let before = env.write_config(&[old.clone()]);
+    let before = env.write_config(std::slice::from_ref(&old));
     let run = env.run(&["rotate", "--output", "json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.runner("soon")["action"], "renew");
@@ -135,12 +166,20 @@ fn token_near_expiry_is_renewed_without_a_privileged_token() {
     assert!(env.token_works(&new));
     assert!(!env.token_works(&old.token));
     let s = env.sim.state();
-    assert_eq!(s.requests_to("POST", "/api/v4/runners/reset_authentication_token"), 1);
-    assert!(s.log.iter().all(|e| e.credential_kind != "private_token"), "no privileged call");
+    assert_eq!(
+        s.requests_to("POST", "/api/v4/runners/reset_authentication_token"),
+        1
+    );
+    assert!(
+        s.log.iter().all(|e| e.credential_kind != "private_token"),
+        "no privileged call"
+    );
     drop(s);
     only_credentials_changed(&before, &env.config_text());
     // The new expiry from GitLab's answer is in the file (the simulator has no policy: no expiry).
-    assert!(env.config_text().contains("token_expires_at = 0001-01-01T00:00:00Z"));
+    assert!(env
+        .config_text()
+        .contains("token_expires_at = 0001-01-01T00:00:00Z"));
 }
 
 #[test]
@@ -152,15 +191,22 @@ fn healthy_runner_is_left_alone() {
     assert_eq!(run.code, 0);
     assert_eq!(run.runner("fine")["action"], "none");
     assert_eq!(std::fs::read(&env.config).unwrap(), before);
-    assert!(env.changing_requests().is_empty(), "{:?}", env.changing_requests());
-    assert!(!env.state.join("backups").exists(), "no backup when nothing is written");
+    assert!(
+        env.changing_requests().is_empty(),
+        "{:?}",
+        env.changing_requests()
+    );
+    assert!(
+        !env.state.join("backups").exists(),
+        "no backup when nothing is written"
+    );
 }
 
 #[test]
 fn force_rotates_healthy_tokens() {
     let env = TestEnv::new();
     let old = env.healthy("fine");
-    env.write_config(&[old.clone()]);
+    env.write_config(std::slice::from_ref(&old));
     let run = env.run(&["rotate", "--force", "--output", "json"]);
     assert_eq!(run.code, 0);
     assert_eq!(run.runner("fine")["action"], "renew");
@@ -170,13 +216,26 @@ fn force_rotates_healthy_tokens() {
 #[test]
 fn five_runners_in_mixed_states_one_stop_one_start() {
     let mut env = TestEnv::new();
-    env.extra_settings = "[templates.del]\nrunner_type = \"instance_type\"\ndescription = \"del\"\n".into();
-    let entries = [env.healthy("fine"), env.expired("exp"), env.revoked("rev"), env.deleted("del"), env.expiring("soon", 1)];
+    env.extra_settings =
+        "[templates.del]\nrunner_type = \"instance_type\"\ndescription = \"del\"\n".into();
+    let entries = [
+        env.healthy("fine"),
+        env.expired("exp"),
+        env.revoked("rev"),
+        env.deleted("del"),
+        env.expiring("soon", 1),
+    ];
     env.write_config(&entries);
     let runner = with_stand_in(&mut env);
     let run = env.run(&["rotate", "--output", "json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    for (name, action) in [("fine", "none"), ("exp", "reset"), ("rev", "reset"), ("del", "recreate"), ("soon", "renew")] {
+    for (name, action) in [
+        ("fine", "none"),
+        ("exp", "reset"),
+        ("rev", "reset"),
+        ("del", "recreate"),
+        ("soon", "renew"),
+    ] {
         assert_eq!(run.runner(name)["action"], action, "{name}");
     }
     // One stop (SIGQUIT) and one start after the initial one.
@@ -198,14 +257,31 @@ fn dry_run_changes_nothing_and_prints_a_masked_diff() {
     let run = env.run(&["rotate", "--dry-run"]);
     assert_eq!(run.code, 0, "the plan fixes everything: {}", run.stdout);
     assert_eq!(std::fs::read(&env.config).unwrap(), before);
-    assert!(env.changing_requests().is_empty(), "{:?}", env.changing_requests());
+    assert!(
+        env.changing_requests().is_empty(),
+        "{:?}",
+        env.changing_requests()
+    );
     assert_eq!(runner.count("SIGQUIT"), 0, "the service was not touched");
-    assert!(run.stdout.contains("POST "), "lists the calls: {}", run.stdout);
+    assert!(
+        run.stdout.contains("POST "),
+        "lists the calls: {}",
+        run.stdout
+    );
     assert!(run.stdout.contains("/reset_authentication_token"));
-    assert!(run.stdout.contains("-  token = \"glrt-t3_"), "{}", run.stdout);
-    assert!(run.stdout.contains("+  token = \"<new token from GitLab>\""));
+    assert!(
+        run.stdout.contains("-  token = \"glrt-t3_"),
+        "{}",
+        run.stdout
+    );
+    assert!(run
+        .stdout
+        .contains("+  token = \"<new token from GitLab>\""));
     assert!(!run.stdout.contains(&old.token));
-    assert!(!env.state.exists() || !env.state.join("journal").exists(), "no journal for a dry run");
+    assert!(
+        !env.state.exists() || !env.state.join("journal").exists(),
+        "no journal for a dry run"
+    );
     let json = env.run(&["rotate", "--dry-run", "--output", "json"]);
     assert_eq!(json.runner("exp")["outcome"], "planned");
     assert_eq!(json.json()["dry_run"], true);
@@ -233,14 +309,21 @@ fn wrong_instance_runner_never_gets_the_privileged_token() {
     assert!(run.codes("foreign").contains(&"url_mismatch".into()));
     assert_eq!(run.runner("home")["outcome"], "done");
     let s = other.state();
-    assert!(s.log.iter().all(|e| e.credential_kind != "private_token"), "privileged token reached the other instance");
-    assert!(!s.log.iter().any(|e| e.credential.as_deref() == Some(env.admin_token.as_str())));
+    assert!(
+        s.log.iter().all(|e| e.credential_kind != "private_token"),
+        "privileged token reached the other instance"
+    );
+    assert!(!s
+        .log
+        .iter()
+        .any(|e| e.credential.as_deref() == Some(env.admin_token.as_str())));
 }
 
 #[test]
 fn crash_after_the_token_is_obtained_then_a_second_run_finishes() {
     let mut env = TestEnv::new();
-    env.extra_settings = "[templates.lost]\nrunner_type = \"instance_type\"\ndescription = \"lost\"\n".into();
+    env.extra_settings =
+        "[templates.lost]\nrunner_type = \"instance_type\"\ndescription = \"lost\"\n".into();
     env.write_config(&[env.deleted("lost")]);
     let before = env.config_text();
     let mut cmd = env.command(&["rotate"]);
@@ -248,17 +331,36 @@ fn crash_after_the_token_is_obtained_then_a_second_run_finishes() {
     let crashed = env.run_cmd(cmd);
     assert_ne!(crashed.code, 0);
     assert_eq!(env.config_text(), before, "nothing written yet");
-    let created = env.sim.state().runners.values().filter(|r| r.description == "lost").count();
+    let created = env
+        .sim
+        .state()
+        .runners
+        .values()
+        .filter(|r| r.description == "lost")
+        .count();
     assert_eq!(created, 1);
     // The journal holds the new token (mode 0600).
-    let journal = std::fs::read_dir(env.state.join("journal")).unwrap().next().unwrap().unwrap().path();
+    let journal = std::fs::read_dir(env.state.join("journal"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     assert_eq!(mode(&journal), 0o600);
     let run = env.run(&["rotate", "--output", "json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let s = env.sim.state();
-    let lost: Vec<_> = s.runners.values().filter(|r| r.description == "lost").collect();
+    let lost: Vec<_> = s
+        .runners
+        .values()
+        .filter(|r| r.description == "lost")
+        .collect();
     assert_eq!(lost.len(), 1, "no second runner was created");
-    assert_eq!(env.config_token("lost"), lost[0].token, "the journalled token was written");
+    assert_eq!(
+        env.config_token("lost"),
+        lost[0].token,
+        "the journalled token was written"
+    );
     assert_eq!(env.config_id("lost"), Some(lost[0].id as i64));
     assert_eq!(s.requests_to("POST", "/api/v4/user/runners"), 1);
 }
@@ -266,7 +368,8 @@ fn crash_after_the_token_is_obtained_then_a_second_run_finishes() {
 #[test]
 fn crash_with_an_uncertain_creation_finds_it_by_its_tag() {
     let mut env = TestEnv::new();
-    env.extra_settings = "[templates.lost]\nrunner_type = \"instance_type\"\ndescription = \"lost\"\n".into();
+    env.extra_settings =
+        "[templates.lost]\nrunner_type = \"instance_type\"\ndescription = \"lost\"\n".into();
     env.write_config(&[env.deleted("lost")]);
     let mut cmd = env.command(&["rotate"]);
     cmd.env("RUNNER_MEDIC_CRASH_AT", "after-token-obtained");
@@ -275,8 +378,16 @@ fn crash_with_an_uncertain_creation_finds_it_by_its_tag() {
     let run = env.run(&["rotate", "--output", "json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let s = env.sim.state();
-    assert_eq!(s.requests_to("POST", "/api/v4/user/runners"), 1, "created once");
-    let lost: Vec<_> = s.runners.values().filter(|r| r.description == "lost").collect();
+    assert_eq!(
+        s.requests_to("POST", "/api/v4/user/runners"),
+        1,
+        "created once"
+    );
+    let lost: Vec<_> = s
+        .runners
+        .values()
+        .filter(|r| r.description == "lost")
+        .collect();
     assert_eq!(lost.len(), 1);
     assert_eq!(env.config_token("lost"), lost[0].token);
 }
@@ -287,11 +398,17 @@ fn a_second_run_is_refused_while_the_lock_is_held() {
     env.write_config(&[env.expired("x")]);
     let canonical = std::fs::canonicalize(&env.config).unwrap();
     let key = &runner_medic::fs::sha256_hex(canonical.to_string_lossy().as_bytes())[..16];
-    let lock = runner_medic::fs::lock(&env.state.join("locks").join(format!("{key}.lock")), false).unwrap();
+    let lock = runner_medic::fs::lock(&env.state.join("locks").join(format!("{key}.lock")), false)
+        .unwrap();
     let before = env.config_text();
     let run = env.run(&["rotate"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("another runner-medic run holds the lock"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("another runner-medic run holds the lock"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("--wait"));
     assert_eq!(env.config_text(), before);
     drop(lock);

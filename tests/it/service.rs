@@ -31,7 +31,9 @@ fn mtime_ms(path: &Path) -> u128 {
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
 }
 
 struct InitScript {
@@ -92,15 +94,28 @@ esac
         );
         std::fs::write(&script, text).unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self { root, script, pid_file, log }
+        Self {
+            root,
+            script,
+            pid_file,
+            log,
+        }
     }
 
     fn ctl(&self, action: &str) -> bool {
-        Command::new(&self.script).arg(action).status().unwrap().success()
+        Command::new(&self.script)
+            .arg(action)
+            .status()
+            .unwrap()
+            .success()
     }
 
     fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+        std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 
@@ -111,10 +126,17 @@ impl Drop for InitScript {
 }
 
 fn require_start_stop_daemon() {
-    let found = ["/usr/sbin/start-stop-daemon", "/sbin/start-stop-daemon", "/usr/bin/start-stop-daemon"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    assert!(found, "start-stop-daemon is missing: install Debian's dpkg (.ci/run does)");
+    let found = [
+        "/usr/sbin/start-stop-daemon",
+        "/sbin/start-stop-daemon",
+        "/usr/bin/start-stop-daemon",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists());
+    assert!(
+        found,
+        "start-stop-daemon is missing: install Debian's dpkg (.ci/run does)"
+    );
 }
 
 #[test]
@@ -122,13 +144,20 @@ fn sysv_init_script_stop_write_start_with_pids_and_log() {
     require_start_stop_daemon();
     let mut env = TestEnv::new();
     let old = env.expired("build");
-    env.write_config(&[old.clone()]);
+    env.write_config(std::slice::from_ref(&old));
     let init = InitScript::install(&env);
-    env.extra_settings = format!("\n[service]\nmanager = \"auto\"\ninit_dir = \"{}\"\nstop_timeout = \"15s\"\n", init.root.join("etc/init.d").display());
+    env.extra_settings = format!(
+        "\n[service]\nmanager = \"auto\"\ninit_dir = \"{}\"\nstop_timeout = \"15s\"\n",
+        init.root.join("etc/init.d").display()
+    );
     assert!(init.ctl("start"));
     // Wait for the first process to be up and polling (it gets 403s: the token is dead).
     for _ in 0..100 {
-        if init.pid().is_some_and(alive) && std::fs::read_to_string(&init.log).unwrap_or_default().contains("poll name=build") {
+        if init.pid().is_some_and(alive)
+            && std::fs::read_to_string(&init.log)
+                .unwrap_or_default()
+                .contains("poll name=build")
+        {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -151,17 +180,32 @@ fn sysv_init_script_stop_write_start_with_pids_and_log() {
     let stopped = ts_of(&log, "SIGQUIT: stopping gracefully", 0);
     let written = mtime_ms(&env.config);
     let restarted = ts_of(&log, "started pid=", 1);
-    assert!(stopped <= written, "stopped at {stopped}, written at {written}");
-    assert!(written <= restarted, "written at {written}, restarted at {restarted}");
+    assert!(
+        stopped <= written,
+        "stopped at {stopped}, written at {written}"
+    );
+    assert!(
+        written <= restarted,
+        "written at {written}, restarted at {restarted}"
+    );
     // The old process only ever polled with the old token; the new one polls with the new token.
     let new = env.config_token("build");
     assert!(wait_polling_with(&env, &new));
     let s = env.sim.state();
     let old_polls_after_write = s.log.iter().filter(|e| {
-        e.route == "/api/v4/jobs/request" && e.credential.as_deref() == Some(old.token.as_str()) && e.at.timestamp_millis() as u128 > written + 1000
+        e.route == "/api/v4/jobs/request"
+            && e.credential.as_deref() == Some(old.token.as_str())
+            && e.at.timestamp_millis() as u128 > written + 1000
     });
-    assert_eq!(old_polls_after_write.count(), 0, "nobody polls with the old token after the rewrite");
-    assert!(s.runners[&old.id.unwrap()].contacted_at.is_some(), "the runner is contacting GitLab again");
+    assert_eq!(
+        old_polls_after_write.count(),
+        0,
+        "nobody polls with the old token after the rewrite"
+    );
+    assert!(
+        s.runners[&old.id.unwrap()].contacted_at.is_some(),
+        "the runner is contacting GitLab again"
+    );
 }
 
 #[test]
@@ -169,7 +213,10 @@ fn sysv_manager_from_the_settings_file() {
     let mut env = TestEnv::new();
     env.write_config(&[env.expired("x")]);
     let init = InitScript::install(&env);
-    env.extra_settings = format!("\n[service]\nmanager = \"sysv\"\ninit_dir = \"{}\"\n", init.root.join("etc/init.d").display());
+    env.extra_settings = format!(
+        "\n[service]\nmanager = \"sysv\"\ninit_dir = \"{}\"\n",
+        init.root.join("etc/init.d").display()
+    );
     assert!(init.ctl("start"));
     let run = env.run(&["rotate", "--output", "json"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -182,10 +229,19 @@ fn gitlab_runner_cli_manager_restarts_the_stand_in() {
     let old = env.expired("build");
     env.write_config(&[old]);
     let runner = StandIn::install(&env);
-    env.extra_settings = format!("\n[service]\nmanager = \"none\"\ngitlab_runner_bin = \"{}\"\n", runner.launcher.display());
+    env.extra_settings = format!(
+        "\n[service]\nmanager = \"none\"\ngitlab_runner_bin = \"{}\"\n",
+        runner.launcher.display()
+    );
     assert!(runner.ctl("start"));
     let first = runner.pid().unwrap();
-    let run = env.run(&["rotate", "--service-manager", "gitlab-runner", "--output", "json"]);
+    let run = env.run(&[
+        "rotate",
+        "--service-manager",
+        "gitlab-runner",
+        "--output",
+        "json",
+    ]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.json()["service"]["manager"], "gitlab-runner");
     let second = runner.pid().unwrap();
@@ -194,7 +250,10 @@ fn gitlab_runner_cli_manager_restarts_the_stand_in() {
     let stopped = ts_of(&log, "SIGQUIT", 0);
     let written = mtime_ms(&env.config);
     let restarted = ts_of(&log, "started pid=", 1);
-    assert!(stopped <= written && written <= restarted, "{stopped} {written} {restarted}");
+    assert!(
+        stopped <= written && written <= restarted,
+        "{stopped} {written} {restarted}"
+    );
     assert!(wait_polling_with(&env, &env.config_token("build")));
 }
 
@@ -211,8 +270,17 @@ fn failed_start_restores_the_backup() {
     let run = env.run(&["rotate", "--output", "json"]);
     assert_eq!(run.code, 1);
     let service = &run.json()["service"];
-    assert!(service["error"].as_str().unwrap().contains("cannot start: config error"), "{service}");
-    assert!(service["error"].as_str().unwrap().contains("backup was restored"));
+    assert!(
+        service["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot start: config error"),
+        "{service}"
+    );
+    assert!(service["error"]
+        .as_str()
+        .unwrap()
+        .contains("backup was restored"));
     assert_eq!(env.config_text(), before, "the backup was restored");
     assert_eq!(run.runner("build")["outcome"], "failed");
 }

@@ -17,7 +17,10 @@ pub type Shared = Arc<Mutex<State>>;
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/api/v4/runners/verify", post(verify))
-        .route("/api/v4/runners/reset_authentication_token", post(self_reset))
+        .route(
+            "/api/v4/runners/reset_authentication_token",
+            post(self_reset),
+        )
         .route("/api/v4/runners", axum::routing::delete(unregister))
         .route("/api/v4/jobs/request", post(jobs_request))
         .route("/api/v4/user/runners", post(create_runner))
@@ -71,7 +74,11 @@ async fn verify(AxState(state): AxState<Shared>, body: axum::body::Bytes) -> Res
     let body = parse_body(&body);
     let mut s = lock(&state);
     let Some(token) = body_str(&body, "token") else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "token is missing"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "token is missing"})),
+        )
+            .into_response();
     };
     let Some(id) = s.runner_by_token(token) else {
         return forbidden();
@@ -141,7 +148,14 @@ async fn jobs_request(AxState(state): AxState<Shared>, body: axum::body::Bytes) 
 
 /// Authenticate `PRIVATE-TOKEN` (or `Authorization: Bearer`) and check the scope for this
 /// route (§3 "Scopes", §4.1 bodies).
-fn authenticate(s: &State, headers: &HeaderMap, method: &str, route: &str) -> Result<Pat, Response> {
+// A `Response` is the natural error of a handler helper; boxing it would only add noise.
+#[allow(clippy::result_large_err)]
+fn authenticate(
+    s: &State,
+    headers: &HeaderMap,
+    method: &str,
+    route: &str,
+) -> Result<Pat, Response> {
     let presented = headers
         .get("PRIVATE-TOKEN")
         .and_then(|v| v.to_str().ok())
@@ -174,7 +188,10 @@ fn authenticate(s: &State, headers: &HeaderMap, method: &str, route: &str) -> Re
         )
             .into_response());
     }
-    let any_scope = matches!(route, "/api/v4/personal_access_tokens/self" | "/api/v4/version");
+    let any_scope = matches!(
+        route,
+        "/api/v4/personal_access_tokens/self" | "/api/v4/version"
+    );
     let allowed = any_scope
         || pat.scopes.iter().any(|scope| match scope.as_str() {
             "api" => true,
@@ -251,22 +268,39 @@ async fn create_runner(
         Err(r) => return r,
     };
     let Some(kind) = body_str(&body, "runner_type") else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "runner_type is missing"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "runner_type is missing"})),
+        )
+            .into_response();
     };
     let Some(runner_type) = RunnerType::parse(kind) else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "runner_type does not have a valid value"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "runner_type does not have a valid value"})),
+        )
+            .into_response();
     };
     let group_id = body.get("group_id").and_then(Value::as_u64);
     let project_id = body.get("project_id").and_then(Value::as_u64);
     match runner_type {
         RunnerType::InstanceType if !pat.admin => {
-            return message(StatusCode::FORBIDDEN, "403 Forbidden - Insufficient permissions")
+            return message(
+                StatusCode::FORBIDDEN,
+                "403 Forbidden - Insufficient permissions",
+            )
         }
         RunnerType::GroupType if group_id.is_none() => {
-            return message(StatusCode::BAD_REQUEST, "400 Bad request - group_id is required")
+            return message(
+                StatusCode::BAD_REQUEST,
+                "400 Bad request - group_id is required",
+            )
         }
         RunnerType::ProjectType if project_id.is_none() => {
-            return message(StatusCode::BAD_REQUEST, "400 Bad request - project_id is required")
+            return message(
+                StatusCode::BAD_REQUEST,
+                "400 Bad request - project_id is required",
+            )
         }
         _ => {}
     }
@@ -287,8 +321,16 @@ async fn create_runner(
             .into_response();
     }
     let tag_list = match body.get("tag_list") {
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
-        Some(Value::String(s)) => s.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
         _ => vec![],
     };
     let id = s.next_runner_id();
@@ -302,11 +344,18 @@ async fn create_runner(
             runner_type,
             group_id,
             project_id,
-            description: body_str(&body, "description").unwrap_or_default().to_string(),
+            description: body_str(&body, "description")
+                .unwrap_or_default()
+                .to_string(),
             tag_list,
-            run_untagged: body.get("run_untagged").and_then(Value::as_bool).unwrap_or(true),
+            run_untagged: body
+                .get("run_untagged")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
             locked: body.get("locked").and_then(Value::as_bool).unwrap_or(false),
-            access_level: body_str(&body, "access_level").unwrap_or("not_protected").to_string(),
+            access_level: body_str(&body, "access_level")
+                .unwrap_or("not_protected")
+                .to_string(),
             maximum_timeout,
             paused: body.get("paused").and_then(Value::as_bool).unwrap_or(false),
             maintenance_note: note,
@@ -348,30 +397,59 @@ async fn list_all(
     let all: Vec<Value> = s
         .runners
         .values()
-        .filter(|r| q.kind.as_deref().map_or(true, |k| RunnerType::parse(k) == Some(r.runner_type)))
+        .filter(|r| {
+            q.kind
+                .as_deref()
+                .is_none_or(|k| RunnerType::parse(k) == Some(r.runner_type))
+        })
         .map(|r| {
             let mut d = details(r, now);
             // The list carries only the base fields (§3.3).
-            let keep = ["id", "description", "ip_address", "active", "paused", "is_shared", "runner_type", "name", "online", "status"];
-            d.as_object_mut().expect("object").retain(|k, _| keep.contains(&k.as_str()));
+            let keep = [
+                "id",
+                "description",
+                "ip_address",
+                "active",
+                "paused",
+                "is_shared",
+                "runner_type",
+                "name",
+                "online",
+                "status",
+            ];
+            d.as_object_mut()
+                .expect("object")
+                .retain(|k, _| keep.contains(&k.as_str()));
             d
         })
         .collect();
     let per_page = q.per_page.unwrap_or(20).clamp(1, 100);
     let page = q.page.unwrap_or(1).max(1);
     let total = all.len();
-    let items: Vec<Value> = all.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+    let items: Vec<Value> = all
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
     let mut response = (StatusCode::OK, Json(Value::Array(items))).into_response();
     let h = response.headers_mut();
     h.insert("X-Total", HeaderValue::from(total));
     h.insert("X-Page", HeaderValue::from(page));
     h.insert("X-Per-Page", HeaderValue::from(per_page));
-    let next = if page * per_page < total { (page + 1).to_string() } else { String::new() };
+    let next = if page * per_page < total {
+        (page + 1).to_string()
+    } else {
+        String::new()
+    };
     h.insert("X-Next-Page", HeaderValue::from_str(&next).expect("digits"));
     response
 }
 
-async fn get_runner(AxState(state): AxState<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+async fn get_runner(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
     let s = lock(&state);
     if let Err(r) = authenticate(&s, &headers, "GET", "/api/v4/runners/:id") {
         return r;
@@ -407,12 +485,20 @@ async fn update_runner(
         r.maintenance_note = Some(v.to_string());
     }
     if let Some(Value::Array(a)) = body.get("tag_list") {
-        r.tag_list = a.iter().filter_map(Value::as_str).map(str::to_string).collect();
+        r.tag_list = a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
     }
     (StatusCode::OK, Json(details(r, now))).into_response()
 }
 
-async fn delete_runner(AxState(state): AxState<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+async fn delete_runner(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
     let mut s = lock(&state);
     if let Err(r) = authenticate(&s, &headers, "DELETE", "/api/v4/runners/:id") {
         return r;
@@ -423,9 +509,18 @@ async fn delete_runner(AxState(state): AxState<Shared>, headers: HeaderMap, Path
     }
 }
 
-async fn reset_by_id(AxState(state): AxState<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+async fn reset_by_id(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
     let mut s = lock(&state);
-    if let Err(r) = authenticate(&s, &headers, "POST", "/api/v4/runners/:id/reset_authentication_token") {
+    if let Err(r) = authenticate(
+        &s,
+        &headers,
+        "POST",
+        "/api/v4/runners/:id/reset_authentication_token",
+    ) {
         return r;
     }
     match s.reset_token(id) {
@@ -467,7 +562,11 @@ async fn app_settings(AxState(state): AxState<Shared>, headers: HeaderMap) -> Re
     if !pat.admin {
         return message(StatusCode::FORBIDDEN, "403 Forbidden");
     }
-    (StatusCode::OK, Json(serde_json::to_value(&s.settings).expect("serialisable"))).into_response()
+    (
+        StatusCode::OK,
+        Json(serde_json::to_value(&s.settings).expect("serialisable")),
+    )
+        .into_response()
 }
 
 async fn version(AxState(state): AxState<Shared>, headers: HeaderMap) -> Response {
@@ -475,5 +574,9 @@ async fn version(AxState(state): AxState<Shared>, headers: HeaderMap) -> Respons
     if let Err(r) = authenticate(&s, &headers, "GET", "/api/v4/version") {
         return r;
     }
-    (StatusCode::OK, Json(json!({"version": s.version, "revision": "6d2ec1f1"}))).into_response()
+    (
+        StatusCode::OK,
+        Json(json!({"version": s.version, "revision": "6d2ec1f1"})),
+    )
+        .into_response()
 }

@@ -55,16 +55,16 @@ pub struct Simulator {
 impl Simulator {
     /// Start on 127.0.0.1 with an ephemeral port, on a runtime thread of its own.
     pub fn start(options: Options) -> std::io::Result<Self> {
-        Self::start_on("127.0.0.1:0".parse().expect("a literal socket address"), options)
+        Self::start_on(
+            "127.0.0.1:0".parse().expect("a literal socket address"),
+            options,
+        )
     }
 
     pub fn start_on(bind: SocketAddr, options: Options) -> std::io::Result<Self> {
         let state = Arc::new(Mutex::new(State::new(options.latency)));
         let tls = if options.tls {
-            let dir = options
-                .tls_dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir);
+            let dir = options.tls_dir.clone().unwrap_or_else(std::env::temp_dir);
             Some(tls::generate(&dir)?)
         } else {
             None
@@ -103,7 +103,11 @@ impl Simulator {
     /// The base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        let host = if self.tls { "localhost".to_string() } else { self.addr.ip().to_string() };
+        let host = if self.tls {
+            "localhost".to_string()
+        } else {
+            self.addr.ip().to_string()
+        };
         format!("{scheme}://{host}:{}", self.addr.port())
     }
 

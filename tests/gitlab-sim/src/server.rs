@@ -43,14 +43,19 @@ pub async fn serve(
         tokio::spawn(async move {
             let kill = Arc::new(Notify::new());
             let kill_for_requests = kill.clone();
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(KillConnection(kill_for_requests.clone()));
-                router.clone().oneshot(req.map(Body::new))
-            });
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(KillConnection(kill_for_requests.clone()));
+                    router.clone().oneshot(req.map(Body::new))
+                },
+            );
             let builder = hyper::server::conn::http1::Builder::new();
             match tls {
                 Some(acceptor) => {
-                    let Ok(stream) = acceptor.accept(stream).await else { return };
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     tokio::select! { _ = conn => {}, () = kill.notified() => {} }
                 }
@@ -68,9 +73,10 @@ fn body_token(bytes: &[u8]) -> Option<String> {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
         return v.get("token").and_then(|t| t.as_str()).map(str::to_string);
     }
-    std::str::from_utf8(bytes).ok()?.split('&').find_map(|pair| {
-        pair.strip_prefix("token=").map(str::to_string)
-    })
+    std::str::from_utf8(bytes)
+        .ok()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token=").map(str::to_string))
 }
 
 fn fault_response(status: u16) -> Response {
@@ -84,7 +90,10 @@ fn fault_response(status: u16) -> Response {
         404 => "404 Not Found",
         _ => "error",
     };
-    api::message(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), text)
+    api::message(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        text,
+    )
 }
 
 /// Apply a fault; `None` means "answer normally".
@@ -93,8 +102,12 @@ async fn apply(kind: FaultKind, kill: Option<&KillConnection>) -> Response {
         FaultKind::Status(code) => fault_response(code),
         FaultKind::RateLimited { retry_after_secs } => {
             let mut r = (StatusCode::TOO_MANY_REQUESTS, "Retry later\n").into_response();
-            r.headers_mut().insert("Retry-After", HeaderValue::from(retry_after_secs));
-            r.headers_mut().insert("RateLimit-Name", HeaderValue::from_static("throttle_authenticated_api"));
+            r.headers_mut()
+                .insert("Retry-After", HeaderValue::from(retry_after_secs));
+            r.headers_mut().insert(
+                "RateLimit-Name",
+                HeaderValue::from_static("throttle_authenticated_api"),
+            );
             r
         }
         FaultKind::Reset => {
@@ -109,18 +122,20 @@ async fn apply(kind: FaultKind, kill: Option<&KillConnection>) -> Response {
             fault_response(504)
         }
         FaultKind::Body(status, body) => {
-            let mut r = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
-            r.headers_mut().insert("Content-Type", HeaderValue::from_static("application/json"));
+            let mut r =
+                (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
+            r.headers_mut()
+                .insert("Content-Type", HeaderValue::from_static("application/json"));
             r
         }
     }
 }
 
 pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| request.uri().path().to_string(), |m| m.as_str().to_string());
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_string(),
+        |m| m.as_str().to_string(),
+    );
     let method = request.method().as_str().to_string();
     let path = request.uri().path().to_string();
     let host = request
@@ -144,7 +159,9 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
                 .map(str::to_string)
         });
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
     let (credential, credential_kind) = match (private, body_token(&bytes)) {
         (Some(p), _) => (Some(p), "private_token"),
         (None, Some(t)) => (Some(t), "runner_token"),
@@ -163,19 +180,49 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
     let mut response = match before {
         Some(kind) => {
             // Log before answering: a reset or hang never returns normally.
-            log(&state, &method, &route, &path, &host, credential.clone(), credential_kind, fault_status(&kind));
+            log(
+                &state,
+                &method,
+                &route,
+                &path,
+                &host,
+                credential.clone(),
+                credential_kind,
+                fault_status(&kind),
+            );
             apply(kind, kill.as_ref()).await
         }
         None => {
             let response = next.run(request).await;
-            let after = state.lock().expect("simulator state lock").take_fault(&endpoint, true);
+            let after = state
+                .lock()
+                .expect("simulator state lock")
+                .take_fault(&endpoint, true);
             match after {
                 Some(kind) => {
-                    log(&state, &method, &route, &path, &host, credential.clone(), credential_kind, fault_status(&kind));
+                    log(
+                        &state,
+                        &method,
+                        &route,
+                        &path,
+                        &host,
+                        credential.clone(),
+                        credential_kind,
+                        fault_status(&kind),
+                    );
                     apply(kind, kill.as_ref()).await
                 }
                 None => {
-                    log(&state, &method, &route, &path, &host, credential, credential_kind, response.status().as_u16());
+                    log(
+                        &state,
+                        &method,
+                        &route,
+                        &path,
+                        &host,
+                        credential,
+                        credential_kind,
+                        response.status().as_u16(),
+                    );
                     response
                 }
             }

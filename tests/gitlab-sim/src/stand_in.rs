@@ -65,7 +65,9 @@ pub async fn main_with_args(args: Vec<String>) {
     };
     let pid_file = arg("--pid-file").map(PathBuf::from);
     let interval = Duration::from_millis(
-        arg("--interval-ms").and_then(|v| v.parse().ok()).unwrap_or(300),
+        arg("--interval-ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
     );
     if let Some(p) = &pid_file {
         std::fs::write(p, format!("{}\n", std::process::id())).expect("write pid file");
@@ -75,7 +77,11 @@ pub async fn main_with_args(args: Vec<String>) {
         Vec::new()
     });
     let mut seen = mtime(&config);
-    say!("started pid={} runners={}", std::process::id(), entries.len());
+    say!(
+        "started pid={} runners={}",
+        std::process::id(),
+        entries.len()
+    );
 
     let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -114,7 +120,12 @@ pub async fn main_with_args(args: Vec<String>) {
                 .send()
                 .await
                 .map(|r| r.status().as_u16().to_string())
-                .unwrap_or_else(|err| format!("error({})", if err.is_connect() { "connect" } else { "other" }));
+                .unwrap_or_else(|err| {
+                    format!(
+                        "error({})",
+                        if err.is_connect() { "connect" } else { "other" }
+                    )
+                });
             say!("poll name={} status={status}", e.name);
         }
     }

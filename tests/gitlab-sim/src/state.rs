@@ -257,7 +257,12 @@ impl State {
     }
 
     /// Add an access token; returns its value.
-    pub fn add_pat(&mut self, scopes: &[&str], admin: bool, expires_at: Option<NaiveDate>) -> String {
+    pub fn add_pat(
+        &mut self,
+        scopes: &[&str],
+        admin: bool,
+        expires_at: Option<NaiveDate>,
+    ) -> String {
         let token = format!("glpat-{}", friendly_token());
         let id = self.pats.len() as u64 + 1;
         self.pats.push(Pat {
@@ -278,7 +283,7 @@ impl State {
         let now = self.now();
         self.runners
             .values()
-            .find(|r| r.token == token && r.token_expires_at.map_or(true, |at| at >= now))
+            .find(|r| r.token == token && r.token_expires_at.is_none_or(|at| at >= now))
             .map(|r| r.id)
     }
 
@@ -322,10 +327,9 @@ impl State {
 
     /// Take the fault for `endpoint`, counting it down.
     pub(crate) fn take_fault(&mut self, endpoint: &str, after_handler: bool) -> Option<FaultKind> {
-        let pos = self
-            .faults
-            .iter()
-            .position(|f| f.endpoint == endpoint && f.after_handler == after_handler && f.remaining != Some(0))?;
+        let pos = self.faults.iter().position(|f| {
+            f.endpoint == endpoint && f.after_handler == after_handler && f.remaining != Some(0)
+        })?;
         let fault = &mut self.faults[pos];
         if let Some(n) = fault.remaining.as_mut() {
             *n -= 1;

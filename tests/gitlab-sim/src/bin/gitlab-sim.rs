@@ -15,12 +15,19 @@ fn main() {
             .cloned()
     };
     let listen = arg("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
-    let latency = Duration::from_millis(arg("--latency-ms").and_then(|v| v.parse().ok()).unwrap_or(0));
+    let latency = Duration::from_millis(
+        arg("--latency-ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
     let count: usize = arg("--runners").and_then(|v| v.parse().ok()).unwrap_or(1);
     let expired: usize = arg("--expired").and_then(|v| v.parse().ok()).unwrap_or(0);
     let sim = Simulator::start_on(
         listen.parse().expect("--listen takes HOST:PORT"),
-        Options { latency, ..Options::default() },
+        Options {
+            latency,
+            ..Options::default()
+        },
     )
     .expect("start simulator");
     let url = sim.url();
