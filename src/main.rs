@@ -200,7 +200,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
     };
     match result {
         Ok(report) => {
-            if !matches!(cli_command_name(&report), "agent") {
+            if report.command != "agent" {
                 render(&report, settings.output, settings.color);
             }
             if let Some(path) = &settings.metrics_file {
@@ -209,14 +209,14 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
                     tracing::error!(path = %path.display(), error = %e, "could not write the metrics file");
                 }
             }
+            // The agent's own status is its clean shutdown; its findings live in logs and metrics.
+            if report.command == "agent" {
+                return ExitCode::SUCCESS;
+            }
             ExitCode::from(report.exit_status().code())
         }
         Err(e) => report_error(&e),
     }
-}
-
-fn cli_command_name(report: &Report) -> &'static str {
-    report.command
 }
 
 /// The OS edge of the agent: SIGTERM/SIGINT mean shut down, SIGHUP means reload.

@@ -119,6 +119,7 @@ pub async fn run(
                 );
                 let down = unreachable(&report);
                 last_report = report;
+                last_report.command = "agent";
                 if down {
                     failures += 1;
                     backoff(failures, settings.agent.interval)

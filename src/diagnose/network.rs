@@ -91,13 +91,15 @@ pub async fn probe(runner: &str, url: &Url, err: &gitlab::Error) -> Finding {
     let addrs: Vec<std::net::SocketAddr> =
         match tokio::net::lookup_host((host.as_str(), port)).await {
             Ok(a) => a.collect(),
-            Err(e) => return Finding::error(
-                FindingCode::DnsFailure,
-                format!("runner `{runner}`: cannot resolve `{host}`: {e}"),
-                format!(
+            Err(e) => {
+                return Finding::error(
+                    FindingCode::DnsFailure,
+                    format!("runner `{runner}`: cannot resolve `{host}`: {e}"),
+                    format!(
                     "check the name and the resolver: `getent hosts {host}`, `/etc/resolv.conf`"
                 ),
-            ),
+                )
+            }
         };
     let mut last = String::new();
     let mut connected = false;

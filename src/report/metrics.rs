@@ -89,7 +89,23 @@ pub fn render(report: &Report, last_rotation: &BTreeMap<String, (i64, String, St
         out,
         "# TYPE runner_medic_last_rotation_timestamp_seconds gauge"
     );
-    for (runner, (at, action, outcome)) in last_rotation {
+    // Rotations of this report count too, newest winning over what the caller remembers.
+    let mut rotations = last_rotation.clone();
+    for r in &report.runners {
+        if let (Some(action), Some(outcome @ (Outcome::Done | Outcome::Failed))) =
+            (r.action, r.outcome)
+        {
+            rotations.insert(
+                r.name.clone(),
+                (
+                    now,
+                    action.as_str().to_string(),
+                    outcome.as_str().to_string(),
+                ),
+            );
+        }
+    }
+    for (runner, (at, action, outcome)) in &rotations {
         let _ = writeln!(
             out,
             "runner_medic_last_rotation_timestamp_seconds{{runner=\"{}\",action=\"{}\",outcome=\"{}\"}} {at}",

@@ -652,9 +652,7 @@ async fn commit(
                 r.error.clone_from(&e.error);
             }
             if done {
-                if let Some(at) = e.new_expires_at {
-                    r.token_expires_at = Some(at);
-                }
+                r.token_expires_at = e.new_expires_at;
             }
         }
         if matches!(e.step, Step::Verified | Step::OldDeleted) {

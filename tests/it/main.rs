@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod agent;
 mod config_editor;
 mod diagnose;
 mod gitlab_client;
