@@ -88,12 +88,18 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         )
     };
     let mut notes = Vec::new();
+    // Work an earlier run left open (an uncertain creation, a record to delete) that recovery
+    // could not settle yet; it is carried into this run's journal so it is never dropped.
+    let mut carried: Vec<JournalEntry> = Vec::new();
     if !opts.dry_run {
         if let Some(journal) = Journal::load(&settings.journal_path())? {
             tracing::warn!(journal = %journal.path().display(), "an unfinished rotation was found; completing it first");
             let mut scratch = Report::new("rotate", String::new(), None);
-            commit(settings, journal, &mut scratch, true).await?;
+            commit(settings, journal, &mut scratch).await?;
             notes.push("completed an unfinished rotation found in the journal".to_string());
+        }
+        if let Some(journal) = Journal::load(&settings.journal_path())? {
+            carried = journal.entries;
         }
     }
     let diagnosis = diagnose(settings).await;
@@ -117,7 +123,24 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         report.diff = Some(dry_run_diff(&diagnosis, &plan.items));
         return Ok(report);
     }
-    let changes: Vec<PlanItem> = plan.changes().filter(|i| !i.skipped).cloned().collect();
+    // A runner whose earlier creation is still unsettled is not touched: creating it again could
+    // make a second one.
+    let unsettled: Vec<usize> = carried
+        .iter()
+        .filter(|e| e.step == Step::Requesting)
+        .map(|e| e.index)
+        .collect();
+    for index in &unsettled {
+        if let Some(r) = report.runners.get_mut(*index) {
+            r.outcome = Some(Outcome::Skipped);
+            r.error = Some("an earlier creation of this runner is still unsettled; the next run settles it first".into());
+        }
+    }
+    let changes: Vec<PlanItem> = plan
+        .changes()
+        .filter(|i| !i.skipped && !unsettled.contains(&i.index))
+        .cloned()
+        .collect();
     if changes.is_empty() {
         for note in notes {
             tracing::info!("{note}");
@@ -179,12 +202,14 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             }
         })
         .collect();
+    let mut entries: Vec<JournalEntry> = entries;
+    entries.extend(carried);
     let journal = Journal::new(&settings.journal_path(), &config.path, run_id, entries);
     journal.save()?;
     crash::checkpoint("after-journal-planned");
 
     let journal = obtain(settings, &diagnosis, journal).await?;
-    commit(settings, journal, &mut report, false).await?;
+    commit(settings, journal, &mut report).await?;
 
     if let Some(post) = &settings.hooks.post {
         if let Err(e) = hooks::run("post", post, &hook_env) {
@@ -222,21 +247,27 @@ async fn obtain(
                 let j = shared.lock().await;
                 j.entries[slot].clone()
             };
+            if entry.step != Step::Planned {
+                // Carried over from an earlier run; commit settles it.
+                return Ok(());
+            }
             let facts = &diagnosis.facts[entry.index];
-            let result: Result<TokenGrant, String> = match entry.action {
+            // Err carries the message and whether the outcome is uncertain (a creation that may
+            // have happened although no answer came back).
+            let result: Result<TokenGrant, (String, bool)> = match entry.action {
                 Action::Renew => {
                     let url = facts.entry.url.as_deref().and_then(|u| parse_runner_url(u).ok());
                     match (url, &facts.entry.token) {
                         (Some(url), Some(token)) => match RunnerApi::new(&url, client_options(settings, tls_files(&facts.entry), system_id)) {
-                            Ok(api) => api.reset_own_token(token).await.map(|r| r.value).map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
+                            Ok(api) => api.reset_own_token(token).await.map(|r| r.value).map_err(|e| (e.to_string(), false)),
+                            Err(e) => Err((e.to_string(), false)),
                         },
-                        _ => Err("the entry has no usable url or token".into()),
+                        _ => Err(("the entry has no usable url or token".into(), false)),
                     }
                 }
                 Action::Reset => match (&admin, entry.old_id) {
-                    (Some(admin), Some(id)) => admin.reset_token(id).await.map(|r| r.value).map_err(|e| e.to_string()),
-                    _ => Err("no privileged access or no runner id".into()),
+                    (Some(admin), Some(id)) => admin.reset_token(id).await.map(|r| r.value).map_err(|e| (e.to_string(), false)),
+                    _ => Err(("no privileged access or no runner id".into(), false)),
                 },
                 Action::Recreate => match &admin {
                     Some(admin) => {
@@ -258,11 +289,11 @@ async fn obtain(
                             paused: false,
                             maintenance_note: None,
                         }), &entry);
-                        admin.create_runner(&params).await.map(|r| r.value).map_err(|e| e.to_string())
+                        create_once(admin, &params, &entry, &settings.retry).await
                     }
-                    None => Err("no privileged access".into()),
+                    None => Err(("no privileged access".into(), false)),
                 },
-                _ => Err("nothing to obtain".into()),
+                _ => Err(("nothing to obtain".into(), false)),
             };
             crash::checkpoint("after-token-obtained");
             let mut j = shared.lock().await;
@@ -276,11 +307,11 @@ async fn obtain(
                     e.obtained_at = Some(Utc::now());
                     e.step = Step::Obtained;
                 }
-                Err(err) => {
+                Err((err, uncertain)) => {
                     tracing::error!(runner = %e.name, action = e.action.as_str(), error = %err, "could not obtain a new token");
                     e.error = Some(err);
                     // An uncertain creation stays `Requesting`: the next run looks for it by tag.
-                    if e.step != Step::Requesting {
+                    if !uncertain {
                         e.step = Step::Failed;
                     }
                 }
@@ -314,49 +345,108 @@ fn tagged(mut params: CreateRunner, entry: &JournalEntry) -> CreateRunner {
     params
 }
 
-/// Find a runner created with `tag` (an earlier run's uncertain creation) and give it a new
-/// token, so it is never created twice.
-async fn resolve_uncertain(admin: &AdminApi, entry: &mut JournalEntry) {
+/// Create a runner at most once. A creation is not idempotent, so after a failure that leaves
+/// the outcome open (5xx, 429, no answer) it looks for the runner by its tag before trying again.
+async fn create_once(
+    admin: &AdminApi,
+    params: &CreateRunner,
+    entry: &JournalEntry,
+    retry: &crate::gitlab::RetryPolicy,
+) -> Result<TokenGrant, (String, bool)> {
+    let mut attempt = 0;
+    loop {
+        match admin.create_runner(params).await {
+            Ok(reply) => return Ok(reply.value),
+            Err(e) => {
+                let open = e.is_transport() || e.status().is_some_and(|s| s == 429 || s >= 500);
+                if !open {
+                    return Err((e.to_string(), false));
+                }
+                match find_by_tag(admin, entry).await {
+                    Ok(Some(grant)) => return Ok(grant),
+                    Ok(None) if attempt + 1 < retry.max_attempts => {
+                        let delay = retry
+                            .base_delay
+                            .saturating_mul(2u32.saturating_pow(attempt))
+                            .min(retry.max_delay);
+                        tracing::warn!(runner = %entry.name, error = %e, "creation failed and did not happen; trying again");
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                    // Looked and it is not there: a certain failure, unless the last try got no answer.
+                    Ok(None) => return Err((e.to_string(), e.is_transport())),
+                    Err(lookup) => {
+                        return Err((
+                            format!(
+                                "{e}; and the runner list could not be read to check: {lookup}"
+                            ),
+                            true,
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The runner created with this entry's tag, given a fresh token, if it exists.
+async fn find_by_tag(admin: &AdminApi, entry: &JournalEntry) -> Result<Option<TokenGrant>, String> {
     let Some(tag) = entry.creation_tag.clone() else {
-        return;
+        return Ok(None);
     };
     let runner_type = entry.create.as_ref().map(|c| c.runner_type.clone());
-    let Ok(list) = admin.all_runners(runner_type.as_deref()).await else {
-        entry.error = Some("could not list runners to look for an uncertain creation".into());
-        return;
-    };
+    let list = admin
+        .all_runners(runner_type.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
     let wanted = entry.create.as_ref().and_then(|c| c.description.clone());
     for candidate in list
         .iter()
         .rev()
         .filter(|r| wanted.is_none() || r.description == wanted)
     {
-        let Ok(details) = admin.runner(candidate.id).await else {
-            continue;
-        };
+        let details = admin
+            .runner(candidate.id)
+            .await
+            .map_err(|e| e.to_string())?;
         if details
             .value
             .maintenance_note
             .as_deref()
             .is_some_and(|n| n.contains(&tag))
         {
-            match admin.reset_token(candidate.id).await {
-                Ok(grant) => {
-                    tracing::info!(runner = %entry.name, id = candidate.id, "found the runner an interrupted run created; using it");
-                    entry.new_id = Some(candidate.id);
-                    entry.new_token = Some(grant.value.token);
-                    entry.new_expires_at = grant.value.token_expires_at;
-                    entry.obtained_at = Some(Utc::now());
-                    entry.step = Step::Obtained;
-                }
-                Err(e) => entry.error = Some(e.to_string()),
-            }
-            return;
+            tracing::info!(runner = %entry.name, id = candidate.id, "found the runner an interrupted creation made; using it");
+            let grant = admin
+                .reset_token(candidate.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(Some(TokenGrant {
+                id: Some(candidate.id),
+                ..grant.value
+            }));
         }
     }
-    // Not there: the creation never happened. The next diagnosis plans it again.
-    entry.step = Step::Failed;
-    entry.error = Some("the interrupted creation did not happen".into());
+    Ok(None)
+}
+
+/// Settle an earlier run's uncertain creation: use the runner if it was made, so it is never
+/// created twice; otherwise let the next diagnosis plan it again.
+async fn resolve_uncertain(admin: &AdminApi, entry: &mut JournalEntry) {
+    match find_by_tag(admin, entry).await {
+        Ok(Some(grant)) => {
+            entry.new_id = grant.id;
+            entry.new_token = Some(grant.token);
+            entry.new_expires_at = grant.token_expires_at;
+            entry.obtained_at = Some(Utc::now());
+            entry.step = Step::Obtained;
+        }
+        Ok(None) => {
+            entry.step = Step::Failed;
+            entry.error = Some("the interrupted creation did not happen".into());
+        }
+        // Still unknown: keep it for the next run.
+        Err(e) => entry.error = Some(e),
+    }
 }
 
 /// Write every obtained token into config.toml with one stop/start of the service, verify,
@@ -365,13 +455,12 @@ async fn commit(
     settings: &Settings,
     mut journal: Journal,
     report: &mut Report,
-    recovering: bool,
 ) -> Result<(), CouldNotRun> {
     let admin = settings.admin.as_ref().and_then(|cred| {
         AdminApi::new(cred, client_options(settings, Default::default(), None)).ok()
     });
-    if recovering {
-        if let Some(admin) = &admin {
+    if let Some(admin) = &admin {
+        if journal.entries.iter().any(|e| e.step == Step::Requesting) {
             for e in journal
                 .entries
                 .iter_mut()
@@ -685,7 +774,22 @@ async fn commit(
         service_report.reason = format!("{}; nothing was written", service_report.reason);
     }
     report.service = Some(service_report);
-    journal.finish()?;
+    // An uncertain creation or a replaced record still to delete keeps the journal, so the next
+    // run settles it; otherwise the rotation is complete.
+    let pending = journal.entries.iter().any(|e| {
+        e.step == Step::Requesting
+            || (e.step == Step::Verified
+                && e.delete_old
+                && settings.delete_replaced
+                && e.old_id.is_some()
+                && e.old_id != e.new_id)
+    });
+    if pending {
+        journal.save()?;
+        tracing::warn!(journal = %journal.path().display(), "work left for the next run (an uncertain creation or a runner record to delete)");
+    } else {
+        journal.finish()?;
+    }
     Ok(())
 }
 
