@@ -91,9 +91,17 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs_err::File::open(dir)?.sync_all()
 }
 
-/// Create `dir` (and parents) and make it mode 0700; it holds tokens.
+/// Create `dir` and any missing parents with mode 0700 (they hold tokens), and make `dir`
+/// itself 0700 if it already existed.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
-    fs_err::create_dir_all(dir)?;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot create `{}`: {e}", dir.display()))
+        })?;
     fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 

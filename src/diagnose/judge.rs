@@ -134,6 +134,21 @@ pub fn judge(
         }
         Some(Err(e)) if e.status() == Some(403) => {
             let expired = config_expiry.is_some_and(|at| at <= server_now);
+            if let Some(Err(lookup)) = &obs.record {
+                if lookup.status() != Some(404) {
+                    findings.push(
+                        Finding::error(
+                            FindingCode::ServerError,
+                            format!(
+                                "runner `{name}`: GitLab could not say whether runner {} still exists: {lookup}",
+                                entry.id.unwrap_or_default()
+                            ),
+                            "retry later (`runner-medic rotate`); check GitLab's health and the privileged token's access to this runner",
+                        )
+                        .at(Some(entry.line)),
+                    );
+                }
+            }
             match obs.record_state() {
                 super::Record::Deleted => findings.push(
                     Finding::error(

@@ -74,6 +74,10 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
     let _lock = if opts.dry_run {
         None
     } else {
+        fs::private_dir(&settings.state_dir).map_err(|e| CouldNotRun {
+            message: format!("cannot use the state directory: {e}"),
+            fix: "create it (mode 0700) or choose another with `--state-dir`".into(),
+        })?;
         if opts.wait {
             tracing::info!(lock = %settings.lock_path().display(), "waiting for another runner-medic run to finish");
         }
@@ -259,7 +263,7 @@ async fn obtain(
                     let url = facts.entry.url.as_deref().and_then(|u| parse_runner_url(u).ok());
                     match (url, &facts.entry.token) {
                         (Some(url), Some(token)) => match RunnerApi::new(&url, client_options(settings, tls_files(&facts.entry), system_id)) {
-                            Ok(api) => api.reset_own_token(token).await.map(|r| r.value).map_err(|e| (e.to_string(), false)),
+                            Ok(api) => renew_once(&api, token, admin.as_deref().filter(|_| facts.admin_usable), entry.old_id, &settings.retry).await,
                             Err(e) => Err((e.to_string(), false)),
                         },
                         _ => Err(("the entry has no usable url or token".into(), false)),
@@ -343,6 +347,61 @@ fn tagged(mut params: CreateRunner, entry: &JournalEntry) -> CreateRunner {
         .map_or_else(String::new, |id| format!(" to replace runner {id}"));
     params.maintenance_note = Some(format!("created by runner-medic{replaces} ({tag})"));
     params
+}
+
+/// Renew with the runner's own token. A self-reset is not idempotent (the old token dies the
+/// moment it commits), so after a failure that leaves the outcome open, the old token is checked
+/// with `verify` first: still valid means nothing happened and the renew is tried again; refused
+/// means GitLab did reset it and the answer was lost, so the token is recovered by a privileged
+/// reset when one is possible.
+async fn renew_once(
+    api: &RunnerApi,
+    token: &RunnerToken,
+    admin: Option<&AdminApi>,
+    id: Option<u64>,
+    retry: &crate::gitlab::RetryPolicy,
+) -> Result<TokenGrant, (String, bool)> {
+    let mut attempt = 0;
+    loop {
+        let e = match api.reset_own_token(token).await {
+            Ok(reply) => return Ok(reply.value),
+            Err(e) => e,
+        };
+        let open = e.is_transport() || e.status().is_some_and(|s| s == 429 || s >= 500);
+        if !open {
+            return Err((e.to_string(), false));
+        }
+        match api.verify(token).await {
+            Ok(_) if attempt + 1 < retry.max_attempts => {
+                let delay = retry
+                    .base_delay
+                    .saturating_mul(2u32.saturating_pow(attempt))
+                    .min(retry.max_delay);
+                tracing::warn!(error = %e, "renewal failed and did not happen; trying again");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Ok(_) => return Err((e.to_string(), false)),
+            Err(v) if v.status() == Some(403) => {
+                return match (admin, id) {
+                    (Some(admin), Some(id)) => {
+                        tracing::warn!(id, "the renewal happened but its answer was lost; recovering with a privileged reset");
+                        admin.reset_token(id).await.map(|r| r.value).map_err(|e| (e.to_string(), false))
+                    }
+                    _ => Err((
+                        format!("{e}; GitLab reset the token but the answer was lost: a privileged token is needed to recover (`runner-medic rotate` with `--admin-token-file`)"),
+                        false,
+                    )),
+                };
+            }
+            Err(v) => {
+                return Err((
+                    format!("{e}; and the old token could not be checked: {v}"),
+                    false,
+                ))
+            }
+        }
+    }
 }
 
 /// Create a runner at most once. A creation is not idempotent, so after a failure that leaves
@@ -442,7 +501,12 @@ async fn resolve_uncertain(admin: &AdminApi, entry: &mut JournalEntry) {
         }
         Ok(None) => {
             entry.step = Step::Failed;
-            entry.error = Some("the interrupted creation did not happen".into());
+            entry.error = Some(match entry.error.take() {
+                Some(first) => format!(
+                    "{first}; GitLab has no runner with this creation's tag, so it was not created"
+                ),
+                None => "the interrupted creation did not happen".into(),
+            });
         }
         // Still unknown: keep it for the next run.
         Err(e) => entry.error = Some(e),

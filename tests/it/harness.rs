@@ -215,9 +215,13 @@ impl TestEnv {
 
     fn write_settings(&self) {
         let mut text = format!(
-            "state_dir = \"{}\"\nrequest_timeout = \"5s\"\n",
+            "state_dir = \"{}\"
+",
             self.state.display()
         );
+        if !self.extra_settings.contains("request_timeout") {
+            text.push_str("request_timeout = \"5s\"\n");
+        }
         if self.use_admin {
             let token_file = self.dir.path().join("admin-token");
             std::fs::write(&token_file, &self.admin_token).unwrap();
@@ -357,7 +361,7 @@ impl StandIn {
         let script = format!(
             r#"#!/bin/sh
 pidfile="{pid}"
-running() {{ [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }}
+running() {{ [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null; }}
 case "$1" in
   start)
     running && exit 0
