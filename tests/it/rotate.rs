@@ -428,3 +428,82 @@ fn runner_filter_limits_the_run() {
     assert_eq!(env.config_token("b"), b.token);
     assert_eq!(run.code, 1, "b is still broken");
 }
+
+#[test]
+fn hooks_get_names_and_actions_never_tokens() {
+    let mut env = TestEnv::new();
+    let log = env.path("hooks.log");
+    let l = log.display();
+    env.extra_settings = format!(
+        "[hooks]\npre = \"echo pre $RUNNER_MEDIC_RUNNERS $RUNNER_MEDIC_ACTIONS >> {l}\"\ndeploy = \"echo deploy $RUNNER_MEDIC_RUNNER $RUNNER_MEDIC_ACTION $RUNNER_MEDIC_RUNNER_ID >> {l}; env >> {l}\"\npost = \"echo post >> {l}\"\n"
+    );
+    let old = env.expired("exp");
+    env.write_config(&[old.clone(), env.expiring("soon", 1)]);
+    let run = env.run(&["rotate"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("pre ") && l.contains("exp") && l.contains("exp:reset") && l.contains("soon:renew")), "{text}");
+    assert!(text.contains(&format!("deploy exp reset {}", old.id.unwrap())), "{text}");
+    assert!(text.contains("deploy soon renew"));
+    assert!(text.trim_end().ends_with("post") || text.contains("\npost\n"));
+    env.assert_no_secrets(&text, "hook environment");
+}
+
+#[test]
+fn a_failing_pre_hook_stops_the_rotation() {
+    let mut env = TestEnv::new();
+    env.extra_settings = "[hooks]\npre = \"echo maintenance window closed >&2; exit 3\"\n".into();
+    env.write_config(&[env.expired("exp")]);
+    let before = env.config_text();
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 1);
+    assert!(run.runner("exp")["error"].as_str().unwrap().contains("maintenance window closed"));
+    assert_eq!(env.config_text(), before);
+    assert!(env.changing_requests().is_empty());
+}
+
+#[test]
+fn restart_when_needed_leaves_a_renewal_to_the_runners_own_reload() {
+    let mut env = TestEnv::new();
+    let soon = env.expiring("soon", 1);
+    env.write_config(std::slice::from_ref(&soon));
+    let runner = StandIn::install(&env);
+    env.extra_settings = runner.settings().replace("[service]\n", "[service]\nrestart = \"when-needed\"\n");
+    assert!(runner.ctl("start"));
+    let pid = runner.pid().unwrap();
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["service"]["stopped"], false);
+    assert_eq!(runner.pid().unwrap(), pid, "not restarted");
+    // The stand-in re-reads config.toml when it changes, as gitlab-runner does.
+    assert!(wait_polling_with(&env, &env.config_token("soon")));
+    assert!(runner.count("reloaded config") >= 1);
+}
+
+#[test]
+fn no_restart_flag_writes_without_touching_the_service() {
+    let mut env = TestEnv::new();
+    env.write_config(&[env.expired("exp")]);
+    let runner = with_stand_in(&mut env);
+    let pid = runner.pid().unwrap();
+    let run = env.run(&["rotate", "--no-restart", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(runner.pid().unwrap(), pid);
+    assert!(wait_polling_with(&env, &env.config_token("exp")));
+}
+
+#[test]
+fn the_demo_runs_the_whole_cycle() {
+    let out = std::process::Command::new(crate::harness::BIN).arg("demo").env("NO_COLOR", "1").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for step in ["==== 1. diagnose", "==== 2. rotate --dry-run", "==== 3. rotate", "==== 4. diagnose again"] {
+        assert!(stdout.contains(step), "{step}");
+    }
+    assert!(stdout.contains("token_expired") && stdout.contains("runner_deleted"));
+    assert!(stdout.contains("action: reset -> done") && stdout.contains("action: recreate -> done"));
+    assert!(stdout.contains("stopped yes, started yes"));
+    assert!(stdout.contains("summary: 3 runner(s): 3 healthy"));
+    assert!(stdout.contains("demo: every runner is healthy again"));
+    assert!(!stdout.contains("glrt-t1_") || stdout.contains('…'));
+}
