@@ -9,6 +9,7 @@ mod agent;
 mod config_editor;
 mod diagnose;
 mod gitlab_client;
+mod packaging;
 mod reliability;
 mod rotate;
 mod service;

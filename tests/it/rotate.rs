@@ -442,8 +442,17 @@ fn hooks_get_names_and_actions_never_tokens() {
     let run = env.run(&["rotate"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.lines().any(|l| l.starts_with("pre ") && l.contains("exp") && l.contains("exp:reset") && l.contains("soon:renew")), "{text}");
-    assert!(text.contains(&format!("deploy exp reset {}", old.id.unwrap())), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("pre ")
+            && l.contains("exp")
+            && l.contains("exp:reset")
+            && l.contains("soon:renew")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("deploy exp reset {}", old.id.unwrap())),
+        "{text}"
+    );
     assert!(text.contains("deploy soon renew"));
     assert!(text.trim_end().ends_with("post") || text.contains("\npost\n"));
     env.assert_no_secrets(&text, "hook environment");
@@ -457,7 +466,10 @@ fn a_failing_pre_hook_stops_the_rotation() {
     let before = env.config_text();
     let run = env.run(&["rotate", "--output", "json"]);
     assert_eq!(run.code, 1);
-    assert!(run.runner("exp")["error"].as_str().unwrap().contains("maintenance window closed"));
+    assert!(run.runner("exp")["error"]
+        .as_str()
+        .unwrap()
+        .contains("maintenance window closed"));
     assert_eq!(env.config_text(), before);
     assert!(env.changing_requests().is_empty());
 }
@@ -468,7 +480,9 @@ fn restart_when_needed_leaves_a_renewal_to_the_runners_own_reload() {
     let soon = env.expiring("soon", 1);
     env.write_config(std::slice::from_ref(&soon));
     let runner = StandIn::install(&env);
-    env.extra_settings = runner.settings().replace("[service]\n", "[service]\nrestart = \"when-needed\"\n");
+    env.extra_settings = runner
+        .settings()
+        .replace("[service]\n", "[service]\nrestart = \"when-needed\"\n");
     assert!(runner.ctl("start"));
     let pid = runner.pid().unwrap();
     let run = env.run(&["rotate", "--output", "json"]);
@@ -494,14 +508,30 @@ fn no_restart_flag_writes_without_touching_the_service() {
 
 #[test]
 fn the_demo_runs_the_whole_cycle() {
-    let out = std::process::Command::new(crate::harness::BIN).arg("demo").env("NO_COLOR", "1").output().unwrap();
+    let out = std::process::Command::new(crate::harness::BIN)
+        .arg("demo")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for step in ["==== 1. diagnose", "==== 2. rotate --dry-run", "==== 3. rotate", "==== 4. diagnose again"] {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "==== 1. diagnose",
+        "==== 2. rotate --dry-run",
+        "==== 3. rotate",
+        "==== 4. diagnose again",
+    ] {
         assert!(stdout.contains(step), "{step}");
     }
     assert!(stdout.contains("token_expired") && stdout.contains("runner_deleted"));
-    assert!(stdout.contains("action: reset -> done") && stdout.contains("action: recreate -> done"));
+    assert!(
+        stdout.contains("action: reset -> done") && stdout.contains("action: recreate -> done")
+    );
     assert!(stdout.contains("stopped yes, started yes"));
     assert!(stdout.contains("summary: 3 runner(s): 3 healthy"));
     assert!(stdout.contains("demo: every runner is healthy again"));
