@@ -88,6 +88,56 @@ pub fn tls_files(entry: &RunnerEntry) -> TlsFiles {
     }
 }
 
+/// A client, or why it could not be built (a bad `tls-ca-file`, say).
+type ClientSlot = Result<Arc<RunnerApi>, gitlab::Error>;
+
+/// Runner-token clients, one per (url, TLS files): runners of one instance share connections,
+/// and the TLS roots are loaded once.
+pub struct Clients {
+    options: ClientOptions,
+    cache: std::sync::Mutex<HashMap<(String, TlsFiles), ClientSlot>>,
+}
+
+impl Clients {
+    pub fn new(settings: &Settings, system_id: Option<String>) -> Self {
+        Self {
+            options: client_options(settings, TlsFiles::default(), system_id),
+            cache: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client for an entry's `url` and TLS files; `None` when its url is unusable.
+    pub fn for_entry(&self, entry: &RunnerEntry) -> Option<Result<Arc<RunnerApi>, gitlab::Error>> {
+        let url = entry
+            .url
+            .as_deref()
+            .and_then(|u| parse_runner_url(u).ok())?;
+        Some(self.for_url(&url, tls_files(entry)))
+    }
+
+    pub fn for_url(
+        &self,
+        url: &::url::Url,
+        tls: TlsFiles,
+    ) -> Result<Arc<RunnerApi>, gitlab::Error> {
+        // A poisoned lock only means another task panicked; the map is still usable.
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .entry((url_key(url), tls.clone()))
+            .or_insert_with(|| {
+                let options = ClientOptions {
+                    tls,
+                    ..self.options.clone()
+                };
+                RunnerApi::new(url, options).map(Arc::new)
+            })
+            .clone()
+    }
+}
+
 /// gitlab-runner's system id from `<config dir>/.runner_system_id` (reference §6.3).
 pub fn read_system_id(config: &ConfigFile) -> Option<String> {
     let path = config.real_path.parent()?.join(".runner_system_id");
@@ -201,32 +251,15 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
         None => None,
     };
 
-    // One client per (url, TLS files): runners of one instance share connections.
-    let mut clients: HashMap<(String, TlsFiles), Result<Arc<RunnerApi>, gitlab::Error>> =
-        HashMap::new();
+    let clients = Clients::new(settings, system_id);
     let pre: Vec<config_checks::Pre> = entries
         .iter()
         .map(|e| config_checks::check_entry(e, &config, settings))
         .collect();
-    for (entry, p) in entries.iter().zip(&pre) {
-        if let Some(url) = &p.url {
-            let key = (url_key(url), tls_files(entry));
-            clients.entry(key).or_insert_with(|| {
-                RunnerApi::new(
-                    url,
-                    client_options(settings, tls_files(entry), system_id.clone()),
-                )
-                .map(Arc::new)
-            });
-        }
-    }
 
     let observations: Vec<network::Observation> =
         futures::stream::iter(entries.iter().zip(&pre).map(|(entry, p)| {
-            let client = p
-                .url
-                .as_ref()
-                .and_then(|u| clients.get(&(url_key(u), tls_files(entry))).cloned());
+            let client = p.url.as_ref().map(|u| clients.for_url(u, tls_files(entry)));
             let admin = admin.clone().filter(|_| p.admin_usable);
             async move { network::observe(entry, p, client, admin).await }
         }))

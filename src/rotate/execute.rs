@@ -14,7 +14,7 @@ use super::journal::{token_sha, Journal, JournalEntry, JournalError, Step};
 use super::plan::{plan, PlanItem, Scope};
 use crate::crash;
 use crate::diagnose::{
-    client_options, diagnose, parse_runner_url, read_system_id, tls_files, Diagnosis,
+    client_options, diagnose, parse_runner_url, read_system_id, tls_files, Clients, Diagnosis,
 };
 use crate::fs;
 use crate::gitlab::{AdminApi, CreateRunner, RunnerApi, TokenGrant};
@@ -239,13 +239,13 @@ async fn obtain(
         .config
         .as_ref()
         .expect("changes imply a loaded config");
-    let system_id = read_system_id(config);
+    let clients = Clients::new(settings, read_system_id(config));
     let shared = Arc::new(Mutex::new(journal));
     let count = shared.lock().await.entries.len();
     let results: Vec<Result<(), CouldNotRun>> = futures::stream::iter((0..count).map(|slot| {
         let shared = shared.clone();
         let admin = admin.clone();
-        let system_id = system_id.clone();
+        let clients = &clients;
         async move {
             let entry = {
                 let j = shared.lock().await;
@@ -262,7 +262,7 @@ async fn obtain(
                 Action::Renew => {
                     let url = facts.entry.url.as_deref().and_then(|u| parse_runner_url(u).ok());
                     match (url, &facts.entry.token) {
-                        (Some(url), Some(token)) => match RunnerApi::new(&url, client_options(settings, tls_files(&facts.entry), system_id)) {
+                        (Some(url), Some(token)) => match clients.for_url(&url, tls_files(&facts.entry)) {
                             Ok(api) => renew_once(&api, token, admin.as_deref().filter(|_| facts.admin_usable), entry.old_id, &settings.retry).await,
                             Err(e) => Err((e.to_string(), false)),
                         },
@@ -735,37 +735,47 @@ async fn commit(
         }
     }
 
-    // Verify every written token against GitLab.
-    let system_id = read_system_id(&config);
-    for e in journal
-        .entries
-        .iter_mut()
-        .filter(|e| e.step == Step::Written)
-    {
-        let entry = current.get(e.index);
-        let url = entry
-            .and_then(|c| c.url.as_deref())
-            .and_then(|u| parse_runner_url(u).ok());
-        let (Some(entry), Some(url), Some(token)) = (entry, url, e.new_token.as_ref()) else {
-            continue;
-        };
-        let verified = match RunnerApi::new(
-            &url,
-            client_options(settings, tls_files(entry), system_id.clone()),
-        ) {
-            Ok(api) => api
-                .verify(token)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
-        match verified {
-            Ok(()) => e.step = Step::Verified,
-            Err(err) => {
+    // Verify every written token against GitLab, as many at once as the settings allow.
+    let clients = Clients::new(settings, read_system_id(&config));
+    let checks: Vec<(usize, Option<Result<(), String>>)> = futures::stream::iter(
+        journal
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.step == Step::Written)
+            .map(|(slot, e)| {
+                let entry = current.get(e.index).cloned();
+                let token = e.new_token.clone();
+                let clients = &clients;
+                async move {
+                    let (Some(entry), Some(token)) = (entry, token) else {
+                        return (slot, None);
+                    };
+                    let result = match clients.for_entry(&entry) {
+                        Some(Ok(api)) => api
+                            .verify(&token)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        Some(Err(err)) => Err(err.to_string()),
+                        None => return (slot, None),
+                    };
+                    (slot, Some(result))
+                }
+            }),
+    )
+    .buffer_unordered(settings.concurrency)
+    .collect()
+    .await;
+    for (slot, result) in checks {
+        let e = &mut journal.entries[slot];
+        match result {
+            Some(Ok(())) => e.step = Step::Verified,
+            Some(Err(err)) => {
                 e.error = Some(format!("the new token did not verify: {err}"));
                 e.step = Step::Failed;
             }
+            None => {}
         }
     }
     crash::checkpoint("after-verify");
@@ -774,20 +784,30 @@ async fn commit(
     // Delete the records the new runners replace, only once the new ones work.
     if settings.delete_replaced {
         if let Some(admin) = &admin {
-            for e in journal
-                .entries
-                .iter_mut()
-                .filter(|e| e.step == Step::Verified && e.delete_old)
-            {
-                let Some(old) = e.old_id.filter(|old| Some(*old) != e.new_id) else {
-                    continue;
-                };
-                match admin.delete_runner(old).await {
-                    Ok(()) => e.step = Step::OldDeleted,
-                    Err(err) if err.status() == Some(404) => e.step = Step::OldDeleted,
-                    Err(err) => {
-                        tracing::warn!(runner = %e.name, old_id = old, error = %err, "could not delete the replaced runner")
-                    }
+            let deletions: Vec<(usize, bool)> = futures::stream::iter(
+                journal
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.step == Step::Verified && e.delete_old)
+                    .filter_map(|(slot, e)| e.old_id.filter(|old| Some(*old) != e.new_id).map(|old| (slot, old, e.name.clone())))
+                    .map(|(slot, old, name)| async move {
+                        match admin.delete_runner(old).await {
+                            Ok(()) => (slot, true),
+                            Err(err) if err.status() == Some(404) => (slot, true),
+                            Err(err) => {
+                                tracing::warn!(runner = %name, old_id = old, error = %err, "could not delete the replaced runner; the next run tries again");
+                                (slot, false)
+                            }
+                        }
+                    }),
+            )
+            .buffer_unordered(settings.concurrency)
+            .collect()
+            .await;
+            for (slot, deleted) in deletions {
+                if deleted {
+                    journal.entries[slot].step = Step::OldDeleted;
                 }
             }
             journal.save()?;
