@@ -98,6 +98,15 @@ pub struct ServiceReport {
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How long the stop took (the supervisor's graceful stop and the wait for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_seconds: Option<f64>,
+    /// How long runner-medic itself kept the service down: from stopped to starting it again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_seconds: Option<f64>,
+    /// How long the start took, until the supervisor reported it running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -604,6 +604,9 @@ async fn commit(
         name: chosen.manager.name().to_string(),
         stopped: false,
         started: false,
+        stop_seconds: None,
+        held_seconds: None,
+        start_seconds: None,
         reason: if restart {
             chosen.reason.clone()
         } else if chosen.manager.kind() == service::ManagerKind::None {
@@ -617,8 +620,10 @@ async fn commit(
     let stop_timeout = settings.service.stop_timeout;
 
     if !writes.is_empty() || journal.service_stopped {
+        let mut stopped_at = None;
         if restart && !writes.is_empty() && !journal.service_stopped {
             let m = manager.clone();
+            let asked = std::time::Instant::now();
             let stopped = tokio::task::spawn_blocking(move || {
                 m.stop()?;
                 service::wait_for(m.as_ref(), false, stop_timeout)
@@ -633,6 +638,8 @@ async fn commit(
             match stopped {
                 Ok(_) => {
                     service_report.stopped = true;
+                    service_report.stop_seconds = Some(asked.elapsed().as_secs_f64());
+                    stopped_at = Some(std::time::Instant::now());
                     journal.service_stopped = true;
                     journal.save()?;
                     tracing::info!(service = %manager.name(), manager = manager.kind().as_str(), "service stopped");
@@ -685,7 +692,11 @@ async fn commit(
             }
         }
         if journal.service_stopped {
+            if let Some(at) = stopped_at {
+                service_report.held_seconds = Some(at.elapsed().as_secs_f64());
+            }
             let m = manager.clone();
+            let asked = std::time::Instant::now();
             let started = tokio::task::spawn_blocking(move || {
                 m.start()?;
                 service::wait_for(m.as_ref(), true, stop_timeout)
@@ -700,6 +711,7 @@ async fn commit(
             match started {
                 Ok(_) => {
                     service_report.started = true;
+                    service_report.start_seconds = Some(asked.elapsed().as_secs_f64());
                     tracing::info!(service = %manager.name(), "service started");
                     crash::checkpoint("after-start");
                 }

@@ -113,20 +113,32 @@ pub async fn main_with_args(args: Vec<String>) {
                 Err(e) => say!("failed to load config, keeping the previous one: {e}"),
             }
         }
+        // Poll every runner at once, as gitlab-runner's workers do, so a large config does not
+        // delay the reaction to signals.
+        let mut polls = tokio::task::JoinSet::new();
         for e in &entries {
-            let status = client
-                .post(format!("{}/api/v4/jobs/request", e.url))
-                .json(&serde_json::json!({ "token": e.token }))
-                .send()
-                .await
-                .map(|r| r.status().as_u16().to_string())
-                .unwrap_or_else(|err| {
-                    format!(
-                        "error({})",
-                        if err.is_connect() { "connect" } else { "other" }
-                    )
-                });
-            say!("poll name={} status={status}", e.name);
+            let client = client.clone();
+            let url = format!("{}/api/v4/jobs/request", e.url);
+            let body = serde_json::json!({ "token": e.token });
+            let name = e.name.clone();
+            polls.spawn(async move {
+                let status = client
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16().to_string())
+                    .unwrap_or_else(|err| {
+                        format!(
+                            "error({})",
+                            if err.is_connect() { "connect" } else { "other" }
+                        )
+                    });
+                (name, status)
+            });
+        }
+        while let Some(Ok((name, status))) = polls.join_next().await {
+            say!("poll name={name} status={status}");
         }
     }
     if let Some(p) = &pid_file {
