@@ -111,6 +111,8 @@ pub struct Settings {
     pub agent: AgentSettings,
     pub templates: BTreeMap<String, CreateRunner>,
     pub color: bool,
+    /// Show a progress bar on stderr (a terminal).
+    pub progress: bool,
     pub user: String,
 }
 
@@ -441,6 +443,7 @@ impl Settings {
             },
             templates: file.templates,
             color: env.is_tty_stdout,
+            progress: env.is_tty_stderr,
             user: env.user.clone(),
         })
     }

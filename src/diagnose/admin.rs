@@ -113,7 +113,7 @@ pub async fn check(api: &AdminApi, settings: &Settings) -> AdminCheck {
         ] {
             let Some(secs) = value else { continue };
             let lifetime = std::time::Duration::from_secs(secs.max(0).unsigned_abs());
-            let shown = humantime::format_duration(lifetime);
+            let shown = super::judge::human_span(lifetime.as_secs());
             let too_short_for_window = settings.renew_before.is_some_and(|w| lifetime <= w);
             let unusually_short = lifetime < std::time::Duration::from_secs(7 * 86400);
             if too_short_for_window || unusually_short {

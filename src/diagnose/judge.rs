@@ -45,17 +45,21 @@ pub fn renew_window(
     }
 }
 
-/// "in 12 days", "3 days ago", "in 5 hours": the coarsest unit that is at least one.
+/// "12 days", "5 hours": the coarsest unit of which there are at least two (or one day).
+pub fn human_span(secs: u64) -> String {
+    let (n, unit) = match secs {
+        0..=119 => (secs, "second"),
+        120..=7199 => (secs / 60, "minute"),
+        7200..=172_799 if secs % 86400 != 0 => (secs / 3600, "hour"),
+        _ => (secs / 86400, "day"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// "in 12 days", "3 days ago", "in 5 hours".
 pub fn describe_in(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let secs = (at - now).num_seconds();
-    let abs = secs.unsigned_abs();
-    let (n, unit) = match abs {
-        0..=119 => (abs, "second"),
-        120..=7199 => (abs / 60, "minute"),
-        7200..=172_799 => (abs / 3600, "hour"),
-        _ => (abs / 86400, "day"),
-    };
-    let span = format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    let span = human_span(secs.unsigned_abs());
     if secs >= 0 {
         format!("in {span}")
     } else {
@@ -105,7 +109,7 @@ pub fn judge(
                                 entry.token_line.unwrap_or(entry.line),
                                 describe_in(at, server_now),
                                 at.format("%Y-%m-%d %H:%M UTC"),
-                                humantime::format_duration(window.to_std().unwrap_or_default())
+                                human_span(window.to_std().unwrap_or_default().as_secs())
                             ),
                             format!("{rotate} (renews with the runner's own token; no privileged token needed)"),
                         )

@@ -107,6 +107,7 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         }
     }
     let diagnosis = diagnose(settings).await;
+    check_runner_names(&diagnosis, &opts.scope)?;
     let plan = plan(&diagnosis, settings, &opts.scope);
     let mut report = diagnosis.report.clone();
     report.command = "rotate";
@@ -223,6 +224,44 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
     Ok(report)
 }
 
+/// `--runner` values must name runners of config.toml; a misspelt one gets a suggestion.
+fn check_runner_names(diagnosis: &Diagnosis, scope: &Scope) -> Result<(), CouldNotRun> {
+    if diagnosis.config.is_none() {
+        return Ok(());
+    }
+    for wanted in &scope.runners {
+        let found = diagnosis.facts.iter().any(|f| {
+            f.entry.name == *wanted
+                || f.entry
+                    .id
+                    .is_some_and(|id| wanted.parse::<u64>().ok() == Some(id))
+        });
+        if found {
+            continue;
+        }
+        let best = diagnosis
+            .facts
+            .iter()
+            .map(|f| {
+                (
+                    strsim::jaro_winkler(wanted, &f.entry.name),
+                    f.entry.name.as_str(),
+                )
+            })
+            .filter(|(score, _)| *score > 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        return Err(CouldNotRun {
+            message: format!(
+                "no runner `{wanted}` in `{}`{}",
+                diagnosis.report.runner_config,
+                best.map_or_else(String::new, |(_, name)| format!("; did you mean `{name}`?"))
+            ),
+            fix: "give a runner's `name` or `id` as it is in config.toml (`runner-medic diagnose` lists them)".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Obtain every new token, journalling each one before anything else happens.
 async fn obtain(
     settings: &Settings,
@@ -242,6 +281,18 @@ async fn obtain(
     let clients = Clients::new(settings, read_system_id(config));
     let shared = Arc::new(Mutex::new(journal));
     let count = shared.lock().await.entries.len();
+    // A progress bar on a terminal when several runners are handled; nothing otherwise.
+    let bar = (settings.progress && count > 1).then(|| {
+        let bar = indicatif::ProgressBar::new(count as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} obtaining new tokens {pos}/{len} [{bar:30}] {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let bar = &bar;
     let results: Vec<Result<(), CouldNotRun>> = futures::stream::iter((0..count).map(|slot| {
         let shared = shared.clone();
         let admin = admin.clone();
@@ -322,6 +373,9 @@ async fn obtain(
             }
             j.save()?;
             drop(j);
+            if let Some(bar) = bar {
+                bar.inc(1);
+            }
             crash::checkpoint("after-journal-obtained");
             Ok(())
         }
@@ -329,6 +383,9 @@ async fn obtain(
     .buffer_unordered(settings.concurrency)
     .collect()
     .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     for r in results {
         r?;
     }

@@ -499,3 +499,43 @@ fn human_output_is_readable_and_masked() {
     );
     assert!(out.stdout.contains('…'), "tokens are shown masked");
 }
+
+#[test]
+fn human_report_snapshot() {
+    let mut env = TestEnv::new();
+    env.extra_settings = "renew_before = \"7d\"\n".into();
+    let entries = [
+        env.healthy("docker-prod"),
+        env.expired("shell-build"),
+        env.deleted("k8s-deploy"),
+        env.expiring("arm64", 2),
+        env.revoked("windows"),
+    ];
+    env.write_config(&entries);
+    let run = env.run(&["diagnose"]);
+    assert_eq!(run.code, 1);
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(&regex_escape(&env.config.display().to_string()), "[CONFIG]");
+    settings.add_filter(&regex_escape(&env.url()), "[GITLAB]");
+    settings.add_filter(r"glrt-t\d_[A-Za-z0-9_-]{2}…[A-Za-z0-9_-]{2}", "[TOKEN]");
+    settings.add_filter(
+        r"\b\d{4}-\d{2}-\d{2}( \d{2}:\d{2}(:\d{2})?( UTC)?)?",
+        "[DATE]",
+    );
+    settings.add_filter(r"clock skew [+-]\d+\.\d s", "clock skew [SKEW]");
+    settings.add_filter(r"(id|runner with id|runner) \d{4}\b", "$1 [ID]");
+    settings.add_filter(r"\d+ (seconds?|minutes?|hours?|days?)", "[SPAN]");
+    settings.bind(|| insta::assert_snapshot!(run.stdout));
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}

@@ -537,3 +537,24 @@ fn the_demo_runs_the_whole_cycle() {
     assert!(stdout.contains("demo: every runner is healthy again"));
     assert!(!stdout.contains("glrt-t1_") || stdout.contains('…'));
 }
+
+#[test]
+fn a_misspelt_runner_name_gets_a_suggestion_and_nothing_happens() {
+    let env = TestEnv::new();
+    env.write_config(&[env.expired("build-01"), env.expired("deploy")]);
+    let before = env.config_text();
+    let run = env.run(&["rotate", "--runner", "biuld-01"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("no runner `biuld-01`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("did you mean `build-01`?"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.config_text(), before);
+    assert!(env.changing_requests().is_empty());
+}
