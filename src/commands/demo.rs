@@ -32,33 +32,42 @@ fn io(e: impl std::fmt::Display) -> CouldNotRun {
     }
 }
 
-/// A `gitlab-runner`-compatible launcher (`start|stop|status --service NAME`) for the stand-in.
-fn launcher(dir: &Path, exe: &Path) -> String {
-    let d = dir.display();
-    let exe = exe.display();
+/// A `gitlab-runner`-compatible launcher (`start|stop|status`) for the stand-in runner: this
+/// binary's hidden `demo --stand-in-runner`. The demo and the end-to-end tests both use it.
+pub fn launcher_script(
+    exe: &Path,
+    config: &Path,
+    pid_file: &Path,
+    log: &Path,
+    interval_ms: u64,
+) -> String {
     format!(
         r#"#!/bin/sh
-# gitlab-runner-compatible service launcher for the demo's stand-in runner.
-pidfile="{d}/runner.pid"
-running() {{ [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }}
+# gitlab-runner-compatible service launcher for the stand-in runner.
+pidfile="{pid}"
+running() {{ [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null; }}
 case "$1" in
   start)
     running && exit 0
     rm -f "$pidfile"
-    nohup "{exe}" demo --stand-in-runner --config "{d}/config.toml" --pid-file "$pidfile" --interval-ms 200 >>"{d}/runner.log" 2>&1 &
-    i=0; while [ ! -f "$pidfile" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+    nohup "{exe}" demo --stand-in-runner --config "{config}" --pid-file "$pidfile" --interval-ms {interval_ms} >>"{log}" 2>&1 &
+    i=0; while [ ! -f "$pidfile" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
     running ;;
   stop)
     running || exit 0
     kill -QUIT "$(cat "$pidfile")"
-    i=0; while running && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    i=0; while running && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
     ! running ;;
   status)
     if running; then echo "gitlab-runner: Service is running"; exit 0; fi
     echo "gitlab-runner: Service has stopped" >&2; exit 1 ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac
-"#
+"#,
+        pid = pid_file.display(),
+        exe = exe.display(),
+        config = config.display(),
+        log = log.display(),
     )
 }
 
@@ -164,7 +173,14 @@ check_interval = 0
     fs_err::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     let exe = std::env::current_exe().map_err(io)?;
     let launcher_path = dir.join("gitlab-runner");
-    fs_err::write(&launcher_path, launcher(&dir, &exe)).map_err(io)?;
+    let script = launcher_script(
+        &exe,
+        &config_path,
+        &dir.join("runner.pid"),
+        &dir.join("runner.log"),
+        200,
+    );
+    fs_err::write(&launcher_path, script).map_err(io)?;
     fs_err::set_permissions(&launcher_path, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
     let settings_path = dir.join("settings.toml");
     fs_err::write(

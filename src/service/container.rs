@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::command::{argv, run, run_ok};
+use super::command::{argv, run_ok};
 use super::{Error, ManagerKind, ServiceManager, ServiceState};
 
 pub struct Container {
@@ -60,11 +60,7 @@ impl ServiceManager for Container {
     }
     fn stop(&self) -> Result<(), Error> {
         let cmds = self.stop_argv();
-        let _ = run(&cmds[0], Duration::from_secs(10));
-        if super::wait_for(self, false, self.timeout).is_ok() {
-            return Ok(());
-        }
-        run_ok(&cmds[1], Duration::from_secs(30)).map(|_| ())
+        super::graceful_stop(self, &cmds[0], &cmds[1], self.timeout)
     }
     fn start(&self) -> Result<(), Error> {
         run_ok(&self.start_argv(), self.timeout).map(|_| ())

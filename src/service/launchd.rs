@@ -74,11 +74,7 @@ impl ServiceManager for Launchd {
     }
     fn stop(&self) -> Result<(), Error> {
         let cmds = self.stop_argv();
-        let _ = run(&cmds[0], Duration::from_secs(10));
-        if super::wait_for(self, false, self.timeout).is_ok() {
-            return Ok(());
-        }
-        run_ok(&cmds[1], Duration::from_secs(30)).map(|_| ())
+        super::graceful_stop(self, &cmds[0], &cmds[1], self.timeout)
     }
     fn start(&self) -> Result<(), Error> {
         run_ok(&self.start_argv(), self.timeout).map(|_| ())

@@ -230,6 +230,26 @@ pub fn detect(root: &Path, name: &str) -> (ManagerKind, String) {
     )
 }
 
+/// The graceful stop every backend that can signal the process shares: ask for SIGQUIT (running
+/// jobs finish), wait up to `timeout` for the service to stop, and only then stop it hard.
+pub(crate) fn graceful_stop(
+    manager: &dyn ServiceManager,
+    graceful: &[String],
+    hard: &[String],
+    timeout: Duration,
+) -> Result<(), Error> {
+    // The service may already be stopped; a failed SIGQUIT is not an error then.
+    let _ = command::run(graceful, Duration::from_secs(10));
+    if wait_for(manager, false, timeout).is_ok() {
+        return Ok(());
+    }
+    tracing::warn!(
+        service = manager.name(),
+        "jobs did not drain in time, stopping hard"
+    );
+    command::run_ok(hard, Duration::from_secs(30) + timeout).map(|_| ())
+}
+
 /// Poll `status` until `want` holds or `timeout` passes.
 pub fn wait_for(
     manager: &dyn ServiceManager,

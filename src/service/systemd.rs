@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::command::{argv, run, run_ok};
+use super::command::{argv, run_ok};
 use super::{Error, ManagerKind, ServiceManager, ServiceState};
 
 pub struct Systemd {
@@ -71,14 +71,8 @@ impl ServiceManager for Systemd {
         &self.unit
     }
     fn stop(&self) -> Result<(), Error> {
-        let [graceful, hard] =
-            <[Vec<String>; 2]>::try_from(self.stop_argv()).expect("two commands");
-        // The unit may already be stopped; a failed SIGQUIT is not an error then.
-        let _ = run(&graceful, Duration::from_secs(10));
-        if super::wait_for(self, false, self.timeout).is_err() {
-            tracing::warn!(unit = %self.unit, "jobs did not drain in time, stopping hard");
-        }
-        run_ok(&hard, self.timeout + Duration::from_secs(30)).map(|_| ())
+        let cmds = self.stop_argv();
+        super::graceful_stop(self, &cmds[0], &cmds[1], self.timeout)
     }
     fn start(&self) -> Result<(), Error> {
         run_ok(&self.start_argv(), self.timeout).map(|_| ())

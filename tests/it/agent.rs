@@ -253,3 +253,59 @@ fn the_agent_serves_metrics_over_http() {
     parse_metrics(&body);
     agent.term();
 }
+
+#[test]
+fn sighup_reloads_the_settings_and_a_bad_file_keeps_the_old_ones() {
+    let env = TestEnv::new();
+    env.write_config(&[env.healthy("a")]);
+    let mut agent = Agent::start(&env, &[]);
+    assert!(eventually(|| env
+        .sim
+        .state()
+        .requests_to("POST", "/api/v4/runners/verify")
+        >= 1));
+    let pid = nix::unistd::Pid::from_raw(agent.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A broken settings file: the reload fails and the agent keeps going with what it had.
+    let good = std::fs::read_to_string(&env.settings).unwrap();
+    std::fs::write(&env.settings, format!("{good}\nnot_a_key = 1\n")).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(agent.alive());
+    let before = env
+        .sim
+        .state()
+        .requests_to("POST", "/api/v4/runners/verify");
+    assert!(
+        eventually(|| env
+            .sim
+            .state()
+            .requests_to("POST", "/api/v4/runners/verify")
+            > before),
+        "cycles go on"
+    );
+    let (code, stderr) = agent.term();
+    assert_eq!(code, 0);
+    assert!(stderr.contains("settings reloaded"), "{stderr}");
+    assert!(
+        stderr.contains("reload failed; keeping the previous settings"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn random_delay_from_cron() {
+    let env = TestEnv::new();
+    env.write_config(&[env.healthy("a")]);
+    let run = env.run(&["rotate", "--random-delay", "1s"]);
+    assert_eq!(run.code, 0);
+    assert!(
+        run.stderr.contains("sleeping a random delay first"),
+        "{}",
+        run.stderr
+    );
+    let bad = env.run(&["rotate", "--random-delay", "later"]);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("is not a duration"));
+}

@@ -358,31 +358,12 @@ impl StandIn {
         let launcher = dir.join("gitlab-runner");
         let log = dir.join("runner.log");
         let pid_file = dir.join("runner.pid");
-        let script = format!(
-            r#"#!/bin/sh
-pidfile="{pid}"
-running() {{ [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null; }}
-case "$1" in
-  start)
-    running && exit 0
-    rm -f "$pidfile"
-    nohup "{bin}" demo --stand-in-runner --config "{config}" --pid-file "$pidfile" --interval-ms 100 >>"{log}" 2>&1 &
-    i=0; while [ ! -f "$pidfile" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-    running ;;
-  stop)
-    running || exit 0
-    kill -QUIT "$(cat "$pidfile")"
-    i=0; while running && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
-    ! running ;;
-  status)
-    if running; then echo "gitlab-runner: Service is running"; exit 0; fi
-    echo "gitlab-runner: Service has stopped" >&2; exit 1 ;;
-esac
-"#,
-            pid = pid_file.display(),
-            bin = BIN,
-            config = env.config.display(),
-            log = log.display()
+        let script = runner_medic::commands::demo::launcher_script(
+            Path::new(BIN),
+            &env.config,
+            &pid_file,
+            &log,
+            100,
         );
         std::fs::write(&launcher, script).unwrap();
         std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();

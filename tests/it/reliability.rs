@@ -736,8 +736,18 @@ fn two_rotations_started_together_never_rotate_a_runner_twice() {
     }
     let _ = all;
     env.write_config(&entries);
-    let a = env.command(&["rotate", "--wait"]).spawn().unwrap();
-    let b = env.command(&["rotate", "--wait"]).spawn().unwrap();
+    let a = env
+        .command(&["rotate", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = env
+        .command(&["rotate", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert_eq!((a.status.code(), b.status.code()), (Some(0), Some(0)));
     assert_eq!(
