@@ -138,6 +138,28 @@ impl Clients {
     }
 }
 
+/// The privileged client, built only from the credential (so only for `--gitlab-url`). Its TLS
+/// trusts, besides the system roots, the CA and client certificate that a runner of the same
+/// instance names in config.toml: a private CA configured for the runners works for both.
+pub fn admin_api(
+    settings: &Settings,
+    cred: &gitlab::AdminCredential,
+    entries: &[RunnerEntry],
+) -> Result<AdminApi, gitlab::Error> {
+    let tls = entries
+        .iter()
+        .find(|e| {
+            e.url
+                .as_deref()
+                .and_then(|u| parse_runner_url(u).ok())
+                .map(|u| url_key(&u))
+                == Some(url_key(&cred.url))
+        })
+        .map(tls_files)
+        .unwrap_or_default();
+    AdminApi::new(cred, client_options(settings, tls, None))
+}
+
 /// gitlab-runner's system id from `<config dir>/.runner_system_id` (reference §6.3).
 pub fn read_system_id(config: &ConfigFile) -> Option<String> {
     let path = config.real_path.parent()?.join(".runner_system_id");
@@ -215,39 +237,25 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
 
     // The privileged credential first: its answers also tell the server's clock.
     let admin = match &settings.admin {
-        Some(cred) => {
-            // The admin URL's TLS: the CA of a runner on the same instance, if one names it.
-            let tls = entries
-                .iter()
-                .find(|e| {
-                    e.url
-                        .as_deref()
-                        .and_then(|u| parse_runner_url(u).ok())
-                        .map(|u| url_key(&u))
-                        == Some(url_key(&cred.url))
-                })
-                .map(tls_files)
-                .unwrap_or_default();
-            match AdminApi::new(cred, client_options(settings, tls, None)) {
-                Ok(api) => {
-                    let checked = admin::check(&api, settings).await;
-                    for (date, local) in &checked.dates {
-                        clock.add(Some(*date), *local);
-                    }
-                    report.findings.extend(checked.findings);
-                    report.admin_token_expires_at = checked.expires_at;
-                    checked.usable.then(|| Arc::new(api))
+        Some(cred) => match admin_api(settings, cred, &entries) {
+            Ok(api) => {
+                let checked = admin::check(&api, settings).await;
+                for (date, local) in &checked.dates {
+                    clock.add(Some(*date), *local);
                 }
-                Err(e) => {
-                    report.findings.push(Finding::error(
-                        FindingCode::AdminTokenInvalid,
-                        format!("cannot set up the privileged client: {e}"),
-                        "check `--gitlab-url` and the TLS settings",
-                    ));
-                    None
-                }
+                report.findings.extend(checked.findings);
+                report.admin_token_expires_at = checked.expires_at;
+                checked.usable.then(|| Arc::new(api))
             }
-        }
+            Err(e) => {
+                report.findings.push(Finding::error(
+                    FindingCode::AdminTokenInvalid,
+                    format!("cannot set up the privileged client: {e}"),
+                    "check `--gitlab-url` and the TLS settings",
+                ));
+                None
+            }
+        },
         None => None,
     };
 

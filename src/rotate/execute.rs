@@ -14,7 +14,7 @@ use super::journal::{token_sha, Journal, JournalEntry, JournalError, Step};
 use super::plan::{plan, PlanItem, Scope};
 use crate::crash;
 use crate::diagnose::{
-    client_options, diagnose, parse_runner_url, read_system_id, tls_files, Clients, Diagnosis,
+    admin_api, diagnose, parse_runner_url, read_system_id, tls_files, Clients, Diagnosis,
 };
 use crate::fs;
 use crate::gitlab::{AdminApi, CreateRunner, RunnerApi, TokenGrant};
@@ -268,12 +268,12 @@ async fn obtain(
     diagnosis: &Diagnosis,
     journal: Journal,
 ) -> Result<Journal, CouldNotRun> {
-    let admin = match &settings.admin {
-        Some(cred) => AdminApi::new(cred, client_options(settings, Default::default(), None))
-            .ok()
-            .map(Arc::new),
-        None => None,
-    };
+    let entries: Vec<_> = diagnosis.facts.iter().map(|f| f.entry.clone()).collect();
+    let admin = settings
+        .admin
+        .as_ref()
+        .and_then(|cred| admin_api(settings, cred, &entries).ok())
+        .map(Arc::new);
     let config = diagnosis
         .config
         .as_ref()
@@ -577,9 +577,14 @@ async fn commit(
     mut journal: Journal,
     report: &mut Report,
 ) -> Result<(), CouldNotRun> {
-    let admin = settings.admin.as_ref().and_then(|cred| {
-        AdminApi::new(cred, client_options(settings, Default::default(), None)).ok()
-    });
+    // The entries as they are on disk now, for the privileged client's TLS settings.
+    let on_disk = ConfigFile::load(&journal.config_path)
+        .map(|c| c.runners())
+        .unwrap_or_default();
+    let admin = settings
+        .admin
+        .as_ref()
+        .and_then(|cred| admin_api(settings, cred, &on_disk).ok());
     if let Some(admin) = &admin {
         if journal.entries.iter().any(|e| e.step == Step::Requesting) {
             for e in journal

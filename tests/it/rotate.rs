@@ -558,3 +558,28 @@ fn a_misspelt_runner_name_gets_a_suggestion_and_nothing_happens() {
     assert_eq!(env.config_text(), before);
     assert!(env.changing_requests().is_empty());
 }
+
+#[test]
+fn an_https_gitlab_with_a_private_ca_is_rotated_through_the_runners_tls_ca_file() {
+    let env = TestEnv::with_options(gitlab_sim::Options {
+        tls: true,
+        ..Default::default()
+    });
+    let ca = env.sim.ca_pem_path().unwrap().display().to_string();
+    let expired = Entry {
+        extra: format!("  tls-ca-file = \"{ca}\"\n"),
+        ..env.expired("tls-exp")
+    };
+    let deleted = Entry {
+        extra: format!("  tls-ca-file = \"{ca}\"\n"),
+        ..env.deleted("tls-del")
+    };
+    let mut env = env;
+    env.extra_settings =
+        "[templates.tls-del]\nrunner_type = \"instance_type\"\ndescription = \"tls-del\"\n".into();
+    env.write_config(&[expired, deleted]);
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(env.token_works(&env.config_token("tls-exp")));
+    assert!(env.token_works(&env.config_token("tls-del")));
+}
