@@ -8,6 +8,8 @@
 //! The table goes to stdout and to target/bench/report.md.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+// Pedantic lints guard the shipped code; tests favour directness.
+#![allow(clippy::pedantic)]
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;

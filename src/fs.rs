@@ -1,6 +1,7 @@
 //! Everything that writes to disk goes through here: atomic replace with mode/owner kept,
 //! timestamped backups with pruning, private directories, and the per-config lock.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -15,7 +16,10 @@ use crate::crash;
 /// SHA-256 of some bytes, as a lowercase hex string.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    digest.iter().fold(String::with_capacity(64), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,10 +141,10 @@ pub fn backup(
     keep: usize,
 ) -> std::io::Result<PathBuf> {
     private_dir(backup_dir)?;
-    let name = source
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "config.toml".into());
+    let name = source.file_name().map_or_else(
+        || "config.toml".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
     let path = backup_dir.join(format!("{name}.{stamp}"));
     write_private(&path, contents, 0o600)?;

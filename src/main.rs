@@ -204,7 +204,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
                 render(&report, settings.output, settings.color);
             }
             if let Some(path) = &settings.metrics_file {
-                let text = report::metrics::render(&report, &Default::default());
+                let text = report::metrics::render(&report, &std::collections::BTreeMap::default());
                 if let Err(e) = runner_medic::fs::write_private(path, text.as_bytes(), 0o644) {
                     tracing::error!(path = %path.display(), error = %e, "could not write the metrics file");
                 }

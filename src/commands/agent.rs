@@ -168,7 +168,7 @@ fn jitter(max: Duration) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_millis(
-        rand::thread_rng().gen_range(0..=max.as_millis().min(u128::from(u64::MAX)) as u64),
+        rand::thread_rng().gen_range(0..=u64::try_from(max.as_millis()).unwrap_or(u64::MAX)),
     )
 }
 

@@ -31,7 +31,8 @@ pub async fn run(
         // From cron, spread a fleet's runs so they do not hit GitLab in the same second.
         if !interactive && !max.is_zero() {
             let wait = Duration::from_millis(
-                rand::thread_rng().gen_range(0..=max.as_millis().min(u128::from(u64::MAX)) as u64),
+                rand::thread_rng()
+                    .gen_range(0..=u64::try_from(max.as_millis()).unwrap_or(u64::MAX)),
             );
             tracing::info!(
                 delay_s = wait.as_secs(),

@@ -104,6 +104,7 @@ impl Finding {
         Self::new(code, Severity::Warning, message, fix)
     }
 
+    #[must_use]
     pub fn at(mut self, line: Option<usize>) -> Self {
         self.line = line;
         self

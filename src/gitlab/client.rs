@@ -1,5 +1,6 @@
 //! The HTTP client: TLS set-up, one send-with-retries loop, and the calls.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -161,7 +162,7 @@ impl Http {
             };
             match self.opts.retry.next_delay(attempt, &err, kind) {
                 Some(delay) if started.elapsed() + delay <= self.opts.retry.max_total => {
-                    tracing::debug!(url = %shown, attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying");
+                    tracing::debug!(url = %shown, attempt, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error = %err, "retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -404,7 +405,7 @@ impl AdminApi {
         for page in 1.. {
             let mut path = format!("api/v4/runners/all?per_page=100&page={page}");
             if let Some(t) = runner_type {
-                path.push_str(&format!("&type={t}"));
+                let _ = write!(path, "&type={t}");
             }
             let reply: Reply<Vec<RunnerSummary>> = self
                 .http

@@ -717,7 +717,7 @@ async fn commit(
         if !writes.is_empty() {
             let saved = save_with_retry(settings, &config, &writes);
             match saved {
-                Ok((backup, _)) => {
+                Ok(backup) => {
                     journal.backup = Some(backup.clone());
                     report.backup = Some(backup.display().to_string());
                     for e in journal
@@ -956,19 +956,19 @@ fn save_with_retry(
     settings: &Settings,
     config: &ConfigFile,
     writes: &[(usize, Credentials)],
-) -> Result<(std::path::PathBuf, ()), crate::runner_config::Error> {
+) -> Result<std::path::PathBuf, crate::runner_config::Error> {
     let opts = SaveOptions {
         backup_dir: &settings.backup_dir(),
         keep_backups: settings.keep_backups,
     };
     let text = config.with_credentials(writes)?;
     match config.save(&text, &opts) {
-        Ok(saved) => Ok((saved.backup, ())),
+        Ok(saved) => Ok(saved.backup),
         Err(crate::runner_config::Error::Write(fs::WriteError::ChangedOnDisk { .. })) => {
             tracing::warn!("config.toml changed while rotating; re-reading it once");
             let fresh = ConfigFile::load(&config.path)?;
             let text = fresh.with_credentials(writes)?;
-            fresh.save(&text, &opts).map(|s| (s.backup, ()))
+            fresh.save(&text, &opts).map(|s| s.backup)
         }
         Err(e) => Err(e),
     }

@@ -1,6 +1,5 @@
 //! Loading config.toml and listing its `[[runners]]` entries.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -152,12 +151,8 @@ impl ConfigFile {
             .map(|s| self.line_of(s.start))
     }
 
-    pub(super) fn header_span(&self, table: &Table) -> Option<Range<usize>> {
-        table.span()
-    }
-
     fn entry(&self, index: usize, table: &Table) -> RunnerEntry {
-        let line = self.header_span(table).map_or(1, |s| self.line_of(s.start));
+        let line = table.span().map_or(1, |s| self.line_of(s.start));
         let string = |key: &str| table.get(key).and_then(Item::as_str).map(str::to_string);
         let (token, token_problem) = match table.get("token") {
             None => (None, None),

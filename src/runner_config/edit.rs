@@ -103,8 +103,8 @@ impl ConfigFile {
         };
         for (order, key) in OWNED_KEYS.iter().enumerate() {
             let Some(raw) = &values[order] else { continue };
-            match table.get(key) {
-                Some(item) => {
+            if let Some(item) = table.get(key) {
+                {
                     let span = item.span().ok_or_else(|| {
                         unsupported(format!("`{key}` has no position in the file"))
                     })?;
@@ -117,8 +117,9 @@ impl ConfigFile {
                         text,
                     });
                 }
-                None => {
-                    let (at, indent) = self.insertion_point(table, order)?;
+            } else {
+                {
+                    let (at, indent) = self.insertion_point(table, order);
                     let text = format!("{eol}{indent}{key} = {}", render_new(key, raw));
                     out.push(Splice {
                         at,
@@ -134,7 +135,7 @@ impl ConfigFile {
 
     /// Where to add a missing key: the end of the line of the nearest preceding key in
     /// gitlab-runner's order (`name`, `url`, `id`, `token`, …), else the end of the header line.
-    fn insertion_point(&self, table: &Table, order: usize) -> Result<(usize, String), Error> {
+    fn insertion_point(&self, table: &Table, order: usize) -> (usize, String) {
         let preceding = ["name", "url"]
             .into_iter()
             .chain(OWNED_KEYS[..order].iter().copied())
@@ -147,13 +148,12 @@ impl ConfigFile {
         let indent = token_span
             .as_ref()
             .or(anchor.as_ref())
-            .map(|s| self.indent_of(s.start))
-            .unwrap_or_else(|| "  ".into());
+            .map_or_else(|| "  ".into(), |s| self.indent_of(s.start));
         let from = match anchor {
             Some(span) => span.end,
-            None => self.header_span(table).map_or(0, |s| s.end),
+            None => table.span().map_or(0, |s| s.end),
         };
-        Ok((self.end_of_line(from), indent))
+        (self.end_of_line(from), indent)
     }
 
     fn end_of_line(&self, from: usize) -> usize {

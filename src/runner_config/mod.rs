@@ -86,6 +86,8 @@ impl Error {
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
+    // Files are at most 16 MiB and this runs once per error: a plain count is enough.
+    #[allow(clippy::naive_bytecount)]
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
     let line_start = before
         .iter()

@@ -130,7 +130,7 @@ impl ServiceManager for NoManager {
     fn kind(&self) -> ManagerKind {
         ManagerKind::None
     }
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "-"
     }
     fn stop(&self) -> Result<(), Error> {
