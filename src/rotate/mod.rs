@@ -1,6 +1,8 @@
-//! rotate: act on what diagnose finds. `plan` decides (pure), `execute` does it with a journal
-//! that makes every step recoverable, `hooks` runs the operator's commands.
+//! rotate: act on what diagnose finds. `plan` decides (pure), `execute` obtains the new tokens
+//! and `commit` puts them in place, with a `journal` that makes every step recoverable; `hooks`
+//! runs the operator's commands.
 
+mod commit;
 mod execute;
 pub mod hooks;
 pub mod journal;
