@@ -101,7 +101,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check every [[runners]] entry against GitLab and name each problem with its fix; changes nothing
-    Diagnose,
+    Diagnose(DiagnoseArgs),
     /// Fix what diagnose finds: new tokens, config.toml rewritten, service restarted, result verified
     Rotate(RotateArgs),
     /// Stay running: diagnose + rotate every interval, with random jitter
@@ -114,6 +114,13 @@ pub enum Command {
     /// Print the man page (roff)
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct DiagnoseArgs {
+    /// Warn about valid tokens that expire sooner than this (e.g. 30d)
+    #[arg(long, value_name = "DURATION")]
+    pub renew_before: Option<String>,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -130,8 +137,11 @@ pub struct RotateArgs {
     /// Renew valid tokens that expire sooner than this (e.g. 30d)
     #[arg(long, value_name = "DURATION")]
     pub renew_before: Option<String>,
+    /// How to replace a dead token: `auto` resets it when the runner record exists and recreates
+    /// the runner when it is gone; `reset` never recreates; `recreate` always makes a new runner
     #[arg(long, value_enum)]
     pub strategy: Option<Strategy>,
+    /// auto, systemd, sysv, openrc, launchd, gitlab-runner, docker, podman or none [default: auto]
     #[arg(long, value_name = "MANAGER")]
     pub service_manager: Option<String>,
     /// The service (unit, init script, container) name [default: gitlab-runner]
@@ -173,10 +183,13 @@ pub struct AgentArgs {
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct AgentRotateArgs {
+    /// auto, systemd, sysv, openrc, launchd, gitlab-runner, docker, podman or none [default: auto]
     #[arg(long, value_name = "MANAGER")]
     pub service_manager: Option<String>,
+    /// The service (unit, init script, container) name [default: gitlab-runner]
     #[arg(long, value_name = "NAME")]
     pub service_name: Option<String>,
+    /// Renew valid tokens that expire sooner than this (e.g. 30d)
     #[arg(long, value_name = "DURATION")]
     pub renew_before: Option<String>,
 }

@@ -122,6 +122,10 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
             no_restart: a.no_restart,
             ..Overrides::default()
         },
+        Command::Diagnose(a) => Overrides {
+            renew_before: a.renew_before.clone(),
+            ..Overrides::default()
+        },
         Command::Agent(a) => Overrides {
             renew_before: a.rotate.renew_before.clone(),
             service_manager: a.rotate.service_manager.clone(),
@@ -181,7 +185,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
         Err(e) => return report_error(&e.into()),
     };
     let result: Result<Report, CouldNotRun> = match &cli.command {
-        Command::Diagnose => Ok(commands::diagnose::run(&settings).await),
+        Command::Diagnose(_) => Ok(commands::diagnose::run(&settings).await),
         Command::Rotate(args) => {
             commands::rotate::run(&settings, args, env.is_tty_stdout || env.is_tty_stderr).await
         }

@@ -150,6 +150,9 @@ fn renew_before_widens_the_window() {
     env2.extra_settings = "renew_before = \"60d\"\n".into();
     let run = diagnose(&env2);
     assert!(run.codes("later").contains(&"token_expiring".to_string()));
+    // The flag wins over the settings file.
+    let run = env2.run(&["diagnose", "--renew-before", "10d", "--output", "json"]);
+    assert!(run.codes("later").is_empty());
 }
 
 #[test]
