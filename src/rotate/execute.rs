@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use super::commit::commit;
 use super::hooks::{self, HookEnv};
 use super::journal::{token_sha, Journal, JournalEntry, JournalError, Step};
+use super::known::KnownRunners;
 use super::plan::{plan, PlanItem, Scope};
 use crate::crash;
 use crate::diagnose::{
@@ -108,7 +109,11 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
     }
     let diagnosis = diagnose(settings).await;
     check_runner_names(&diagnosis, &opts.scope)?;
-    let plan = plan(&diagnosis, settings, &opts.scope);
+    let mut known = KnownRunners::load(settings);
+    if !opts.dry_run {
+        known.remember(settings, &diagnosis);
+    }
+    let plan = plan(&diagnosis, settings, &opts.scope, &known);
     let mut report = diagnosis.report.clone();
     report.command = "rotate";
     report.dry_run = opts.dry_run;

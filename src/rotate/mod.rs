@@ -6,6 +6,7 @@ mod commit;
 mod execute;
 pub mod hooks;
 pub mod journal;
+pub mod known;
 pub mod plan;
 
 pub use execute::{rotate, CouldNotRun, RotateOptions};

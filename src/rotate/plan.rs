@@ -6,6 +6,8 @@ use crate::gitlab::CreateRunner;
 use crate::report::Action;
 use crate::settings::Settings;
 
+use super::known::KnownRunners;
+
 /// What the operator asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
@@ -67,7 +69,12 @@ fn selected(scope: &Scope, facts: &RunnerFacts) -> bool {
         })
 }
 
-pub fn plan(diagnosis: &Diagnosis, settings: &Settings, scope: &Scope) -> Plan {
+pub fn plan(
+    diagnosis: &Diagnosis,
+    settings: &Settings,
+    scope: &Scope,
+    known: &KnownRunners,
+) -> Plan {
     let base = settings
         .gitlab_url
         .as_ref()
@@ -142,14 +149,14 @@ pub fn plan(diagnosis: &Diagnosis, settings: &Settings, scope: &Scope) -> Plan {
                     "POST {runner_url}/api/v4/runners/reset_authentication_token (runner token)"
                 ));
             } else if (expiring || scope.force) && settings.strategy == Strategy::Recreate {
-                plan_dead(&mut item, facts, settings, &base, admin_broken);
+                plan_dead(&mut item, facts, settings, known, &base, admin_broken);
                 item.token_was_dead = false;
             }
         } else if facts.state == TokenState::Dead
             || has(FindingCode::RegistrationTokenInConfig)
             || has(FindingCode::TokenMalformed)
         {
-            plan_dead(&mut item, facts, settings, &base, admin_broken);
+            plan_dead(&mut item, facts, settings, known, &base, admin_broken);
         }
         items.push(item);
     }
@@ -169,6 +176,7 @@ fn plan_dead(
     item: &mut PlanItem,
     facts: &RunnerFacts,
     settings: &Settings,
+    known: &KnownRunners,
     base: &str,
     admin_broken: bool,
 ) {
@@ -185,7 +193,12 @@ fn plan_dead(
         });
         return;
     }
-    let template = settings.templates.get(&item.name).cloned();
+    // A template from the settings wins; else the record as it was last seen.
+    let template = settings.templates.get(&item.name).cloned().or_else(|| {
+        item.old_id
+            .and_then(|id| known.get(id))
+            .map(CreateRunner::like)
+    });
     let recreate = |item: &mut PlanItem, params: CreateRunner, delete_old: bool| {
         item.action = Action::Recreate;
         item.calls.push(format!(

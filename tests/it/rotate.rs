@@ -583,3 +583,30 @@ fn an_https_gitlab_with_a_private_ca_is_rotated_through_the_runners_tls_ca_file(
     assert!(env.token_works(&env.config_token("tls-exp")));
     assert!(env.token_works(&env.config_token("tls-del")));
 }
+
+#[test]
+fn a_runner_deleted_after_it_was_seen_is_recreated_with_its_own_settings() {
+    let env = TestEnv::new();
+    let e = env.runner("seen", RunnerType::GroupType);
+    env.sim
+        .state()
+        .runners
+        .get_mut(&e.id.unwrap())
+        .unwrap()
+        .tag_list = vec!["gpu".into(), "linux".into()];
+    env.write_config(std::slice::from_ref(&e));
+    // A routine run while it is healthy: runner-medic reads (and remembers) the record.
+    assert_eq!(env.run(&["rotate"]).code, 0);
+    // Someone deletes the runner in the UI.
+    env.sim.state().runners.remove(&e.id.unwrap());
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.runner("seen")["action"], "recreate");
+    let new_id = env.config_id("seen").unwrap() as u64;
+    let s = env.sim.state();
+    let created = &s.runners[&new_id];
+    assert_eq!(created.runner_type, RunnerType::GroupType);
+    assert_eq!(created.group_id, Some(7));
+    assert_eq!(created.tag_list, vec!["gpu", "linux"]);
+    assert_eq!(created.description, "seen");
+}
