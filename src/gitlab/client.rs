@@ -348,52 +348,32 @@ impl AdminApi {
         &self.url
     }
 
-    pub async fn version(&self) -> Result<Reply<Value>, Error> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, Error> {
         self.http
             .call(
                 Method::GET,
-                "api/v4/version",
+                path,
                 Some(&self.token),
                 None,
                 Idempotency::Safe,
             )
             .await
+    }
+
+    pub async fn version(&self) -> Result<Reply<Value>, Error> {
+        self.get("api/v4/version").await
     }
 
     pub async fn pat_self(&self) -> Result<Reply<PatInfo>, Error> {
-        self.http
-            .call(
-                Method::GET,
-                "api/v4/personal_access_tokens/self",
-                Some(&self.token),
-                None,
-                Idempotency::Safe,
-            )
-            .await
+        self.get("api/v4/personal_access_tokens/self").await
     }
 
     pub async fn application_settings(&self) -> Result<Reply<AppSettings>, Error> {
-        self.http
-            .call(
-                Method::GET,
-                "api/v4/application/settings",
-                Some(&self.token),
-                None,
-                Idempotency::Safe,
-            )
-            .await
+        self.get("api/v4/application/settings").await
     }
 
     pub async fn runner(&self, id: u64) -> Result<Reply<RunnerDetails>, Error> {
-        self.http
-            .call(
-                Method::GET,
-                &format!("api/v4/runners/{id}"),
-                Some(&self.token),
-                None,
-                Idempotency::Safe,
-            )
-            .await
+        self.get(&format!("api/v4/runners/{id}")).await
     }
 
     /// `GET /runners/all`, every page, optionally of one type.

@@ -177,19 +177,22 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let record = |status: u16| {
+        log(
+            &state,
+            &method,
+            &route,
+            &path,
+            &host,
+            credential.clone(),
+            credential_kind,
+            status,
+        )
+    };
     let mut response = match before {
         Some(kind) => {
             // Log before answering: a reset or hang never returns normally.
-            log(
-                &state,
-                &method,
-                &route,
-                &path,
-                &host,
-                credential.clone(),
-                credential_kind,
-                fault_status(&kind),
-            );
+            record(fault_status(&kind));
             apply(kind, kill.as_ref()).await
         }
         None => {
@@ -200,29 +203,11 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
                 .take_fault(&endpoint, true);
             match after {
                 Some(kind) => {
-                    log(
-                        &state,
-                        &method,
-                        &route,
-                        &path,
-                        &host,
-                        credential.clone(),
-                        credential_kind,
-                        fault_status(&kind),
-                    );
+                    record(fault_status(&kind));
                     apply(kind, kill.as_ref()).await
                 }
                 None => {
-                    log(
-                        &state,
-                        &method,
-                        &route,
-                        &path,
-                        &host,
-                        credential,
-                        credential_kind,
-                        response.status().as_u16(),
-                    );
+                    record(response.status().as_u16());
                     response
                 }
             }
