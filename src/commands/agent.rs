@@ -73,6 +73,7 @@ pub async fn run(
         let cycle = async move { crate::rotate::rotate(&current, &opts).await };
         tokio::pin!(cycle);
         let mut shutting_down = false;
+        let mut reload_pending = false;
         let result = loop {
             tokio::select! {
                 r = &mut cycle => break Some(r),
@@ -81,7 +82,10 @@ pub async fn run(
                         tracing::info!("shutdown requested; letting the cycle in progress finish");
                         shutting_down = true;
                     }
-                    Some(Signal::Reload) => tracing::info!("reload requested; it applies after this cycle"),
+                    Some(Signal::Reload) => {
+                        tracing::info!("reload requested; it applies after this cycle");
+                        reload_pending = true;
+                    }
                 },
                 () = tokio::time::sleep(SHUTDOWN_GRACE), if shutting_down => {
                     tracing::warn!("the cycle did not finish in time; abandoning it (the journal lets the next run complete it)");
@@ -138,6 +142,9 @@ pub async fn run(
         if shutting_down {
             return Ok(last_report);
         }
+        if reload_pending {
+            apply_reload(&mut settings, &reload);
+        }
         tracing::info!(next_in_s = next.as_secs(), "waiting for the next cycle");
         let sleep = tokio::time::sleep(next);
         tokio::pin!(sleep);
@@ -149,16 +156,31 @@ pub async fn run(
                         tracing::info!("agent stopping");
                         return Ok(last_report);
                     }
-                    Some(Signal::Reload) => match reload() {
-                        Ok(new) => {
-                            tracing::info!("settings reloaded");
-                            settings = new;
+                    Some(Signal::Reload) => {
+                        if apply_reload(&mut settings, &reload) {
                             break;
                         }
-                        Err(e) => tracing::error!(error = %e.message, "reload failed; keeping the previous settings"),
-                    },
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Re-read the settings; on failure keep the ones in force. Returns whether they changed.
+fn apply_reload(
+    settings: &mut Settings,
+    reload: &impl Fn() -> Result<Settings, CouldNotRun>,
+) -> bool {
+    match reload() {
+        Ok(new) => {
+            tracing::info!("settings reloaded");
+            *settings = new;
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e.message, "reload failed; keeping the previous settings");
+            false
         }
     }
 }

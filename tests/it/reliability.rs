@@ -695,7 +695,7 @@ fn file_safety_mode_backups_and_no_write_through_a_planted_symlink() {
 #[test]
 fn two_rotations_started_together_never_rotate_a_runner_twice() {
     let env = TestEnv::new();
-    env.sim.state().latency = Duration::from_millis(100);
+    env.sim.state().latency = Duration::from_millis(200);
     let entries: Vec<_> = (0..3).map(|i| env.expired(&format!("r{i}"))).collect();
     env.write_config(&entries);
     let a = env
