@@ -542,3 +542,38 @@ fn regex_escape(s: &str) -> String {
         })
         .collect()
 }
+
+#[test]
+fn mutual_tls_with_the_entrys_client_certificate() {
+    let mut env = TestEnv::with_options(gitlab_sim::Options {
+        tls: true,
+        client_cert: true,
+        ..Default::default()
+    });
+    env.use_admin = false;
+    let e = env.healthy("mtls");
+    let ca = env.sim.ca_pem_path().unwrap().display().to_string();
+    let (cert, key) = env
+        .sim
+        .client_cert_paths()
+        .map(|(c, k)| (c.display().to_string(), k.display().to_string()))
+        .unwrap();
+    env.write_config(&[Entry {
+        extra: format!("  tls-ca-file = \"{ca}\"\n"),
+        ..e.clone()
+    }]);
+    let run = diagnose(&env);
+    assert!(
+        run.codes("mtls").contains(&"tls_failure".into()),
+        "{:?}",
+        run.codes("mtls")
+    );
+    env.write_config(&[Entry {
+        extra: format!(
+            "  tls-ca-file = \"{ca}\"\n  tls-cert-file = \"{cert}\"\n  tls-key-file = \"{key}\"\n"
+        ),
+        ..e
+    }]);
+    let run = diagnose(&env);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+}

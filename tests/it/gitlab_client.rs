@@ -493,3 +493,45 @@ fn simulator_matches_the_reference_tables() {
     assert!(token.starts_with("glrt-t1_") && token.len() == "glrt-t1_".len() + 20);
     assert!(good.starts_with("glpat-"));
 }
+
+#[test]
+fn client_certificates_from_tls_cert_file_and_tls_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(Options {
+        tls: true,
+        client_cert: true,
+        tls_dir: Some(dir.path().into()),
+        ..Options::default()
+    })
+    .unwrap();
+    let (_, token) = sim.state().add_runner(NewRunner::default());
+    let token = RunnerToken::new(token);
+    let url = Url::parse(&sim.url()).unwrap();
+    let ca = Some(sim.ca_pem_path().unwrap().to_path_buf());
+    let without = ClientOptions {
+        tls: TlsFiles {
+            ca_file: ca.clone(),
+            ..TlsFiles::default()
+        },
+        ..fast()
+    };
+    let e = rt()
+        .block_on(RunnerApi::new(&url, without).unwrap().verify(&token))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Tls { .. }),
+        "without a client certificate: {e:?}"
+    );
+    let (cert, key) = sim.client_cert_paths().unwrap();
+    let with = ClientOptions {
+        tls: TlsFiles {
+            ca_file: ca,
+            cert_file: Some(cert.into()),
+            key_file: Some(key.into()),
+        },
+        ..fast()
+    };
+    assert!(rt()
+        .block_on(RunnerApi::new(&url, with).unwrap().verify(&token))
+        .is_ok());
+}

@@ -36,6 +36,8 @@ pub use state::{
 pub struct Options {
     /// Serve HTTPS with a freshly generated CA (its PEM is written to `tls_dir`).
     pub tls: bool,
+    /// With `tls`: require a client certificate signed by the CA (mutual TLS).
+    pub client_cert: bool,
     /// Where to write `ca.pem` when `tls` is on.
     pub tls_dir: Option<PathBuf>,
     /// Fixed latency added to every request.
@@ -47,6 +49,7 @@ pub struct Simulator {
     addr: SocketAddr,
     tls: bool,
     ca_pem_path: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
     state: Arc<Mutex<State>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -65,11 +68,12 @@ impl Simulator {
         let state = Arc::new(Mutex::new(State::new(options.latency)));
         let tls = if options.tls {
             let dir = options.tls_dir.clone().unwrap_or_else(std::env::temp_dir);
-            Some(tls::generate(&dir)?)
+            Some(tls::generate(&dir, options.client_cert)?)
         } else {
             None
         };
         let ca_pem_path = tls.as_ref().map(|t| t.ca_pem_path.clone());
+        let client_cert = tls.as_ref().and_then(|t| t.client.clone());
         let listener = std::net::TcpListener::bind(bind)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -94,6 +98,7 @@ impl Simulator {
             addr,
             tls: is_tls,
             ca_pem_path,
+            client_cert,
             state,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -118,6 +123,13 @@ impl Simulator {
     /// The PEM of the CA that signed the HTTPS certificate.
     pub fn ca_pem_path(&self) -> Option<&Path> {
         self.ca_pem_path.as_deref()
+    }
+
+    /// The client certificate and key files, when the simulator requires mutual TLS.
+    pub fn client_cert_paths(&self) -> Option<(&Path, &Path)> {
+        self.client_cert
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()))
     }
 
     /// Lock the state to read or change it. Keep the guard short: requests wait on it.

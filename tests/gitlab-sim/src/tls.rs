@@ -9,13 +9,15 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 pub struct Tls {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub ca_pem_path: PathBuf,
+    /// A client certificate and key signed by the CA, when client certificates are required.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-pub fn generate(dir: &Path) -> std::io::Result<Tls> {
+pub fn generate(dir: &Path, require_client_cert: bool) -> std::io::Result<Tls> {
     let ca_key = KeyPair::generate().map_err(io_err)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(io_err)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -38,10 +40,35 @@ pub fn generate(dir: &Path) -> std::io::Result<Tls> {
     std::fs::write(&ca_pem_path, ca_cert.pem())?;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(io_err)?
-        .with_no_client_auth()
+        .map_err(io_err)?;
+    let mut client = None;
+    let builder = if require_client_cert {
+        // mTLS: a client certificate signed by the same CA is required.
+        let client_key = KeyPair::generate().map_err(io_err)?;
+        let mut params = CertificateParams::new(vec!["runner".to_string()]).map_err(io_err)?;
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&client_key, &ca_cert, &ca_key)
+            .map_err(io_err)?;
+        let tag = rand::random::<u32>();
+        let cert_path = dir.join(format!("gitlab-sim-client-{tag}.pem"));
+        let key_path = dir.join(format!("gitlab-sim-client-{tag}-key.pem"));
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, client_key.serialize_pem())?;
+        client = Some((cert_path, key_path));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).map_err(io_err)?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(io_err)?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder
         .with_single_cert(
             vec![leaf.der().clone()],
             rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
@@ -50,5 +77,6 @@ pub fn generate(dir: &Path) -> std::io::Result<Tls> {
     Ok(Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         ca_pem_path,
+        client,
     })
 }
