@@ -319,10 +319,17 @@ impl Settings {
             (None, None) => None,
         };
         let admin = match (token, &gitlab_url) {
-            (Some(token), Some(url)) => Some(AdminCredential {
+            (Some(token), Some(url)) => {
+                let loopback = url.host_str().is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || h == "[::1]");
+                if url.scheme() == "http" && !loopback {
+                    // Allowed (internal instances exist), but never silently.
+                    tracing::warn!(url = %url, "the privileged token will travel over plain HTTP; use https");
+                }
+                Some(AdminCredential {
                 url: url.clone(),
                 token,
-            }),
+            })
+            }
             (Some(_), None) => {
                 return Err(bad(
                     "a privileged token was given but no `--gitlab-url`; runner-medic sends it only to a URL you name",
