@@ -97,8 +97,15 @@ pub fn render(report: &Report, color: bool) -> String {
         }
         bits.push(format!("line {}", r.line));
         let _ = write!(head, " ({})", bits.join(", "));
-        if let Some(t) = &r.token {
-            let _ = write!(head, " token {t}");
+        match (&r.token, &r.new_token, r.outcome) {
+            // After a rotation the expiry shown is the new token's: show both tokens.
+            (Some(old), Some(new), Some(Outcome::Done)) => {
+                let _ = write!(head, " token {old} -> {new}");
+            }
+            (Some(t), _, _) => {
+                let _ = write!(head, " token {t}");
+            }
+            _ => {}
         }
         match r.token_expires_at {
             Some(at) => {
