@@ -1,6 +1,6 @@
 //! Fleet benchmarks: how fast runner-medic gets a config.toml's runners healthy again, how many
 //! requests and restarts that takes, how long the service is down, and how light it is; side by
-//! side with the sequential curl script operators write by hand (bench/baseline.sh).
+//! side with the sequential curl script operators write by hand (benches/baseline.sh).
 //!
 //! `cargo bench --bench fleet` runs everything (a few minutes on 2 cores);
 //! `cargo bench --bench fleet -- --quick` runs small sizes only, as CI does, and checks the
@@ -410,7 +410,7 @@ fn main() {
         "| runners | baseline s | runner-medic s | speed-up | baseline restarts |"
     );
     let _ = writeln!(report, "|---|---|---|---|---|");
-    let baseline = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/baseline.sh");
+    let baseline = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/baseline.sh");
     // The baseline restarts the service once per runner (about 1.6 s each with start-stop-daemon):
     // measured up to 100 runners, extrapolated beyond so the harness stays within minutes.
     let mut per_runner = 0.0;
