@@ -250,6 +250,25 @@ pub(crate) fn graceful_stop(
     command::run_ok(hard, Duration::from_secs(30) + timeout).map(|_| ())
 }
 
+/// How long any `status` query may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `stop` for supervisors whose own stop command drains the service (an init script, `rc-service`,
+/// `gitlab-runner stop`): the stop timeout, plus a grace for the command's own bookkeeping.
+pub(crate) fn verb_stop(argv: &[String], timeout: Duration) -> Result<(), Error> {
+    command::run_ok(argv, timeout + Duration::from_secs(10)).map(|_| ())
+}
+
+/// `start` for the same supervisors.
+pub(crate) fn verb_start(argv: &[String], timeout: Duration) -> Result<(), Error> {
+    command::run_ok(argv, timeout).map(|_| ())
+}
+
+/// Run a status query; its exit code and output are for the backend to read.
+pub(crate) fn query_status(argv: &[String]) -> Result<Output, Error> {
+    command::run(argv, STATUS_TIMEOUT)
+}
+
 /// Poll `status` until `want` holds or `timeout` passes.
 pub fn wait_for(
     manager: &dyn ServiceManager,

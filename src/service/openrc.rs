@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::command::{argv, run, run_ok};
+use super::command::argv;
 use super::{Error, ManagerKind, ServiceManager, ServiceState};
 
 pub struct OpenRc {
@@ -39,13 +39,13 @@ impl ServiceManager for OpenRc {
         &self.name
     }
     fn stop(&self) -> Result<(), Error> {
-        run_ok(&self.argv("stop"), self.timeout + Duration::from_secs(10)).map(|_| ())
+        super::verb_stop(&self.argv("stop"), self.timeout)
     }
     fn start(&self) -> Result<(), Error> {
-        run_ok(&self.argv("start"), self.timeout).map(|_| ())
+        super::verb_start(&self.argv("start"), self.timeout)
     }
     fn status(&self) -> Result<ServiceState, Error> {
-        let out = run(&self.argv("status"), Duration::from_secs(10))?;
+        let out = super::query_status(&self.argv("status"))?;
         Ok(parse_status(&format!("{}{}", out.stdout, out.stderr)))
     }
 }

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::command::{run, run_ok};
 use super::{Error, ManagerKind, ServiceManager, ServiceState};
 
 pub struct SysV {
@@ -62,13 +61,13 @@ impl ServiceManager for SysV {
         &self.name
     }
     fn stop(&self) -> Result<(), Error> {
-        run_ok(&self.cmd("stop"), self.timeout + Duration::from_secs(10)).map(|_| ())
+        super::verb_stop(&self.cmd("stop"), self.timeout)
     }
     fn start(&self) -> Result<(), Error> {
-        run_ok(&self.cmd("start"), self.timeout).map(|_| ())
+        super::verb_start(&self.cmd("start"), self.timeout)
     }
     fn status(&self) -> Result<ServiceState, Error> {
-        let out = run(&self.cmd("status"), Duration::from_secs(10))?;
+        let out = super::query_status(&self.cmd("status"))?;
         Ok(parse_status(out.code, &out.stdout))
     }
 }
