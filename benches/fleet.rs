@@ -490,6 +490,10 @@ fn main() {
     times.sort();
     let _ = writeln!(report, "| parse + rewrite (with self-check) of a {n_big}-runner config.toml, median of 15 | {:.1} ms |", times[7].as_secs_f64() * 1000.0);
     drop(config);
+    assert!(
+        std::path::Path::new("/usr/bin/time").exists(),
+        "/usr/bin/time is missing (it measures the peak memory of a run): `apt-get install time`"
+    );
     let rss = Command::new("/usr/bin/time")
         .args(["-f", "%M"])
         .arg(BIN)

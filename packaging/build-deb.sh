@@ -6,11 +6,12 @@ cd "$(dirname "$0")/.."
 profile=release
 if [ "${1:-}" = "--profile" ]; then profile=$2; fi
 dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
-# The tests pass the binary they already built (cargo holds its build lock while tests run).
-if [ -z "${RUNNER_MEDIC_PREBUILT:-}" ]; then
-  cargo build --locked --profile "$profile" --bin runner-medic
-fi
-bin="target/$dir/runner-medic"
+# The shipped binary is built without the `demo` feature, so it holds no simulated GitLab and no
+# stand-in runner. It has a target directory of its own: it never replaces the binary the tests run,
+# and a test can build it while `cargo test` holds the lock of the main target directory.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/package}"
+cargo build --locked --profile "$profile" --no-default-features --bin runner-medic
+bin="$CARGO_TARGET_DIR/$dir/runner-medic"
 assets=target/deb-assets
 rm -rf "$assets" && mkdir -p "$assets/completions"
 "$bin" man > "$assets/runner-medic.1"

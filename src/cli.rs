@@ -1,4 +1,4 @@
-//! The command line, as `shared/CONTRACT.md` defines it. clap definitions only; the man page and
+//! The command line, as docs/reference.md documents it. clap definitions only; the man page and
 //! completions are generated from these same definitions.
 
 use std::path::PathBuf;

@@ -80,8 +80,10 @@ fn render(report: &Report, format: OutputFormat, color: bool) {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "demo")]
     let args: Vec<String> = std::env::args().collect();
     // The demo's stand-in gitlab-runner is this same binary, so the demo needs nothing installed.
+    #[cfg(feature = "demo")]
     if args.get(1).map(String::as_str) == Some("demo")
         && args.get(2).map(String::as_str) == Some("--stand-in-runner")
     {
@@ -155,29 +157,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
             print(&String::from_utf8_lossy(&buf));
             return ExitCode::SUCCESS;
         }
-        Command::Demo(args) => {
-            return match commands::demo::run(&env, args.keep).await {
-                Ok(demo) => {
-                    print(&format!("runner-medic demo in {}\n", demo.dir.display()));
-                    for (title, report) in &demo.steps {
-                        print(&format!("\n==== {title} ====\n"));
-                        render(report, cli.global.output, env.is_tty_stdout);
-                    }
-                    print("\n==== the stand-in gitlab-runner after the rotation ====\n");
-                    for line in &demo.runner_log_tail {
-                        print(&format!("{line}\n"));
-                    }
-                    let verdict = if demo.status == ExitStatus::Healthy {
-                        "every runner is healthy again"
-                    } else {
-                        "some runner is still broken"
-                    };
-                    print(&format!("\ndemo: {verdict}\n"));
-                    ExitCode::from(demo.status.code())
-                }
-                Err(e) => report_error(&e),
-            };
-        }
+        Command::Demo(args) => return demo(args, &env, cli.global.output).await,
         _ => {}
     }
     let settings = match Settings::resolve(&cli.global, &env, &overrides) {
@@ -243,4 +223,48 @@ async fn forward_signals(tx: tokio::sync::mpsc::Sender<commands::agent::Signal>)
             return;
         }
     }
+}
+
+/// `runner-medic demo`: the whole cycle against the embedded simulator, each step's report.
+#[cfg(feature = "demo")]
+async fn demo(
+    args: &runner_medic::cli::DemoArgs,
+    env: &Environment,
+    output: OutputFormat,
+) -> ExitCode {
+    match commands::demo::run(env, args.keep).await {
+        Ok(demo) => {
+            print(&format!("runner-medic demo in {}\n", demo.dir.display()));
+            for (title, report) in &demo.steps {
+                print(&format!("\n==== {title} ====\n"));
+                render(report, output, env.is_tty_stdout);
+            }
+            print("\n==== the stand-in gitlab-runner after the rotation ====\n");
+            for line in &demo.runner_log_tail {
+                print(&format!("{line}\n"));
+            }
+            let verdict = if demo.status == ExitStatus::Healthy {
+                "every runner is healthy again"
+            } else {
+                "some runner is still broken"
+            };
+            print(&format!("\ndemo: {verdict}\n"));
+            ExitCode::from(demo.status.code())
+        }
+        Err(e) => report_error(&e),
+    }
+}
+
+/// A build without the `demo` feature (the packaged binary) carries no simulator.
+#[cfg(not(feature = "demo"))]
+#[allow(clippy::unused_async)]
+async fn demo(
+    _args: &runner_medic::cli::DemoArgs,
+    _env: &Environment,
+    _output: OutputFormat,
+) -> ExitCode {
+    report_error(&CouldNotRun {
+        message: "this build of runner-medic has no demo: the packaged binary leaves out the simulated GitLab".into(),
+        fix: "run the demo from a source checkout: `cargo run -- demo`".into(),
+    })
 }

@@ -2,6 +2,7 @@
 //! (or a reason they could not run); they neither format output nor write files themselves.
 
 pub mod agent;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod diagnose;
 pub mod rotate;

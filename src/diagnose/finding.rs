@@ -1,4 +1,4 @@
-//! Findings: what is wrong, how bad, and the fix. Codes are the contract's (shared/CONTRACT.md).
+//! Findings: what is wrong, how bad, and the fix. Codes are the stable ones of docs/reference.md.
 
 use serde::Serialize;
 

@@ -355,7 +355,7 @@ fn errors_and_debug_never_show_tokens() {
 fn simulator_matches_the_reference_tables() {
     let reference = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/reference/gitlab-runner-api.md"
+        "/tests/data/reference/gitlab-runner-api.md"
     ))
     .unwrap();
     let row = |needle: &str| -> (u16, serde_json::Value) {

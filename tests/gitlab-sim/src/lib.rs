@@ -2,7 +2,7 @@
 //!
 //! It serves the runner endpoints over real HTTP (or HTTPS with a CA it generates) on a loopback
 //! port and answers the way GitLab does, as written down in
-//! `shared/reference/gitlab-runner-api.md`: the same paths, status codes, JSON bodies, token
+//! `tests/data/reference/gitlab-runner-api.md`: the same paths, status codes, JSON bodies, token
 //! formats and expiry rules. It shares no code or types with runner-medic, so it cannot share
 //! runner-medic's mistakes.
 //!
