@@ -196,20 +196,29 @@ pub enum LockError {
     Io(#[from] std::io::Error),
 }
 
-/// Take the lock at `path`, failing at once if it is held, or waiting for it when `wait` is set.
-pub fn lock(path: &Path, wait: bool) -> Result<LockGuard, LockError> {
-    if let Some(dir) = path.parent() {
-        private_dir(dir)?;
+/// The locks of one config.toml **file**, whatever path names it and whatever state directory a
+/// run uses: a lock file keyed by its resolved path (so every spelling and symlink meet, and the
+/// file that replaces it on a rewrite is covered too), then a lock on the file itself (so hard
+/// links meet). The file stays open while the lock is held, so its inode cannot be reused by
+/// another file meanwhile. Every run takes them in this order, so none waits for another while
+/// holding what that one needs first.
+pub fn lock_file(config: &Path, lock_dir: &Path, wait: bool) -> Result<Vec<LockGuard>, LockError> {
+    let real = fs_err::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let name = format!(
+        "path-{}.lock",
+        &sha256_hex(real.as_os_str().as_encoded_bytes())[..16]
+    );
+    let mut guards = vec![lock(&lock_dir.join(name), wait)?];
+    match fs_err::File::open(&real) {
+        Ok(file) => guards.push(flock(file.into_parts().0, &real, wait)?),
+        // No file yet: nothing to rotate, and the path lock covers its creation.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
     }
-    let file = fs_err::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?
-        .into_parts()
-        .0;
+    Ok(guards)
+}
+
+fn flock(file: std::fs::File, path: &Path, wait: bool) -> Result<LockGuard, LockError> {
     let arg = if wait {
         FlockArg::LockExclusive
     } else {
@@ -225,4 +234,21 @@ pub fn lock(path: &Path, wait: bool) -> Result<LockGuard, LockError> {
         }),
         Err((_, errno)) => Err(LockError::Io(std::io::Error::from(errno))),
     }
+}
+
+/// Take the lock at `path`, failing at once if it is held, or waiting for it when `wait` is set.
+pub fn lock(path: &Path, wait: bool) -> Result<LockGuard, LockError> {
+    if let Some(dir) = path.parent() {
+        private_dir(dir)?;
+    }
+    let file = fs_err::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?
+        .into_parts()
+        .0;
+    flock(file, path, wait)
 }

@@ -41,9 +41,14 @@ fn init_tracing(cli: &Cli, env: &Environment) {
     } else {
         LogFormat::Plain
     });
+    // A closed or full stderr must never stop a run midway (a rotation must finish once GitLab
+    // has issued tokens): the subscriber's own report of a failed write would be an `eprintln!`,
+    // which panics on a broken pipe, so it is turned off and log lines that cannot be written
+    // are dropped.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Plain => builder.with_ansi(false).init(),
@@ -60,16 +65,11 @@ fn report_error(e: &CouldNotRun) -> ExitCode {
     ExitCode::from(ExitStatus::CouldNotRun.code())
 }
 
-/// Write to stdout; a closed pipe (`| head`) is a quiet exit, not a panic.
+/// Write to stdout. A closed or full stdout (`| head`) loses the text, never the run: the work is
+/// done by the time a report is printed, and the exit status still tells how it went.
 fn print(text: &str) {
     let mut out = std::io::stdout().lock();
-    if out
-        .write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .is_err()
-    {
-        std::process::exit(0);
-    }
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 fn render(report: &Report, format: OutputFormat, color: bool) {

@@ -463,10 +463,17 @@ impl Settings {
         crate::fs::sha256_hex(real.to_string_lossy().as_bytes())[..16].to_string()
     }
 
-    pub fn lock_path(&self) -> PathBuf {
-        self.state_dir
-            .join("locks")
-            .join(format!("{}.lock", self.config_key()))
+    /// Where the locks of config.toml files live: one place for every run on this host, whatever
+    /// its `--state-dir`, so that no two runs rotate one file at once.
+    pub fn lock_dir(&self) -> PathBuf {
+        let uid = nix::unistd::geteuid();
+        if uid.is_root() {
+            return PathBuf::from("/run/runner-medic");
+        }
+        match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(dir) => PathBuf::from(dir).join("runner-medic"),
+            None => std::env::temp_dir().join(format!("runner-medic-{uid}")),
+        }
     }
 
     pub fn journal_path(&self) -> PathBuf {

@@ -58,6 +58,10 @@ codes! {
     AdminTokenInvalid = "admin_token_invalid",
     AdminTokenExpiring = "admin_token_expiring",
     AdminTokenScopeMissing = "admin_token_scope_missing",
+    ConfigChanged = "config_changed",
+    ConfigReverted = "config_reverted",
+    ConfigUnwritable = "config_unwritable",
+    JournalUnwritable = "journal_unwritable",
 }
 
 impl Serialize for FindingCode {

@@ -9,14 +9,16 @@ use std::time::Instant;
 use chrono::Utc;
 use futures::StreamExt;
 
+use super::custody::{self, Target};
 use super::execute::{find_by_tag, CouldNotRun};
 use super::hooks::{self, HookEnv};
 use super::journal::{token_sha, Journal, JournalEntry, Step};
 use crate::crash;
 use crate::diagnose::{admin_api, read_system_id, Clients};
+use crate::diagnose::{Finding, FindingCode};
 use crate::fs;
 use crate::gitlab::AdminApi;
-use crate::report::{Outcome, Report, ServiceReport};
+use crate::report::{Outcome, Report, RunnerReport, ServiceReport};
 use crate::runner_config::{ConfigFile, Credentials, SaveOptions};
 use crate::secret::RunnerToken;
 use crate::service::{self, ManagerKind, RestartPolicy, ServiceManager};
@@ -36,9 +38,70 @@ pub(super) async fn commit(
         .as_ref()
         .and_then(|cred| admin_api(settings, cred, &on_disk).ok());
     if let Some(admin) = &admin {
-        settle_uncertain_creations(admin, &mut journal).await?;
+        settle_uncertain_creations(admin, &mut journal).await;
     }
-    let config = ConfigFile::load(&journal.config_path).map_err(|e| CouldNotRun {
+    let config = load_for_write(&journal)?;
+    let pending = !plan_writes(&config, &mut journal, report).is_empty();
+    let mut service = Restart::choose(settings, &journal);
+
+    if pending || journal.service_stopped {
+        if pending {
+            service.stop(&mut journal).await;
+            // Written from a fresh read after the stop: whatever changed meanwhile, each token
+            // goes to the entry that holds the token it replaces.
+            if let Err(e) = write(settings, &mut journal, report) {
+                // The journal keeps the tokens; bring the service back and report.
+                tracing::error!(error = %e, "could not write config.toml; the new tokens stay in the journal");
+                service.start_back(&mut journal).await;
+                for entry in journal
+                    .entries
+                    .iter()
+                    .filter(|e| e.step.holds_unwritten_token())
+                {
+                    if let Some(r) = report_runner(report, entry) {
+                        r.outcome = Some(Outcome::Failed);
+                        r.error = Some(format!(
+                            "{e}; fix: {}; the new token is kept in `{}` and the next run that can write puts it in place without asking GitLab again",
+                            e.fix(),
+                            journal.path().display()
+                        ));
+                    }
+                }
+                report.findings.push(Finding::error(
+                    FindingCode::ConfigUnwritable,
+                    format!("new tokens could not be written to `{}`: {e}", journal.config_path.display()),
+                    format!("{}; then run `runner-medic rotate` again: it writes the kept tokens and asks GitLab for nothing", e.fix()),
+                ));
+                journal_findings(report, &journal);
+                report.service = Some(service.report);
+                return Ok(());
+            }
+        }
+        service.start(&mut journal).await;
+    }
+
+    let config = load_for_write(&journal)?;
+    verify_written(settings, &config, &mut journal).await;
+    confirm_in_file(settings, &mut journal, report);
+    if let (true, Some(admin)) = (settings.delete_replaced, &admin) {
+        delete_replaced(settings, admin, &mut journal).await;
+    }
+    fill_report(report, &journal);
+    run_deploy_hooks(settings, &journal);
+    if !pending
+        && !service.report.stopped
+        && !service.report.started
+        && service.report.error.is_none()
+    {
+        service.report.reason = format!("{}; nothing was written", service.report.reason);
+    }
+    report.service = Some(service.report);
+    journal_findings(report, &journal);
+    finish_or_keep(settings, journal)
+}
+
+fn load_for_write(journal: &Journal) -> Result<ConfigFile, CouldNotRun> {
+    ConfigFile::load(&journal.config_path).map_err(|e| CouldNotRun {
         // The journal stays: its tokens are the only copies.
         message: format!(
             "cannot read `{}` to write the new tokens: {e}",
@@ -49,55 +112,53 @@ pub(super) async fn commit(
             e.fix(),
             journal.path().display()
         ),
-    })?;
-    let writes = pending_writes(&config, &mut journal);
-    let mut service = Restart::choose(settings, &journal);
+    })
+}
 
-    if !writes.is_empty() || journal.service_stopped {
-        if !writes.is_empty() {
-            service.stop(&mut journal).await?;
-            if let Err(e) = write(settings, &config, &writes, &mut journal, report) {
-                // The journal keeps the tokens; bring the service back and report.
-                tracing::error!(error = %e, "could not write config.toml; the new tokens stay in the journal");
-                service.start_back(&mut journal).await?;
-                for entry in &journal.entries {
-                    if let Some(r) = report.runners.get_mut(entry.index) {
-                        r.outcome = Some(Outcome::Failed);
-                        r.error = Some(format!("{e}; fix: {}", e.fix()));
-                    }
-                }
-                report.service = Some(service.report);
-                return Ok(());
-            }
-        }
-        service.start(&mut journal, &config).await?;
-    }
+/// The report's runner a journal entry is about: by name, preferring the position it was
+/// written to (config.toml may have changed since the report was made).
+fn report_runner<'a>(report: &'a mut Report, e: &JournalEntry) -> Option<&'a mut RunnerReport> {
+    let at = e
+        .written_to
+        .iter()
+        .copied()
+        .chain(std::iter::once(e.index))
+        .find(|i| report.runners.get(*i).is_some_and(|r| r.name == e.name))
+        .or_else(|| report.runners.iter().position(|r| r.name == e.name))?;
+    report.runners.get_mut(at)
+}
 
-    verify_written(settings, &config, &mut journal).await?;
-    if let (true, Some(admin)) = (settings.delete_replaced, &admin) {
-        delete_replaced(settings, admin, &mut journal).await?;
+/// Top-level findings about custody: tokens kept for entries that are gone, a journal that
+/// could not be written.
+fn journal_findings(report: &mut Report, journal: &Journal) {
+    for e in journal.entries.iter().filter(|e| e.step == Step::Gone) {
+        report.findings.push(Finding::warning(
+            FindingCode::ConfigChanged,
+            format!(
+                "runner `{}`: config.toml no longer has an entry with the token that was replaced (another program removed or changed it); its new token was not written anywhere else",
+                e.name
+            ),
+            format!(
+                "the new token is kept in `{}`; if the entry comes back with its old token, the next run writes it; if it was unregistered on purpose, delete runner {} in GitLab",
+                journal.path().display(),
+                e.new_id.or(e.old_id).map_or_else(|| "?".into(), |id| id.to_string())
+            ),
+        ));
     }
-    fill_report(report, &journal);
-    run_deploy_hooks(settings, &journal);
-    if writes.is_empty()
-        && !service.report.stopped
-        && !service.report.started
-        && service.report.error.is_none()
-    {
-        service.report.reason = format!("{}; nothing was written", service.report.reason);
+    if let Some(error) = &journal.save_error {
+        report.findings.push(Finding::error(
+            FindingCode::JournalUnwritable,
+            format!("the journal could not be written: {error}"),
+            "free space in the state directory or make it writable; config.toml holds every new token that is reported done",
+        ));
     }
-    report.service = Some(service.report);
-    finish_or_keep(settings, journal)
 }
 
 /// Settle an earlier run's uncertain creations: use a runner that was made, so none is created
 /// twice; otherwise let the next diagnosis plan it again.
-async fn settle_uncertain_creations(
-    admin: &AdminApi,
-    journal: &mut Journal,
-) -> Result<(), CouldNotRun> {
+async fn settle_uncertain_creations(admin: &AdminApi, journal: &mut Journal) {
     if !journal.entries.iter().any(|e| e.step == Step::Requesting) {
-        return Ok(());
+        return;
     }
     for entry in journal
         .entries
@@ -106,7 +167,7 @@ async fn settle_uncertain_creations(
     {
         resolve_uncertain(admin, entry).await;
     }
-    Ok(journal.save()?)
+    journal.keep();
 }
 
 async fn resolve_uncertain(admin: &AdminApi, entry: &mut JournalEntry) {
@@ -132,100 +193,197 @@ async fn resolve_uncertain(admin: &AdminApi, entry: &mut JournalEntry) {
     }
 }
 
-/// The credentials to write: every obtained token whose entry still holds the old token. An
-/// entry that already holds the new token was written before a crash; one that holds neither
-/// was changed by someone else and is left alone.
-fn pending_writes(config: &ConfigFile, journal: &mut Journal) -> Vec<(usize, Credentials)> {
+/// The credentials to write into `config` as it is now: every obtained token goes into the
+/// entries that still hold the token it replaces, wherever they are (custody: identity, not
+/// position). An entry that already holds its new token was written before; one whose old token
+/// is gone gets nothing and its token stays in the journal. A move is reported as
+/// `config_changed`.
+fn plan_writes(
+    config: &ConfigFile,
+    journal: &mut Journal,
+    report: &mut Report,
+) -> Vec<(usize, Credentials)> {
     let current = config.runners();
     let mut writes = Vec::new();
     for e in journal
         .entries
         .iter_mut()
-        .filter(|e| e.step == Step::Obtained)
+        .filter(|e| e.step.holds_unwritten_token())
     {
         let Some(token) = e.new_token.clone() else {
             continue;
         };
-        let now_sha = current
-            .get(e.index)
-            .and_then(|c| c.token.as_ref())
-            .map(token_sha);
-        if now_sha.is_some() && now_sha == Some(token_sha(&token)) {
-            e.step = Step::Written;
-        } else if current.get(e.index).is_some_and(|c| c.name == e.name)
-            && now_sha == e.old_token_sha256
-        {
-            writes.push((
-                e.index,
-                Credentials {
-                    token,
-                    id: e.new_id,
-                    obtained_at: e.obtained_at.unwrap_or_else(Utc::now),
-                    expires_at: e.new_expires_at,
-                },
-            ));
-        } else {
-            e.step = Step::Failed;
-            e.error = Some(
-                "config.toml changed under the rotation; the entry is no longer where it was"
-                    .into(),
-            );
+        match custody::locate(
+            &current,
+            e.old_token_sha256.as_deref(),
+            &token_sha(&token),
+            &e.name,
+        ) {
+            Target::Write(holders) => {
+                if holders != [e.index] {
+                    report.findings.push(Finding::warning(
+                        FindingCode::ConfigChanged,
+                        format!(
+                            "config.toml changed while runner-medic worked: the entry of runner `{}` is now at position {} (was {}); the new token goes where the old one is now",
+                            e.name,
+                            holders.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join(", "),
+                            e.index + 1
+                        ),
+                        "nothing to do; check what else rewrites config.toml if this repeats",
+                    ));
+                }
+                e.step = Step::Obtained;
+                for &index in &holders {
+                    writes.push((
+                        index,
+                        Credentials {
+                            token: token.clone(),
+                            id: e.new_id,
+                            obtained_at: e.obtained_at.unwrap_or_else(Utc::now),
+                            expires_at: e.new_expires_at,
+                        },
+                    ));
+                }
+                e.written_to = holders;
+            }
+            Target::Written(at) => {
+                e.step = Step::Written;
+                e.written_to = at;
+            }
+            Target::Gone => {
+                if e.step != Step::Gone {
+                    tracing::warn!(runner = %e.name, "no entry of config.toml holds the replaced token any more; the new token stays in the journal");
+                }
+                e.step = Step::Gone;
+            }
         }
     }
     writes
 }
 
-/// Write config.toml once (backup first), and journal that it is written.
+/// How often a write is tried again when another program changed config.toml in between.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// Write config.toml once (backup first) from a fresh read, and journal that it is written. If
+/// another program rewrote the file between the read and the rename, read it again and re-plan.
 fn write(
     settings: &Settings,
-    config: &ConfigFile,
-    writes: &[(usize, Credentials)],
     journal: &mut Journal,
     report: &mut Report,
 ) -> Result<(), crate::runner_config::Error> {
-    let backup = save_with_retry(settings, config, writes)?;
-    journal.backup = Some(backup.clone());
-    report.backup = Some(backup.display().to_string());
-    for e in journal
-        .entries
-        .iter_mut()
-        .filter(|e| e.step == Step::Obtained)
-    {
-        if writes.iter().any(|(i, _)| *i == e.index) {
-            e.step = Step::Written;
-        }
-    }
-    journal
-        .save()
-        .map_err(|e| crate::runner_config::Error::Backup {
-            path: journal.path().to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    tracing::info!(config = %config.path.display(), runners = writes.len(), "config.toml rewritten");
-    crash::checkpoint("after-journal-written");
-    Ok(())
-}
-
-/// Save once; if gitlab-runner rewrote the file meanwhile, re-read it and try once more.
-fn save_with_retry(
-    settings: &Settings,
-    config: &ConfigFile,
-    writes: &[(usize, Credentials)],
-) -> Result<std::path::PathBuf, crate::runner_config::Error> {
     let opts = SaveOptions {
         backup_dir: &settings.backup_dir(),
         keep_backups: settings.keep_backups,
     };
-    let text = config.with_credentials(writes)?;
-    match config.save(&text, &opts) {
-        Ok(saved) => Ok(saved.backup),
-        Err(crate::runner_config::Error::Write(fs::WriteError::ChangedOnDisk { .. })) => {
-            tracing::warn!("config.toml changed while rotating; re-reading it once");
-            let fresh = ConfigFile::load(&config.path)?;
-            let text = fresh.with_credentials(writes)?;
-            fresh.save(&text, &opts).map(|s| s.backup)
+    let mut attempt = 0;
+    let saved = loop {
+        attempt += 1;
+        let config = ConfigFile::load(&journal.config_path)?;
+        let writes = plan_writes(&config, journal, report);
+        if writes.is_empty() {
+            return Ok(());
         }
-        Err(e) => Err(e),
+        let text = config.with_credentials(&writes)?;
+        match config.save(&text, &opts) {
+            Ok(saved) => break (saved, writes.len(), config.path),
+            Err(crate::runner_config::Error::Write(fs::WriteError::ChangedOnDisk { .. }))
+                if attempt < WRITE_ATTEMPTS =>
+            {
+                tracing::warn!("config.toml changed while rotating; reading it again");
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let (saved, count, path) = saved;
+    journal.backup = Some(saved.backup.clone());
+    report.backup = Some(saved.backup.display().to_string());
+    for e in journal
+        .entries
+        .iter_mut()
+        .filter(|e| e.step == Step::Obtained && !e.written_to.is_empty())
+    {
+        e.step = Step::Written;
+    }
+    journal.keep();
+    tracing::info!(config = %path.display(), entries = count, "config.toml rewritten");
+    crash::checkpoint("after-journal-written");
+    Ok(())
+}
+
+/// How often a token another program put back is written again before it is reported.
+const REVERT_REWRITES: usize = 2;
+
+/// Before the journal lets go of the new tokens, read config.toml once more: if another writer
+/// put an old token back (a template run, a restore), write the new one again; if it keeps
+/// coming back, report `config_reverted` and keep the journal, so the next run finishes the job.
+fn confirm_in_file(settings: &Settings, journal: &mut Journal, report: &mut Report) {
+    for round in 0..=REVERT_REWRITES {
+        let config = match ConfigFile::load(&journal.config_path) {
+            Ok(config) => config,
+            Err(e) => {
+                // Cannot tell whether the tokens are still there: keep the journal.
+                report.findings.push(Finding::warning(
+                    FindingCode::ConfigChanged,
+                    format!("config.toml could not be read again to confirm the new tokens: {e}"),
+                    format!(
+                        "the new tokens are kept in `{}`; the next run checks again",
+                        journal.path().display()
+                    ),
+                ));
+                journal.unconfirmed = true;
+                journal.keep();
+                return;
+            }
+        };
+        let current = config.runners();
+        let mut reverted = Vec::new();
+        let mut prior = Vec::new();
+        for (slot, e) in
+            journal.entries.iter_mut().enumerate().filter(|(_, e)| {
+                matches!(e.step, Step::Written | Step::Verified | Step::OldDeleted)
+            })
+        {
+            let Some(token) = &e.new_token else { continue };
+            let new_sha = token_sha(token);
+            if let Target::Write(_) =
+                custody::locate(&current, e.old_token_sha256.as_deref(), &new_sha, &e.name)
+            {
+                prior.push((slot, e.step));
+                e.step = Step::Obtained;
+                reverted.push(e.name.clone());
+            }
+        }
+        if reverted.is_empty() {
+            return;
+        }
+        tracing::warn!(runners = %reverted.join(", "), "another program put old tokens back into config.toml");
+        if round == REVERT_REWRITES {
+            report.findings.push(Finding::error(
+                FindingCode::ConfigReverted,
+                format!(
+                    "another program keeps putting old tokens back into `{}` (runners {}) after runner-medic wrote the new ones",
+                    journal.config_path.display(),
+                    reverted.join(", ")
+                ),
+                format!(
+                    "stop the other writer (a template, a restore) or give it the new tokens; they are kept in `{}` and the next run writes them again",
+                    journal.path().display()
+                ),
+            ));
+            journal.keep();
+            return;
+        }
+        if let Err(e) = write(settings, journal, report) {
+            tracing::error!(error = %e, "could not write the new tokens again");
+            journal.keep();
+            return;
+        }
+        // Written again: the same tokens, already verified (or their old records deleted).
+        for (slot, step) in prior {
+            if journal.entries[slot].step == Step::Written {
+                journal.entries[slot].step = step;
+            }
+        }
     }
 }
 
@@ -301,9 +459,9 @@ impl Restart {
         })
     }
 
-    async fn stop(&mut self, journal: &mut Journal) -> Result<(), CouldNotRun> {
+    async fn stop(&mut self, journal: &mut Journal) {
         if !self.wanted || journal.service_stopped {
-            return Ok(());
+            return;
         }
         let asked = Instant::now();
         match self.call(false).await {
@@ -312,7 +470,7 @@ impl Restart {
                 self.report.stop_seconds = Some(asked.elapsed().as_secs_f64());
                 self.stopped_at = Some(Instant::now());
                 journal.service_stopped = true;
-                journal.save()?;
+                journal.keep();
                 tracing::info!(service = %self.manager.name(), manager = self.manager.kind().as_str(), "service stopped");
                 crash::checkpoint("after-stop");
             }
@@ -322,18 +480,15 @@ impl Restart {
                 self.report.error = Some(format!("stop failed: {e}"));
             }
         }
-        Ok(())
     }
 
-    /// Start the service again after the write; if it does not come up with the new file,
-    /// restore the backup and start it with the old one.
-    async fn start(
-        &mut self,
-        journal: &mut Journal,
-        config: &ConfigFile,
-    ) -> Result<(), CouldNotRun> {
+    /// Start the service again after the write. If it does not come up, the new tokens stay in
+    /// config.toml: GitLab has already revoked the old ones, so restoring the backup would only
+    /// bring back dead tokens. The failure is reported with its fix, and the journal remembers
+    /// that the service is still to be started, so the next run starts it.
+    async fn start(&mut self, journal: &mut Journal) {
         if !journal.service_stopped {
-            return Ok(());
+            return;
         }
         if let Some(at) = self.stopped_at {
             self.report.held_seconds = Some(at.elapsed().as_secs_f64());
@@ -343,51 +498,33 @@ impl Restart {
             Ok(_) => {
                 self.report.started = true;
                 self.report.start_seconds = Some(asked.elapsed().as_secs_f64());
+                journal.service_stopped = false;
                 tracing::info!(service = %self.manager.name(), "service started");
                 crash::checkpoint("after-start");
             }
             Err(e) => {
-                tracing::error!(error = %e, "the service did not start with the new config.toml; restoring the backup");
+                tracing::error!(error = %e, "the service did not start; the new tokens stay in config.toml");
                 self.report.error = Some(format!(
-                    "start failed with the new config.toml: {e}; the backup was restored"
+                    "start failed: {e}; the new tokens stay in config.toml (the old ones are revoked); fix: start `{}` by hand once its cause is fixed; the next runner-medic run starts it too",
+                    self.manager.name()
                 ));
-                if let Some(backup) = &journal.backup {
-                    if let Ok(bytes) = fs_err::read(backup) {
-                        let _ = fs::atomic_replace(&config.real_path, &bytes, None);
-                    }
-                }
-                self.report.started = self.call(true).await.is_ok();
-                for e in journal
-                    .entries
-                    .iter_mut()
-                    .filter(|e| e.step == Step::Written)
-                {
-                    e.step = Step::Failed;
-                    e.error = Some("the service did not start with the new token; the old config.toml was restored".into());
-                }
             }
         }
-        journal.service_stopped = false;
-        Ok(journal.save()?)
+        journal.keep();
     }
 
     /// After a failed write: start the service again with the file as it was.
-    async fn start_back(&mut self, journal: &mut Journal) -> Result<(), CouldNotRun> {
+    async fn start_back(&mut self, journal: &mut Journal) {
         if journal.service_stopped {
             self.report.started = self.call(true).await.is_ok();
-            journal.service_stopped = false;
-            journal.save()?;
+            journal.service_stopped = !self.report.started;
+            journal.keep();
         }
-        Ok(())
     }
 }
 
 /// Verify every written token against GitLab, as many at once as the settings allow.
-async fn verify_written(
-    settings: &Settings,
-    config: &ConfigFile,
-    journal: &mut Journal,
-) -> Result<(), CouldNotRun> {
+async fn verify_written(settings: &Settings, config: &ConfigFile, journal: &mut Journal) {
     let current = config.runners();
     let clients = Clients::new(settings, read_system_id(config));
     let checks: Vec<(usize, Option<Result<(), String>>)> = futures::stream::iter(
@@ -397,7 +534,8 @@ async fn verify_written(
             .enumerate()
             .filter(|(_, e)| e.step == Step::Written)
             .map(|(slot, e)| {
-                let entry = current.get(e.index).cloned();
+                let at = e.written_to.first().copied().unwrap_or(e.index);
+                let entry = current.get(at).cloned();
                 let token = e.new_token.clone();
                 let clients = &clients;
                 async move {
@@ -432,16 +570,12 @@ async fn verify_written(
         }
     }
     crash::checkpoint("after-verify");
-    Ok(journal.save()?)
+    journal.keep();
 }
 
 /// Delete the records the new runners replace, only once the new ones work. A record that
 /// cannot be deleted now stays in the journal for the next run.
-async fn delete_replaced(
-    settings: &Settings,
-    admin: &AdminApi,
-    journal: &mut Journal,
-) -> Result<(), CouldNotRun> {
+async fn delete_replaced(settings: &Settings, admin: &AdminApi, journal: &mut Journal) {
     let deletions: Vec<(usize, bool)> = futures::stream::iter(
         journal
             .entries
@@ -468,9 +602,8 @@ async fn delete_replaced(
             journal.entries[slot].step = Step::OldDeleted;
         }
     }
-    journal.save()?;
+    journal.keep();
     crash::checkpoint("after-delete-replaced");
-    Ok(())
 }
 
 fn done(e: &JournalEntry) -> bool {
@@ -478,19 +611,34 @@ fn done(e: &JournalEntry) -> bool {
 }
 
 fn fill_report(report: &mut Report, journal: &Journal) {
+    let fill = |r: &mut RunnerReport, e: &JournalEntry| {
+        r.outcome = Some(if done(e) {
+            Outcome::Done
+        } else {
+            Outcome::Failed
+        });
+        r.new_token = e.new_token.as_ref().map(RunnerToken::masked);
+        r.new_id = e.new_id.filter(|id| Some(*id) != e.old_id);
+        if done(e) {
+            r.token_expires_at = e.new_expires_at;
+        } else {
+            r.error.clone_from(&e.error);
+            if e.step == Step::Gone {
+                r.error = Some(format!(
+                    "config.toml no longer has this entry with the replaced token; the new token is kept in `{}`",
+                    journal.path().display()
+                ));
+            }
+        }
+    };
     for e in &journal.entries {
-        if let Some(r) = report.runners.get_mut(e.index) {
-            r.outcome = Some(if done(e) {
-                Outcome::Done
-            } else {
-                Outcome::Failed
-            });
-            r.new_token = e.new_token.as_ref().map(RunnerToken::masked);
-            r.new_id = e.new_id.filter(|id| Some(*id) != e.old_id);
-            if done(e) {
-                r.token_expires_at = e.new_expires_at;
-            } else {
-                r.error.clone_from(&e.error);
+        if let Some(r) = report_runner(report, e) {
+            fill(r, e);
+        }
+        // Entries that shared the old token got the same new one.
+        for &i in e.written_to.iter().skip(1) {
+            if let Some(r) = report.runners.get_mut(i) {
+                fill(r, e);
             }
         }
     }
@@ -523,18 +671,21 @@ fn run_deploy_hooks(settings: &Settings, journal: &Journal) {
 
 /// An uncertain creation or a replaced record still to delete keeps the journal, so the next
 /// run settles it; otherwise the rotation is complete and the journal goes.
-fn finish_or_keep(settings: &Settings, journal: Journal) -> Result<(), CouldNotRun> {
-    let pending = journal.entries.iter().any(|e| {
-        e.step == Step::Requesting
-            || (e.step == Step::Verified
-                && e.delete_old
-                && settings.delete_replaced
-                && e.old_id.is_some()
-                && e.old_id != e.new_id)
-    });
+fn finish_or_keep(settings: &Settings, mut journal: Journal) -> Result<(), CouldNotRun> {
+    let pending = journal.service_stopped
+        || journal.unconfirmed
+        || journal.entries.iter().any(|e| {
+            e.step == Step::Requesting
+                || e.step.holds_unwritten_token()
+                || (e.step == Step::Verified
+                    && e.delete_old
+                    && settings.delete_replaced
+                    && e.old_id.is_some()
+                    && e.old_id != e.new_id)
+        });
     if pending {
-        journal.save()?;
-        tracing::warn!(journal = %journal.path().display(), "work left for the next run (an uncertain creation or a runner record to delete)");
+        journal.keep();
+        tracing::warn!(journal = %journal.path().display(), "work left for the next run (a token to write, a service to start, an uncertain creation or a runner record to delete)");
         Ok(())
     } else {
         Ok(journal.finish()?)

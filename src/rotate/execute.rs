@@ -10,6 +10,7 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 
 use super::commit::commit;
+use super::custody::{self, Reserve};
 use super::hooks::{self, HookEnv};
 use super::journal::{token_sha, Journal, JournalEntry, JournalError, Step};
 use super::known::KnownRunners;
@@ -18,6 +19,7 @@ use crate::crash;
 use crate::diagnose::{
     admin_api, diagnose, parse_runner_url, read_system_id, tls_files, Clients, Diagnosis,
 };
+use crate::diagnose::{Finding, FindingCode};
 use crate::fs;
 use crate::gitlab::{AdminApi, CreateRunner, RunnerApi, TokenGrant};
 use crate::report::{Action, Outcome, Report};
@@ -72,25 +74,37 @@ fn audit(
 }
 
 pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report, CouldNotRun> {
-    let _lock = if opts.dry_run {
+    // One lock per config.toml file, outside the state directory: no two runs rotate one file
+    // at once, whatever `--state-dir` or path spelling (symlink, hard link) each uses.
+    let _locks = if opts.dry_run {
         None
     } else {
         fs::private_dir(&settings.state_dir).map_err(|e| CouldNotRun {
             message: format!("cannot use the state directory: {e}"),
             fix: "create it (mode 0700) or choose another with `--state-dir`".into(),
         })?;
+        let lock_dir = settings.lock_dir();
         if opts.wait {
-            tracing::info!(lock = %settings.lock_path().display(), "waiting for another runner-medic run to finish");
+            tracing::info!(locks = %lock_dir.display(), "waiting for another runner-medic run to finish");
         }
-        Some(
-            fs::lock(&settings.lock_path(), opts.wait).map_err(|e| CouldNotRun {
+        let locks = fs::lock_file(&settings.runner_config, &lock_dir, opts.wait).map_err(|e| {
+            CouldNotRun {
                 message: format!(
                     "{e}; it is rotating `{}` now",
                     settings.runner_config.display()
                 ),
                 fix: "wait for it to finish, or run again with `--wait`".into(),
-            })?,
-        )
+            }
+        })?;
+        // Temp files a killed run left behind can hold tokens; with the lock held they are no
+        // live run's.
+        let real = fs_err::canonicalize(&settings.runner_config)
+            .unwrap_or_else(|_| settings.runner_config.clone());
+        let journal_dir = journal_dir(settings);
+        for stale in custody::remove_stale_temps(&real, &[journal_dir, settings.backup_dir()]) {
+            tracing::info!(path = %stale.display(), "removed a temp file a killed run left behind");
+        }
+        Some(locks)
     };
     let mut notes = Vec::new();
     // Work an earlier run left open (an uncertain creation, a record to delete) that recovery
@@ -133,24 +147,47 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         report.diff = Some(dry_run_diff(&diagnosis, &plan.items));
         return Ok(report);
     }
-    // A runner whose earlier creation is still unsettled is not touched: creating it again could
-    // make a second one.
-    let unsettled: Vec<usize> = carried
-        .iter()
-        .filter(|e| e.step == Step::Requesting)
-        .map(|e| e.index)
-        .collect();
-    for index in &unsettled {
-        if let Some(r) = report.runners.get_mut(*index) {
+    // One runner, one open rotation: a runner whose earlier rotation is still open (a token
+    // not yet in config.toml, a creation not yet settled) is not planned again; asking GitLab
+    // again would revoke the token waiting in the journal or create a second runner. Runners are
+    // recognised by their token, not their position.
+    let sha_of = |index: usize| diagnosis.facts[index].entry.token.as_ref().map(token_sha);
+    let open: Vec<&JournalEntry> = carried.iter().filter(|e| e.step.is_open()).collect();
+    let waits_for_earlier = |index: usize| {
+        let sha = sha_of(index);
+        let name = &diagnosis.facts[index].entry.name;
+        open.iter().any(|e| match (&sha, &e.old_token_sha256) {
+            (Some(sha), Some(old)) => sha == old,
+            (None, None) => e.name == *name,
+            _ => false,
+        })
+    };
+    let mut changes: Vec<PlanItem> = Vec::new();
+    for item in plan.changes().filter(|i| !i.skipped) {
+        let r = &mut report.runners[item.index];
+        if waits_for_earlier(item.index) {
             r.outcome = Some(Outcome::Skipped);
-            r.error = Some("an earlier creation of this runner is still unsettled; the next run settles it first".into());
+            r.error = Some(format!(
+                "an earlier rotation of this runner is not finished (its new token or creation is kept in `{}`); it is completed first, and this run asks GitLab for nothing",
+                settings.journal_path().display()
+            ));
+            continue;
         }
+        // Entries that share one token are one credential: one rotation, written to all.
+        if let Some(first) = changes
+            .iter()
+            .find(|c| sha_of(c.index).is_some() && sha_of(c.index) == sha_of(item.index))
+        {
+            r.action = Some(first.action);
+            r.calls.clear();
+            r.error = Some(format!(
+                "shares its token with `{}`: one rotation, the new token written to both",
+                first.name
+            ));
+            continue;
+        }
+        changes.push(item.clone());
     }
-    let changes: Vec<PlanItem> = plan
-        .changes()
-        .filter(|i| !i.skipped && !unsettled.contains(&i.index))
-        .cloned()
-        .collect();
     if changes.is_empty() {
         for note in notes {
             tracing::info!("{note}");
@@ -209,16 +246,53 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
                 new_expires_at: None,
                 obtained_at: None,
                 error: None,
+                written_to: Vec::new(),
             }
         })
         .collect();
     let mut entries: Vec<JournalEntry> = entries;
     entries.extend(carried);
+    // Before GitLab issues anything: prove the new tokens can be kept, and set aside the room
+    // their journal needs.
+    let journal_dir = journal_dir(settings);
+    let persistable = fs::private_dir(&journal_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            custody::preflight(&config.real_path, &journal_dir, entries.len()).map_err(|e| {
+                format!("{e}; fix: {}", e.fix())
+            })
+        })
+        .and_then(|()| {
+            Reserve::take(&journal_dir, custody::journal_room(entries.len())).map_err(|e| {
+                format!(
+                    "the state directory `{}` has no room for the journal: {e}; fix: free space there or choose another `--state-dir`; no token was requested",
+                    journal_dir.display()
+                )
+            })
+        });
+    let reserve = match persistable {
+        Ok(reserve) => reserve,
+        Err(why) => {
+            tracing::error!(error = %why, "not rotating: a new token could not be kept");
+            report.findings.push(Finding::error(
+                FindingCode::ConfigUnwritable,
+                format!("nothing was rotated: {why}"),
+                "make config.toml, its directory and the state directory writable, with free space, and run again",
+            ));
+            for c in &changes {
+                let r = &mut report.runners[c.index];
+                r.outcome = Some(Outcome::Failed);
+                r.error = Some(format!("not rotated: {why}"));
+            }
+            return Ok(report);
+        }
+    };
     let journal = Journal::new(&settings.journal_path(), &config.path, run_id, entries);
     journal.save()?;
     crash::checkpoint("after-journal-planned");
 
-    let journal = obtain(settings, &diagnosis, journal).await?;
+    let journal = obtain(settings, &diagnosis, journal, &reserve).await?;
+    drop(reserve);
     commit(settings, journal, &mut report).await?;
 
     if let Some(post) = &settings.hooks.post {
@@ -227,6 +301,13 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         }
     }
     Ok(report)
+}
+
+fn journal_dir(settings: &Settings) -> std::path::PathBuf {
+    settings
+        .journal_path()
+        .parent()
+        .map_or_else(|| settings.state_dir.clone(), std::path::Path::to_path_buf)
 }
 
 /// `--runner` values must name runners of config.toml; a misspelt one gets a suggestion.
@@ -272,6 +353,7 @@ async fn obtain(
     settings: &Settings,
     diagnosis: &Diagnosis,
     journal: Journal,
+    reserve: &Reserve,
 ) -> Result<Journal, CouldNotRun> {
     let entries: Vec<_> = diagnosis.facts.iter().map(|f| f.entry.clone()).collect();
     let admin = settings
@@ -356,6 +438,12 @@ async fn obtain(
                 _ => Err(("nothing to obtain".into(), false)),
             };
             crash::checkpoint("after-token-obtained");
+            // GitLab's answer is checked before it goes anywhere: garbage is never written over
+            // a token, and is treated as an answer that may or may not have changed anything.
+            let result = match result {
+                Ok(grant) => checked(grant, facts, admin.as_deref(), entry.old_id, clients).await,
+                Err(e) => Err(e),
+            };
             let mut j = shared.lock().await;
             let e = &mut j.entries[slot];
             match result {
@@ -376,7 +464,10 @@ async fn obtain(
                     }
                 }
             }
-            j.save()?;
+            // The room set aside for the journal is given back just before the first write
+            // that carries a token; that write must not fail for want of space.
+            reserve.release();
+            j.keep();
             drop(j);
             if let Some(bar) = bar {
                 bar.inc(1);
@@ -399,6 +490,75 @@ async fn obtain(
         fix: "report this as a bug".into(),
     })?;
     Ok(journal.into_inner())
+}
+
+/// GitLab's answer, if it is a token; otherwise what can be known about the runner now. A bad
+/// answer is an uncertain outcome: if the old token still works, it stays in config.toml and the
+/// runner keeps working. If it is dead (the change happened, or the runner was recreated), a
+/// privileged reset of the runner gives a real token; without one, a person must act.
+async fn checked(
+    grant: TokenGrant,
+    facts: &crate::diagnose::RunnerFacts,
+    admin: Option<&AdminApi>,
+    old_id: Option<u64>,
+    clients: &Clients,
+) -> Result<TokenGrant, (String, bool)> {
+    let old = facts.entry.token.as_ref();
+    let Err(why) = custody::validate_token(&grant.token, old) else {
+        return Ok(grant);
+    };
+    tracing::error!(runner = %facts.entry.name, error = %why, "GitLab's answer is not a usable token");
+    let old_works = match (
+        old,
+        facts
+            .entry
+            .url
+            .as_deref()
+            .and_then(|u| parse_runner_url(u).ok()),
+    ) {
+        (Some(token), Some(url)) if grant.id.is_none() || grant.id == old_id => {
+            match clients.for_url(&url, tls_files(&facts.entry)) {
+                Ok(api) => api.verify(token).await.is_ok(),
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    };
+    if old_works {
+        return Err((
+            format!("{why}; the old token still works and stays in config.toml"),
+            false,
+        ));
+    }
+    let (Some(admin), Some(id)) = (admin.filter(|_| facts.admin_usable), grant.id.or(old_id))
+    else {
+        return Err((
+            format!("{why}; the old token no longer works: rotate with a privileged token (`--admin-token-file`) to recover"),
+            false,
+        ));
+    };
+    match admin.reset_token(id).await {
+        Ok(reply) => {
+            let again = TokenGrant {
+                id: Some(id),
+                ..reply.value
+            };
+            match custody::validate_token(&again.token, old) {
+                Ok(()) => {
+                    tracing::warn!(runner = %facts.entry.name, id, "recovered from a bad answer with a privileged reset");
+                    Ok(again)
+                }
+                Err(twice) => Err((
+                    format!("{why}; a privileged reset of runner {id} answered no usable token either ({twice}); nothing was written"),
+                    false,
+                )),
+            }
+        }
+        Err(e) => Err((
+            format!("{why}; a privileged reset of runner {id} to recover failed: {e}; nothing was written"),
+            false,
+        )),
+    }
 }
 
 /// Mark a creation so it can be found again after an uncertain outcome.

@@ -27,6 +27,25 @@ pub enum Step {
     OldDeleted,
     /// Given up; nothing further to do for this entry.
     Failed,
+    /// No entry of config.toml holds the old token (or the new one) any more: another writer
+    /// removed or changed it. The new token stays here, and is written if the old one comes back.
+    Gone,
+}
+
+impl Step {
+    /// A new token that is in no config.toml yet: the journal must keep it.
+    pub fn holds_unwritten_token(self) -> bool {
+        matches!(self, Step::Obtained | Step::Gone)
+    }
+
+    /// Work for this runner is still open (a token to write or a creation to settle): a new
+    /// plan for the same runner must wait for it, or it would ask GitLab for a second token.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            Step::Planned | Step::Requesting | Step::Obtained | Step::Written | Step::Gone
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +68,10 @@ pub struct JournalEntry {
     pub new_expires_at: Option<DateTime<Utc>>,
     pub obtained_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    /// The entries (positions in config.toml as last written) that hold the new token. Entries
+    /// that shared the old token all get the new one.
+    #[serde(default)]
+    pub written_to: Vec<usize>,
 }
 
 #[allow(clippy::ref_option)]
@@ -75,6 +98,13 @@ pub struct Journal {
     pub backup: Option<PathBuf>,
     #[serde(skip)]
     path: PathBuf,
+    /// The last failed write of the journal, if any: the run carries on (config.toml is the
+    /// first home of a new token) and reports it.
+    #[serde(skip)]
+    pub save_error: Option<String>,
+    /// config.toml could not be read back to confirm the new tokens are in it: keep the journal.
+    #[serde(skip)]
+    pub unconfirmed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +136,8 @@ impl Journal {
             service_stopped: false,
             backup: None,
             path: path.to_path_buf(),
+            save_error: None,
+            unconfirmed: false,
         }
     }
 
@@ -143,6 +175,15 @@ impl Journal {
         fs::write_private(&self.path, &text, 0o600).map_err(err)
     }
 
+    /// Save, and if that fails, remember why and carry on: once GitLab has issued a token, stopping
+    /// would leave it only in memory, while writing config.toml still keeps it.
+    pub fn keep(&mut self) {
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "could not write the journal; carrying on so config.toml gets the new tokens");
+            self.save_error = Some(e.to_string());
+        }
+    }
+
     /// The rotation is complete: remove the journal.
     pub fn finish(self) -> Result<(), JournalError> {
         match fs_err::remove_file(&self.path) {
@@ -166,6 +207,4 @@ impl Journal {
     }
 }
 
-pub fn token_sha(token: &RunnerToken) -> String {
-    fs::sha256_hex(token.expose_secret().as_bytes())
-}
+pub use super::custody::token_sha;

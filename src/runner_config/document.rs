@@ -28,7 +28,7 @@ pub struct ConfigFile {
 
 /// One `[[runners]]` entry as read. Values that are absent or of the wrong type are `None`; the
 /// `*_problem` fields say what was wrong so diagnose can name it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunnerEntry {
     /// Position among the `[[runners]]` entries (0-based).
     pub index: usize,

@@ -9,6 +9,7 @@ mod harness;
 
 mod agent;
 mod config_editor;
+mod custody;
 mod diagnose;
 mod gitlab_client;
 mod packaging;
