@@ -58,6 +58,9 @@ codes! {
     AdminTokenInvalid = "admin_token_invalid",
     AdminTokenExpiring = "admin_token_expiring",
     AdminTokenScopeMissing = "admin_token_scope_missing",
+    TokenFromEnvironment = "token_from_environment",
+    TokenRotationDisabled = "token_rotation_disabled",
+    RunnerOrphaned = "runner_orphaned",
 }
 
 impl Serialize for FindingCode {
@@ -102,6 +105,10 @@ impl Finding {
 
     pub fn warning(code: FindingCode, message: impl Into<String>, fix: impl Into<String>) -> Self {
         Self::new(code, Severity::Warning, message, fix)
+    }
+
+    pub fn info(code: FindingCode, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::new(code, Severity::Info, message, fix)
     }
 
     #[must_use]

@@ -19,7 +19,7 @@ use futures::StreamExt;
 
 pub use finding::{Finding, FindingCode, Severity};
 pub use judge::{describe_in as describe_expiry, renew_window, Judged, TokenState};
-pub use url::{normalize_url, parse_runner_url, url_key};
+pub use url::{has_legacy_ci_suffix, normalize_url, parse_runner_url, url_key};
 
 use crate::gitlab::{self, AdminApi, ClientOptions, RunnerApi, RunnerDetails, TlsFiles};
 use crate::report::{Report, RunnerReport};
