@@ -10,6 +10,7 @@ mod harness;
 mod agent;
 mod config_editor;
 mod diagnose;
+mod fidelity;
 mod gitlab_client;
 mod packaging;
 mod reliability;
