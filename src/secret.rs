@@ -50,9 +50,16 @@ impl RunnerToken {
         self.0.expose_secret().starts_with("GR1348941")
     }
 
-    /// `$VAR` / `${VAR}`: gitlab-runner 18.10+ expands it from the environment (reference §6.2).
+    /// `$VAR` / `${VAR}` anywhere in the value: gitlab-runner 18.10+ expands it from its own
+    /// environment (reference §6.2). No token GitLab issues contains `$` (reference §1).
     pub fn is_env_reference(&self) -> bool {
-        self.0.expose_secret().trim_start().starts_with('$')
+        self.0.expose_secret().contains('$')
+    }
+
+    /// The names of the variables the value refers to (names are not secret; the value is never
+    /// returned).
+    pub fn env_variables(&self) -> Vec<String> {
+        env_variables(self.0.expose_secret())
     }
 
     /// Why the value cannot be an authentication token, if it cannot. Tokens are opaque
@@ -61,8 +68,6 @@ impl RunnerToken {
         let token = self.0.expose_secret();
         if token.trim().is_empty() {
             Some("it is empty")
-        } else if token.contains('$') {
-            Some("it is an environment variable reference, which runner-medic does not rewrite")
         } else if token.starts_with('<') || token.ends_with('>') {
             Some("it is a placeholder")
         } else if token
@@ -105,6 +110,38 @@ impl fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AdminToken({})", self.masked())
     }
+}
+
+/// The variables `$NAME` and `${NAME}` in `text`, in order, each once. Names are what Go's
+/// `os.Expand` reads, which gitlab-runner uses for `token` and `url` (gitlab-org/gitlab-runner
+/// MR !6068, 18.10): letters, digits and `_`, or anything up to `}` in the braced form.
+pub fn env_variables(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        rest = &rest[pos + 1..];
+        let name = if let Some(braced) = rest.strip_prefix('{') {
+            match braced.find('}') {
+                Some(end) => {
+                    let n = &braced[..end];
+                    rest = &braced[end + 1..];
+                    n
+                }
+                None => "",
+            }
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let n = &rest[..end];
+            rest = &rest[end..];
+            n
+        };
+        if !name.is_empty() && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    names
 }
 
 /// The displayable form of a token: the known prefix, at most two characters after it, `…`, and
@@ -176,6 +213,19 @@ mod tests {
         assert_eq!(Masked::of("0123456789abcdef0123").as_str(), "01…23");
         assert_eq!(Masked::of("short").as_str(), "…");
         assert_eq!(Masked::of("").as_str(), "…");
+    }
+
+    #[test]
+    fn environment_references_are_named() {
+        assert_eq!(env_variables("$RUNNER_TOKEN"), vec!["RUNNER_TOKEN"]);
+        assert_eq!(env_variables("${TOKEN_1}"), vec!["TOKEN_1"]);
+        assert_eq!(
+            env_variables("https://${HOST}:$PORT/x"),
+            vec!["HOST", "PORT"]
+        );
+        assert!(env_variables("glrt-abcdefghijklmnopqrst").is_empty());
+        assert!(RunnerToken::new("${A}").is_env_reference());
+        assert!(!RunnerToken::new("glrt-abcdefghijklmnopqrst").is_env_reference());
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! Checks of config.toml itself, before any network: the file, each entry's token and url.
+//!
+//! Values are read as gitlab-runner reads them: a `url` ending in the legacy `/ci` is used
+//! without it, a `$VARIABLE` in `token` or `url` is a value gitlab-runner takes from its own
+//! environment (so runner-medic neither checks nor rewrites it), and
+//! `FF_DISABLE_AUTOMATIC_TOKEN_ROTATION` means the token is managed elsewhere.
 
 use std::collections::HashMap;
 
 use url::Url;
 
 use super::finding::{Finding, FindingCode};
-use super::url::{parse_runner_url, url_key};
-use crate::runner_config::{ConfigFile, Error as ConfigError, RunnerEntry};
+use super::url::{has_legacy_ci_suffix, parse_runner_url, url_key};
+use crate::runner_config::{ConfigFile, Error as ConfigError, RunnerEntry, FF_DISABLE_ROTATION};
 use crate::settings::Settings;
 
 /// What the offline checks concluded for one entry.
@@ -62,6 +67,10 @@ pub fn check_entry(entry: &RunnerEntry, config: &ConfigFile, settings: &Settings
             )
             .at(Some(entry.line)),
         ),
+        (Some(token), None) if token.is_env_reference() => findings.push(
+            from_environment(entry, "token", &token.env_variables(), &at(entry.token_line))
+                .at(entry.token_line),
+        ),
         (Some(token), None) if token.is_registration_token() => findings.push(
             Finding::error(
                 FindingCode::RegistrationTokenInConfig,
@@ -104,6 +113,15 @@ pub fn check_entry(entry: &RunnerEntry, config: &ConfigFile, settings: &Settings
             )
             .at(Some(entry.line)),
         ),
+        Some(text) if text.contains('$') => findings.push(
+            from_environment(
+                entry,
+                "url",
+                &crate::secret::env_variables(text),
+                &at(entry.url_line),
+            )
+            .at(entry.url_line),
+        ),
         Some(text) => match parse_runner_url(text) {
             Err(why) => findings.push(
                 Finding::error(
@@ -123,6 +141,15 @@ pub fn check_entry(entry: &RunnerEntry, config: &ConfigFile, settings: &Settings
                 .at(entry.url_line),
             ),
             Ok(parsed) => {
+                if has_legacy_ci_suffix(text) {
+                    tracing::warn!(
+                        runner = %name,
+                        url = %text,
+                        using = %url_key(&parsed),
+                        "the url ends in the legacy `/ci`; like gitlab-runner, runner-medic uses it without that suffix (it may be removed from {})",
+                        at(entry.url_line)
+                    );
+                }
                 if let Some(gitlab) = &settings.gitlab_url {
                     if url_key(&parsed) == url_key(gitlab) {
                         admin_usable = true;
@@ -152,12 +179,54 @@ pub fn check_entry(entry: &RunnerEntry, config: &ConfigFile, settings: &Settings
             }
         },
     }
+    if let Some(off) = &entry.rotation_disabled {
+        findings.push(
+            Finding::info(
+                FindingCode::TokenRotationDisabled,
+                format!(
+                    "runner `{name}` ({}): `{FF_DISABLE_ROTATION}` is on in `{}`: its token is managed outside gitlab-runner, so runner-medic diagnoses it but never renews, resets or recreates it",
+                    at(off.line),
+                    off.place
+                ),
+                format!(
+                    "renew the token with whatever manages it (the secret store or deployment that writes config.toml), or remove `{FF_DISABLE_ROTATION}` from `{}` to let runner-medic rotate runner `{name}`",
+                    off.place
+                ),
+            )
+            .at(off.line),
+        );
+    }
     Pre {
         findings,
         url,
         token_usable,
         admin_usable,
     }
+}
+
+/// `token` or `url` is a `$VARIABLE` that gitlab-runner 18.10+ expands from its own environment
+/// (gitlab-org/gitlab-runner MR !6068): the value lives where the variable is set, which
+/// runner-medic cannot see and must not write around.
+fn from_environment(entry: &RunnerEntry, key: &str, names: &[String], place: &str) -> Finding {
+    let vars = if names.is_empty() {
+        "an environment variable".to_string()
+    } else {
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let name = &entry.name;
+    Finding::warning(
+        FindingCode::TokenFromEnvironment,
+        format!(
+            "runner `{name}` ({place}): `{key}` comes from the environment variable {vars}, which gitlab-runner expands when it loads config.toml; runner-medic cannot check that value and does not rewrite this entry"
+        ),
+        format!(
+            "change the value of {vars} where it is set for gitlab-runner (its service environment, e.g. a systemd `Environment=`/`EnvironmentFile=`, the container's environment or secret), then restart gitlab-runner; for a new token use GitLab (runner > Reset token) or `gitlab-runner reset-token`"
+        ),
+    )
 }
 
 /// Entries whose token repeats an earlier entry's: index → the earlier entry's name.

@@ -62,6 +62,9 @@ codes! {
     ConfigReverted = "config_reverted",
     ConfigUnwritable = "config_unwritable",
     JournalUnwritable = "journal_unwritable",
+    TokenFromEnvironment = "token_from_environment",
+    TokenRotationDisabled = "token_rotation_disabled",
+    RunnerOrphaned = "runner_orphaned",
 }
 
 impl Serialize for FindingCode {
@@ -106,6 +109,10 @@ impl Finding {
 
     pub fn warning(code: FindingCode, message: impl Into<String>, fix: impl Into<String>) -> Self {
         Self::new(code, Severity::Warning, message, fix)
+    }
+
+    pub fn info(code: FindingCode, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::new(code, Severity::Info, message, fix)
     }
 
     #[must_use]

@@ -5,8 +5,68 @@ use chrono::{DateTime, Utc};
 use super::config_checks::Pre;
 use super::finding::{Finding, FindingCode};
 use super::network::Observation;
+use crate::gitlab;
 use crate::runner_config::RunnerEntry;
 use crate::settings::Settings;
+
+/// Why GitLab refused a token that it answers 403 for: the answer itself never says (reference
+/// §2), so the expiry in config.toml and on the runner record decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Expired { at: DateTime<Utc>, by_record: bool },
+    Revoked { why: &'static str },
+    Unknown,
+}
+
+/// The record's `token_expires_at` (newer GitLab, reference §3.2) is the expiry of the runner's
+/// *current* token: in the past, the token expired; in the future or null, the current token
+/// is live, so the refused one was replaced or revoked.
+fn refusal_cause(
+    config_expiry: Option<DateTime<Utc>>,
+    record: &super::Record,
+    now: DateTime<Utc>,
+) -> Cause {
+    let record_expiry = match record {
+        super::Record::Exists(d) => d.token_expires_at,
+        _ => None,
+    };
+    match (config_expiry, record_expiry) {
+        (Some(at), _) if at <= now => Cause::Expired {
+            at,
+            by_record: false,
+        },
+        (_, Some(Some(at))) if at <= now => Cause::Expired {
+            at,
+            by_record: true,
+        },
+        (_, Some(Some(_))) => Cause::Revoked {
+            why: "GitLab's runner record shows an unexpired token",
+        },
+        (_, Some(None)) => Cause::Revoked {
+            why: "GitLab's runner record shows a token that never expires",
+        },
+        (Some(_), None) => Cause::Revoked {
+            why: "it had not expired",
+        },
+        (None, None) => Cause::Unknown,
+    }
+}
+
+/// GitLab's answer for a runner whose group or project is gone: 422 `Runner is orphaned` where
+/// the runner manager cannot be created (verify, jobs/request; the API docs list 422 for it), or
+/// 403 `403 Forbidden - Runner is orphaned` behind the flag `reject_orphaned_runners`
+/// (gitlab-org/gitlab `lib/api/ci/helpers/runner.rb`, `lib/api/ci/runner.rb`). Reference §2, §2.3.
+fn is_orphaned(e: &gitlab::Error) -> bool {
+    match e {
+        gitlab::Error::Http { status: 422, .. } => true,
+        gitlab::Error::Http {
+            status: 403,
+            message,
+            ..
+        } => message.contains("orphaned"),
+        _ => false,
+    }
+}
 
 /// What the token is, as far as diagnose could tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +196,25 @@ pub fn judge(
             }
             out(TokenState::Valid, expires_at, v.id, findings)
         }
+        Some(Err(e)) if is_orphaned(e) => {
+            findings.push(
+                Finding::error(
+                    FindingCode::RunnerOrphaned,
+                    format!(
+                        "runner `{name}` (`{file}:{}`): GitLab refuses it because the runner is orphaned: the group or project it belonged to no longer exists ({e})",
+                        entry.line
+                    ),
+                    format!(
+                        "no new token revives it: create a runner for an existing group or project in GitLab, put its token in `{file}:{}` (or `gitlab-runner register --token glrt-…`), then delete the orphaned runner{}",
+                        entry.token_line.unwrap_or(entry.line),
+                        entry.id.map_or(String::new(), |id| format!(" (id {id})"))
+                    ),
+                )
+                .at(Some(entry.line)),
+            );
+            out(TokenState::Dead, config_expiry, None, findings)
+        }
         Some(Err(e)) if e.status() == Some(403) => {
-            let expired = config_expiry.is_some_and(|at| at <= server_now);
             if let Some(Err(lookup)) = &obs.record {
                 if lookup.status() != Some(404) {
                     findings.push(
@@ -153,8 +230,22 @@ pub fn judge(
                     );
                 }
             }
-            match obs.record_state() {
-                super::Record::Deleted => findings.push(
+            let record = obs.record_state();
+            let token_at = format!("`{file}:{}`", entry.token_line.unwrap_or(entry.line));
+            let record_note = match &record {
+                super::Record::Exists(_) => "; the runner record still exists".to_string(),
+                _ if pre.admin_usable && entry.id.is_none() => {
+                    "; the entry has no `id`, so the record cannot be looked up".to_string()
+                }
+                _ => " (or the runner was deleted; a privileged token tells which)".to_string(),
+            };
+            let cause = refusal_cause(config_expiry, &record, server_now);
+            let expires_at = match cause {
+                Cause::Expired { at, .. } => Some(at),
+                _ => config_expiry,
+            };
+            match (&record, cause) {
+                (super::Record::Deleted, _) => findings.push(
                     Finding::error(
                         FindingCode::RunnerDeleted,
                         format!(
@@ -166,41 +257,43 @@ pub fn judge(
                     )
                     .at(Some(entry.line)),
                 ),
-                record if expired => {
-                    let at = config_expiry.expect("expired implies a date");
-                    findings.push(
-                        Finding::error(
-                            FindingCode::TokenExpired,
-                            format!(
-                                "runner `{name}` (`{file}:{}`): the token expired on {} ({}){}",
-                                entry.token_line.unwrap_or(entry.line),
-                                at.format("%Y-%m-%d"),
-                                describe_in(at, server_now),
-                                if matches!(record, super::Record::Unknown) { "" } else { "; the runner record still exists" }
-                            ),
-                            needs_admin.clone(),
-                        )
-                        .at(entry.token_line),
-                    );
-                }
-                record => findings.push(
+                (record, Cause::Expired { at, by_record }) => findings.push(
+                    Finding::error(
+                        FindingCode::TokenExpired,
+                        format!(
+                            "runner `{name}` ({token_at}): the token expired on {} ({}){}{}",
+                            at.format("%Y-%m-%d"),
+                            describe_in(at, server_now),
+                            if by_record { ", as GitLab's runner record says" } else { "" },
+                            if matches!(record, super::Record::Unknown) { "" } else { "; the runner record still exists" }
+                        ),
+                        needs_admin.clone(),
+                    )
+                    .at(entry.token_line),
+                ),
+                (_, Cause::Revoked { why }) => findings.push(
                     Finding::error(
                         FindingCode::TokenRevoked,
                         format!(
-                            "runner `{name}` (`{file}:{}`): GitLab refuses the token although it had not expired: it was revoked or reset{}",
-                            entry.token_line.unwrap_or(entry.line),
-                            match record {
-                                super::Record::Exists(_) => "; the runner record still exists".to_string(),
-                                _ if pre.admin_usable && entry.id.is_none() => "; the entry has no `id`, so the record cannot be looked up".to_string(),
-                                _ => " (or the runner was deleted; a privileged token tells which)".to_string(),
-                            }
+                            "runner `{name}` ({token_at}): GitLab refuses the token although {why}: it was revoked or reset{record_note}"
+                        ),
+                        needs_admin.clone(),
+                    )
+                    .at(entry.token_line),
+                ),
+                // Nothing tells the expiry: say so rather than guess (reference §5, step 3).
+                (_, Cause::Unknown) => findings.push(
+                    Finding::error(
+                        FindingCode::TokenRevoked,
+                        format!(
+                            "runner `{name}` ({token_at}): GitLab refuses the token: it expired or was revoked or reset (config.toml has no `token_expires_at` and GitLab does not say which){record_note}"
                         ),
                         needs_admin.clone(),
                     )
                     .at(entry.token_line),
                 ),
             }
-            out(TokenState::Dead, config_expiry, None, findings)
+            out(TokenState::Dead, expires_at, None, findings)
         }
         Some(Err(e)) => {
             if obs.network.is_none() {

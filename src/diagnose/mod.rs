@@ -19,7 +19,7 @@ use futures::StreamExt;
 
 pub use finding::{Finding, FindingCode, Severity};
 pub use judge::{describe_in as describe_expiry, renew_window, Judged, TokenState};
-pub use url::{normalize_url, parse_runner_url, url_key};
+pub use url::{has_legacy_ci_suffix, normalize_url, parse_runner_url, url_key};
 
 use crate::gitlab::{self, AdminApi, ClientOptions, RunnerApi, RunnerDetails, TlsFiles};
 use crate::report::{Report, RunnerReport};
@@ -160,9 +160,12 @@ pub fn admin_api(
     AdminApi::new(cred, client_options(settings, tls, None))
 }
 
-/// gitlab-runner's system id from `<config dir>/.runner_system_id` (reference §6.3).
+/// gitlab-runner's system id from `<config dir>/.runner_system_id` (reference §6.3). The
+/// directory is that of the path as given, not of a symlink's target: gitlab-runner joins
+/// `filepath.Dir(pathname)` with the name (gitlab-org/gitlab-runner
+/// `commands/internal/configfile`, `ConfigFile.Load`), and `filepath.Dir` does not resolve links.
 pub fn read_system_id(config: &ConfigFile) -> Option<String> {
-    let path = config.real_path.parent()?.join(".runner_system_id");
+    let path = config.path.parent()?.join(".runner_system_id");
     let text = fs_err::read_to_string(path).ok()?;
     let id = text.trim();
     let valid = id.len() == 14

@@ -1,4 +1,5 @@
-//! Comparing GitLab URLs the way an operator means them.
+//! Comparing GitLab URLs the way an operator means them, and reading a runner's `url` the way
+//! gitlab-runner does.
 
 use url::Url;
 
@@ -22,9 +23,24 @@ pub fn url_key(url: &Url) -> String {
         .to_string()
 }
 
-/// Parse a `url` value from config.toml; `Err` says why it is not usable.
+/// The `url` of runners registered before GitLab 9.0 ends in `/ci` (the old CI API lived under
+/// `/ci/api/v1`). gitlab-runner removes trailing slashes and then one trailing `/ci` before it
+/// appends `/api/v4/` (`fixCIURL`, gitlab-org/gitlab-runner `network/client.go`), so such a
+/// runner still works; runner-medic must call the same `/api/v4/...`, not `/ci/api/v4/...`,
+/// which GitLab answers with 404.
+pub fn has_legacy_ci_suffix(text: &str) -> bool {
+    Url::parse(text.trim()).is_ok_and(|u| u.path().trim_end_matches('/').ends_with("/ci"))
+}
+
+/// Parse a `url` value from config.toml; `Err` says why it is not usable. A legacy trailing
+/// `/ci` is dropped, as gitlab-runner does (`has_legacy_ci_suffix`).
 pub fn parse_runner_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text.trim()).map_err(|e| e.to_string())?;
+    let mut url = Url::parse(text.trim()).map_err(|e| e.to_string())?;
+    let path = url.path().trim_end_matches('/');
+    if let Some(base) = path.strip_suffix("/ci") {
+        let base = base.to_string();
+        url.set_path(&base);
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("scheme `{}` is not http or https", url.scheme()));
     }
@@ -71,5 +87,29 @@ mod tests {
             .unwrap_err()
             .contains("scheme"));
         assert!(parse_runner_url("https://gitlab.example.com/").is_ok());
+    }
+
+    #[test]
+    fn a_legacy_ci_suffix_is_dropped_like_gitlab_runner_does() {
+        let k = |s: &str| url_key(&parse_runner_url(s).unwrap());
+        assert_eq!(
+            k("https://gitlab.example.com/ci"),
+            "https://gitlab.example.com"
+        );
+        assert_eq!(
+            k("https://gitlab.example.com/ci/"),
+            "https://gitlab.example.com"
+        );
+        assert_eq!(
+            k("https://example.com/gitlab/ci"),
+            "https://example.com/gitlab"
+        );
+        // Only one `/ci`, and only as the last segment.
+        assert_eq!(k("https://example.com/ci/ci"), "https://example.com/ci");
+        assert_eq!(k("https://example.com/cicd"), "https://example.com/cicd");
+        assert!(has_legacy_ci_suffix("https://gitlab.example.com/ci/"));
+        assert!(!has_legacy_ci_suffix("https://gitlab.example.com/cicd"));
+        assert!(!has_legacy_ci_suffix("https://ci"));
+        assert_eq!(k("https://ci"), "https://ci");
     }
 }

@@ -61,10 +61,28 @@ pub struct RunnerDetails {
     pub projects: Vec<IdOnly>,
     #[serde(default)]
     pub groups: Vec<IdOnly>,
+    /// Expiry of the runner's current token. `None`: GitLab did not send the field (it is missing
+    /// up to at least 18.x, gitlab-org/gitlab#627823); `Some(None)`: sent as null, the token
+    /// never expires (added by MR !253821). Reference §3.2.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token_expires_at: Option<Option<DateTime<Utc>>>,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// A field that is present, null or not: `Some(value)`; an absent one stays `None` (default).
+// Absent and null mean different things here (see `RunnerDetails::token_expires_at`).
+#[allow(clippy::option_option)]
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<DateTime<Utc>>>, D::Error> {
+    Option::<DateTime<Utc>>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

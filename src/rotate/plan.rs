@@ -50,6 +50,8 @@ impl Plan {
 
 /// Codes whose cause rotation cannot fix: a person must act (the finding's fix says how).
 const MANUAL: &[FindingCode] = &[
+    FindingCode::TokenFromEnvironment,
+    FindingCode::RunnerOrphaned,
     FindingCode::UrlInvalid,
     FindingCode::UrlMismatch,
     FindingCode::DnsFailure,
@@ -129,8 +131,6 @@ pub fn plan(
                 &mut item,
                 "fix the host clock first (see the clock_skew finding)".into(),
             );
-        } else if entry_is_env_reference(facts) {
-            manual(&mut item, "the token is an environment variable reference; rotate the secret where it is defined".into());
         } else if has(FindingCode::TokenMissing) {
             manual(
                 &mut item,
@@ -158,17 +158,28 @@ pub fn plan(
         {
             plan_dead(&mut item, facts, settings, known, &base, admin_broken);
         }
+        // `FF_DISABLE_AUTOMATIC_TOKEN_ROTATION`: the operator manages this token elsewhere.
+        // Whatever it needs, a person (or that other tool) provides it.
+        let would_act = matches!(
+            item.action,
+            Action::Renew | Action::Reset | Action::Recreate
+        ) || (item.action == Action::Manual && item.token_was_dead);
+        if would_act {
+            if let Some(f) = report
+                .findings
+                .iter()
+                .find(|f| f.code == FindingCode::TokenRotationDisabled)
+            {
+                item.action = Action::Manual;
+                item.reason = Some(f.fix.clone());
+                item.calls.clear();
+                item.create = None;
+                item.delete_old = false;
+            }
+        }
         items.push(item);
     }
     Plan { items }
-}
-
-fn entry_is_env_reference(facts: &RunnerFacts) -> bool {
-    facts
-        .entry
-        .token
-        .as_ref()
-        .is_some_and(crate::secret::RunnerToken::is_env_reference)
 }
 
 /// The token cannot be used any more: reset it by id, or recreate the runner.

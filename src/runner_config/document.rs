@@ -51,7 +51,20 @@ pub struct RunnerEntry {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub executor: Option<String>,
+    /// Where `FF_DISABLE_AUTOMATIC_TOKEN_ROTATION` is turned on for this entry, when it is:
+    /// the operator manages its token elsewhere.
+    pub rotation_disabled: Option<RotationDisabled>,
 }
+
+/// `FF_DISABLE_AUTOMATIC_TOKEN_ROTATION = true` (gitlab-runner 17.0+, reference §6.2, §7.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationDisabled {
+    /// `[runners.feature_flags]` or `environment`.
+    pub place: &'static str,
+    pub line: Option<usize>,
+}
+
+pub const FF_DISABLE_ROTATION: &str = "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION";
 
 impl ConfigFile {
     /// Read and parse `path`. Anything that keeps us from understanding the file is an `Error`
@@ -184,8 +197,45 @@ impl ConfigFile {
             tls_cert_file: string("tls-cert-file").map(PathBuf::from),
             tls_key_file: string("tls-key-file").map(PathBuf::from),
             executor: string("executor"),
+            rotation_disabled: self.rotation_disabled(table),
         }
     }
+
+    /// gitlab-runner's rotation reads the flag from `[runners.feature_flags]` only
+    /// (`RunnerSettings.IsFeatureFlagOn`, gitlab-org/gitlab-runner `common/config.go`, called by
+    /// `resetOneRunnerToken` in `commands/multi.go`), where it is a TOML boolean. A
+    /// `FF_DISABLE_AUTOMATIC_TOKEN_ROTATION=true` in the entry's `environment` list does not stop
+    /// gitlab-runner (that list reaches jobs only), but it states the same intent, so runner-medic
+    /// honours it too: leaving a token alone is the safe side.
+    fn rotation_disabled(&self, table: &Table) -> Option<RotationDisabled> {
+        if let Some(flag) = table
+            .get("feature_flags")
+            .and_then(Item::as_table_like)
+            .and_then(|t| t.get(FF_DISABLE_ROTATION))
+        {
+            if flag.as_bool() == Some(true) {
+                return Some(RotationDisabled {
+                    place: "[runners.feature_flags]",
+                    line: flag.span().map(|s| self.line_of(s.start)),
+                });
+            }
+        }
+        let environment = table.get("environment")?;
+        let set = environment.as_array()?.iter().any(|v| {
+            v.as_str()
+                .and_then(|e| e.split_once('='))
+                .is_some_and(|(k, v)| k.trim() == FF_DISABLE_ROTATION && go_parse_bool(v.trim()))
+        });
+        set.then(|| RotationDisabled {
+            place: "environment",
+            line: environment.span().map(|s| self.line_of(s.start)),
+        })
+    }
+}
+
+/// Go's `strconv.ParseBool` true values, which gitlab-runner's feature flags use.
+fn go_parse_bool(v: &str) -> bool {
+    matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
 }
 
 /// A TOML datetime or an RFC 3339 string (gitlab-runner reads both); the Go zero time

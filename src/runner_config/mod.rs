@@ -12,7 +12,9 @@ mod save;
 
 use std::path::PathBuf;
 
-pub use document::{ConfigFile, RunnerEntry, MAX_CONFIG_BYTES};
+pub use document::{
+    ConfigFile, RotationDisabled, RunnerEntry, FF_DISABLE_ROTATION, MAX_CONFIG_BYTES,
+};
 pub use edit::{format_datetime, Credentials, NEW_TOKEN_PLACEHOLDER};
 pub use save::{SaveOptions, Saved};
 

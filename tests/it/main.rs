@@ -11,6 +11,7 @@ mod agent;
 mod config_editor;
 mod custody;
 mod diagnose;
+mod fidelity;
 mod gitlab_client;
 mod packaging;
 mod reliability;

@@ -36,6 +36,11 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v4/personal_access_tokens/self", get(pat_self))
         .route("/api/v4/application/settings", get(app_settings))
         .route("/api/v4/version", get(version))
+        // GitLab serves the runner API under `/api/v4` only; the `/ci` prefix belonged to the CI
+        // API v1 (`/ci/api/v1`) that GitLab 9.0 replaced. gitlab-runner strips a trailing `/ci`
+        // from a runner's `url` (`fixCIURL`, gitlab-org/gitlab-runner `network/client.go`), so a
+        // client that does not answers 404 here. Routed (not the fallback) so the log shows it.
+        .route("/ci/api/v4/*rest", axum::routing::any(ci_prefixed))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::server::edge,
@@ -68,7 +73,33 @@ fn parse_body(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or(Value::Null)
 }
 
+async fn ci_prefixed() -> Response {
+    message(StatusCode::NOT_FOUND, "404 Not Found")
+}
+
 // ---- runner-token endpoints (§2) ----
+
+/// The refusal of an orphaned runner's call (see `State::reject_orphaned_runners`).
+/// `creates_manager`: the endpoint creates the runner manager (verify, jobs/request), which is
+/// where GitLab fails with 422 when the flag is off.
+fn orphan_refusal(s: &State, id: u64, creates_manager: bool) -> Option<Response> {
+    if !s.orphaned.contains(&id) {
+        return None;
+    }
+    if s.reject_orphaned_runners {
+        Some(message(
+            StatusCode::FORBIDDEN,
+            "403 Forbidden - Runner is orphaned",
+        ))
+    } else if creates_manager {
+        Some(message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Runner is orphaned",
+        ))
+    } else {
+        None
+    }
+}
 
 async fn verify(AxState(state): AxState<Shared>, body: axum::body::Bytes) -> Response {
     let body = parse_body(&body);
@@ -83,6 +114,9 @@ async fn verify(AxState(state): AxState<Shared>, body: axum::body::Bytes) -> Res
     let Some(id) = s.runner_by_token(token) else {
         return forbidden();
     };
+    if let Some(refusal) = orphan_refusal(&s, id, true) {
+        return refusal;
+    }
     let now = s.now();
     let r = s.runners.get_mut(&id).expect("found above");
     // verify counts as a heartbeat (§2.1).
@@ -104,6 +138,9 @@ async fn self_reset(AxState(state): AxState<Shared>, body: axum::body::Bytes) ->
     let Some(id) = body_str(&body, "token").and_then(|t| s.runner_by_token(t)) else {
         return forbidden();
     };
+    if let Some(refusal) = orphan_refusal(&s, id, false) {
+        return refusal;
+    }
     let (token, expires) = s.reset_token(id).expect("runner exists");
     token_result(&token, expires)
 }
@@ -133,6 +170,9 @@ async fn jobs_request(AxState(state): AxState<Shared>, body: axum::body::Bytes) 
     let Some(id) = body_str(&body, "token").and_then(|t| s.runner_by_token(t)) else {
         return forbidden();
     };
+    if let Some(refusal) = orphan_refusal(&s, id, true) {
+        return refusal;
+    }
     let now = s.now();
     if let Some(r) = s.runners.get_mut(&id) {
         r.contacted_at = Some(now);
@@ -214,7 +254,9 @@ fn authenticate(
     Ok(pat.clone())
 }
 
-fn details(r: &Runner, now: DateTime<Utc>) -> Value {
+/// The runner entity of `GET /runners/:id` and friends; `token_expiry` adds `token_expires_at`
+/// as newer GitLab does (see `State::record_has_token_expiry`).
+fn details(r: &Runner, now: DateTime<Utc>, token_expiry: bool) -> Value {
     let online = r.contacted_at.map(|c| now - c < chrono::Duration::hours(2));
     let status = if r.contacted_at.is_none() {
         "never_contacted"
@@ -252,6 +294,9 @@ fn details(r: &Runner, now: DateTime<Utc>) -> Value {
     }
     if let Some(g) = r.group_id {
         v["groups"] = json!([{ "id": g }]);
+    }
+    if token_expiry {
+        v["token_expires_at"] = json!(r.token_expires_at.map(iso));
     }
     v
 }
@@ -403,7 +448,7 @@ async fn list_all(
                 .is_none_or(|k| RunnerType::parse(k) == Some(r.runner_type))
         })
         .map(|r| {
-            let mut d = details(r, now);
+            let mut d = details(r, now, false);
             // The list carries only the base fields (§3.3).
             let keep = [
                 "id",
@@ -455,7 +500,11 @@ async fn get_runner(
         return r;
     }
     match s.runners.get(&id) {
-        Some(r) => (StatusCode::OK, Json(details(r, s.now()))).into_response(),
+        Some(r) => (
+            StatusCode::OK,
+            Json(details(r, s.now(), s.record_has_token_expiry)),
+        )
+            .into_response(),
         None => message(StatusCode::NOT_FOUND, "404 Runner Not Found"),
     }
 }
@@ -472,6 +521,7 @@ async fn update_runner(
         return r;
     }
     let now = s.now();
+    let token_expiry = s.record_has_token_expiry;
     let Some(r) = s.runners.get_mut(&id) else {
         return message(StatusCode::NOT_FOUND, "404 Runner Not Found");
     };
@@ -491,7 +541,7 @@ async fn update_runner(
             .map(str::to_string)
             .collect();
     }
-    (StatusCode::OK, Json(details(r, now))).into_response()
+    (StatusCode::OK, Json(details(r, now, token_expiry))).into_response()
 }
 
 async fn delete_runner(

@@ -79,6 +79,19 @@ fn body_token(bytes: &[u8]) -> Option<String> {
         .find_map(|pair| pair.strip_prefix("token=").map(str::to_string))
 }
 
+/// The `system_id` of a JSON or form body, else of the query string.
+fn system_id(bytes: &[u8], query: Option<&str>) -> Option<String> {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        if let Some(id) = v.get("system_id").and_then(|t| t.as_str()) {
+            return Some(id.to_string());
+        }
+    }
+    let form = std::str::from_utf8(bytes).ok().unwrap_or_default();
+    form.split('&')
+        .chain(query.unwrap_or_default().split('&'))
+        .find_map(|pair| pair.strip_prefix("system_id=").map(str::to_string))
+}
+
 fn fault_response(status: u16) -> Response {
     let text = match status {
         500 => "500 Internal Server Error",
@@ -138,6 +151,7 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
     );
     let method = request.method().as_str().to_string();
     let path = request.uri().path().to_string();
+    let query = request.uri().query().map(str::to_string);
     let host = request
         .headers()
         .get("host")
@@ -167,6 +181,7 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
         (None, Some(t)) => (Some(t), "runner_token"),
         (None, None) => (None, "none"),
     };
+    let system_id = system_id(&bytes, query.as_deref());
     let request = Request::from_parts(parts, Body::from(bytes));
     let endpoint = format!("{method} {route}");
 
@@ -186,6 +201,7 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
             &host,
             credential.clone(),
             credential_kind,
+            system_id.clone(),
             status,
         )
     };
@@ -243,6 +259,7 @@ fn log(
     host: &str,
     credential: Option<String>,
     credential_kind: &'static str,
+    system_id: Option<String>,
     status: u16,
 ) {
     let mut s = state.lock().expect("simulator state lock");
@@ -255,6 +272,7 @@ fn log(
         credential_kind,
         status,
         host: host.to_string(),
+        system_id,
         at,
     });
 }

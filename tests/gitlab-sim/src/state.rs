@@ -1,6 +1,6 @@
 //! The simulator's data and GitLab's rules over it (reference §1–§4).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -143,6 +143,9 @@ pub struct LogEntry {
     pub status: u16,
     /// The `Host` the client addressed.
     pub host: String,
+    /// The `system_id` the request carried (body field or query parameter), as gitlab-runner
+    /// sends it with every runner-token call (reference §2.1, §6.3).
+    pub system_id: Option<String>,
     pub at: DateTime<Utc>,
 }
 
@@ -172,6 +175,20 @@ pub struct State {
     pub log: Vec<LogEntry>,
     /// Tokens the simulator ever issued, for the secret-confinement scans.
     pub issued_tokens: Vec<String>,
+    /// `GET /runners/:id` carries `token_expires_at`. GitLab left it out up to at least 18.x
+    /// (gitlab-org/gitlab#627823) and added it with MR !253821 (2026), as null or ISO 8601
+    /// (reference §3.2). Off by default, as for the 18.6 this simulator reports.
+    pub record_has_token_expiry: bool,
+    /// Group or project runners whose owner is gone ("orphaned"; `sharding_key_id` is null).
+    pub orphaned: BTreeSet<u64>,
+    /// GitLab's feature flag `reject_orphaned_runners`. On: every runner-token call of an
+    /// orphaned runner answers `403 {"message":"403 Forbidden - Runner is orphaned"}`
+    /// (`authenticate_runner!`). Off: the call fails when it would create the runner manager
+    /// (`UnknownRunnerOwnerError`), answered `422 {"message":"Runner is orphaned"}`, which is the
+    /// 422 the API docs list for verify and jobs/request. Source: gitlab-org/gitlab
+    /// `lib/api/ci/helpers/runner.rb`, `lib/api/ci/runner.rb` (`http_codes [422, 'Runner is
+    /// orphaned']`), `spec/requests/api/ci/runner/runners_verify_post_spec.rb`.
+    pub reject_orphaned_runners: bool,
     next_id: u64,
 }
 
@@ -188,6 +205,9 @@ impl State {
             faults: Vec::new(),
             log: Vec::new(),
             issued_tokens: Vec::new(),
+            record_has_token_expiry: false,
+            orphaned: BTreeSet::new(),
+            reject_orphaned_runners: false,
             next_id: 1000,
         }
     }
