@@ -1,4 +1,8 @@
 //! The HTTP client: TLS set-up, one send-with-retries loop, and the calls.
+//!
+//! The server is not trusted to be well-behaved: runner-medic runs unattended as root and a
+//! runner's `url` may point anywhere. So every answer is read with a cap ([`MAX_BODY_BYTES`]),
+//! and any text from the server that goes into an error is cut to [`SERVER_TEXT_CHARS`].
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -17,6 +21,17 @@ use super::api::{
 use super::error::{classify, Error};
 use super::retry::{Idempotency, RetryPolicy};
 use crate::secret::{AdminToken, RunnerToken};
+
+/// The most runner-medic reads of any answer. The largest answer it asks for is a page of 100
+/// runners (about 30 KiB); 1 MiB leaves room for any real instance while a broken or hostile
+/// server (or a proxy answering with a huge page) cannot make a process that runs as root fill
+/// its memory. A larger successful answer is [`Error::TooLarge`]; of an error answer only the
+/// first 1 MiB is read, enough for its message.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The most characters of a server's own text (an error message) put into an error: enough for
+/// any message GitLab writes, short enough that a body cannot flood a report or a log.
+pub const SERVER_TEXT_CHARS: usize = 200;
 
 /// TLS files of a `[[runners]]` entry (`tls-ca-file`, `tls-cert-file`, `tls-key-file`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -114,7 +129,7 @@ impl Http {
             .map_err(|e| Error::Setup(format!("bad URL `{}{path}`: {e}", self.base)))
     }
 
-    /// Send with retries. `auth` adds the credential; `body` is JSON.
+    /// Send with retries. `private_token` adds the credential; `body` is JSON.
     async fn send(
         &self,
         method: Method,
@@ -122,7 +137,7 @@ impl Http {
         private_token: Option<&AdminToken>,
         body: Option<Value>,
         kind: Idempotency,
-    ) -> Result<(StatusCode, String, Option<DateTime<Utc>>), Error> {
+    ) -> Result<Answer, Error> {
         let url = self.url(path)?;
         let host = url.host_str().unwrap_or_default().to_string();
         // The URL without its query, for messages.
@@ -147,12 +162,23 @@ impl Http {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    match resp.text().await {
-                        Ok(text) if status.is_success() => return Ok((status, text, date)),
-                        Ok(text) => Error::Http {
+                    match read_capped(resp, MAX_BODY_BYTES, status.is_success()).await {
+                        Ok(Capped::Whole(bytes)) if status.is_success() => {
+                            return Ok(Answer {
+                                status,
+                                text: String::from_utf8_lossy(&bytes).into_owned(),
+                                date,
+                            })
+                        }
+                        Ok(Capped::Over(_)) if status.is_success() => Error::TooLarge {
+                            url: shown.clone(),
+                            limit: MAX_BODY_BYTES,
+                        },
+                        // An error answer keeps its status; its first 1 MiB is enough to say why.
+                        Ok(Capped::Whole(bytes) | Capped::Over(bytes)) => Error::Http {
                             url: shown.clone(),
                             status: status.as_u16(),
-                            message: error_message(&text),
+                            message: server_text(&error_message(&String::from_utf8_lossy(&bytes))),
                             retry_after,
                         },
                         Err(e) => classify(&e, &shown, &host, self.opts.timeout),
@@ -179,16 +205,81 @@ impl Http {
         body: Option<Value>,
         kind: Idempotency,
     ) -> Result<Reply<T>, Error> {
-        let (_, text, date) = self.send(method, path, private_token, body, kind).await?;
-        let value = serde_json::from_str(&text).map_err(|e| Error::Body {
-            url: format!("{}{path}", self.base.as_str().trim_end_matches('/')),
-            reason: e.to_string(),
-        })?;
+        let answer = self.send(method, path, private_token, body, kind).await?;
         Ok(Reply {
-            value,
-            server_date: date,
+            value: self.parse(path, &answer.text)?,
+            server_date: answer.date,
         })
     }
+
+    /// Parse a JSON answer. serde quotes the values it could not use, so its reason is server
+    /// text too.
+    fn parse<T: DeserializeOwned>(&self, path: &str, text: &str) -> Result<T, Error> {
+        serde_json::from_str(text).map_err(|e| Error::Body {
+            url: self.shown(path),
+            reason: server_text(&e.to_string()),
+        })
+    }
+
+    /// `path` under the base URL without its query, for messages.
+    fn shown(&self, path: &str) -> String {
+        let path = path.split('?').next().unwrap_or_default();
+        format!("{}{path}", self.base.as_str())
+    }
+}
+
+/// What `send` hands back of a successful answer.
+struct Answer {
+    status: StatusCode,
+    text: String,
+    date: Option<DateTime<Utc>>,
+}
+
+/// A body read up to a limit: all of it, or the first `limit` bytes of a longer one.
+enum Capped {
+    Whole(Vec<u8>),
+    Over(Vec<u8>),
+}
+
+/// Read `resp`'s body chunk by chunk, never more than `limit` bytes. With `refuse_by_length`, a
+/// `Content-Length` over the limit is refused before anything is read.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+    refuse_by_length: bool,
+) -> Result<Capped, reqwest::Error> {
+    if refuse_by_length
+        && resp
+            .content_length()
+            .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit))
+    {
+        return Ok(Capped::Over(Vec::new()));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            return Ok(Capped::Over(bytes));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Capped::Whole(bytes))
+}
+
+/// A server's text made fit for a message: control characters (terminal escapes) dropped, and
+/// cut to [`SERVER_TEXT_CHARS`].
+fn server_text(text: &str) -> String {
+    let text = text.trim();
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(SERVER_TEXT_CHARS)
+        .collect();
+    if text.chars().count() > SERVER_TEXT_CHARS {
+        out.push('…');
+    }
+    out
 }
 
 fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
@@ -198,7 +289,8 @@ fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
         .map(|d| d.with_timezone(&Utc))
 }
 
-/// GitLab's `message` is a string or an object (reference §4.1); OAuth errors use `error`.
+/// GitLab's `message` is a string or an object (reference §4.1); OAuth errors use `error`. The
+/// caller cuts the result with [`server_text`].
 fn error_message(text: &str) -> String {
     match serde_json::from_str::<Value>(text) {
         Ok(v) => {
@@ -215,10 +307,10 @@ fn error_message(text: &str) -> String {
                     d.as_str().unwrap_or_default()
                 ),
                 (Some(e), None) => e.as_str().unwrap_or_default().to_string(),
-                _ => text.chars().take(200).collect(),
+                _ => text.to_string(),
             }
         }
-        Err(_) => text.trim().chars().take(200).collect(),
+        Err(_) => text.to_string(),
     }
 }
 
@@ -252,7 +344,7 @@ impl RunnerApi {
 
     /// `POST /runners/verify` (§2.1). Never rotates the token.
     pub async fn verify(&self, token: &RunnerToken) -> Result<Reply<Verified>, Error> {
-        let (_, text, date) = self
+        let answer = self
             .http
             .send(
                 Method::POST,
@@ -263,7 +355,7 @@ impl RunnerApi {
             )
             .await?;
         // GitLab before 15.10 answers a plain-text `200` (§2.1).
-        let value = match serde_json::from_str::<RawVerified>(&text) {
+        let value = match serde_json::from_str::<RawVerified>(&answer.text) {
             Ok(v) => Verified {
                 id: v.id,
                 token_expires_at: v.token_expires_at,
@@ -275,7 +367,7 @@ impl RunnerApi {
         };
         Ok(Reply {
             value,
-            server_date: date,
+            server_date: answer.date,
         })
     }
 
@@ -300,7 +392,7 @@ impl RunnerApi {
     /// `POST /jobs/request`: 204 means the runner would be given work (§2.3). Used only by
     /// tests and the demo's stand-in; rotate verifies with `verify`.
     pub async fn request_job(&self, token: &RunnerToken) -> Result<u16, Error> {
-        let (status, _, _) = self
+        let answer = self
             .http
             .send(
                 Method::POST,
@@ -310,7 +402,7 @@ impl RunnerApi {
                 Idempotency::Safe,
             )
             .await?;
-        Ok(status.as_u16())
+        Ok(answer.status.as_u16())
     }
 
     /// `DELETE /runners` with the runner's token: deletes the runner record (§2.4).

@@ -11,6 +11,7 @@ mod agent;
 mod config_editor;
 mod diagnose;
 mod gitlab_client;
+mod hostile;
 mod packaging;
 mod reliability;
 mod rotate;

@@ -96,6 +96,25 @@ fn fault_response(status: u16) -> Response {
     )
 }
 
+/// `bytes` bytes of a JSON-looking array, in 64 KiB chunks made as they are sent.
+fn huge_body(bytes: u64) -> Body {
+    const CHUNK: usize = 64 * 1024;
+    let item = br#"{"id":1,"description":"padding"},"#;
+    let chunk: axum::body::Bytes = item
+        .iter()
+        .copied()
+        .cycle()
+        .take(CHUNK)
+        .collect::<Vec<u8>>()
+        .into();
+    let full = bytes / CHUNK as u64;
+    let last = usize::try_from(bytes % CHUNK as u64).expect("below 64 KiB");
+    let chunks = std::iter::repeat_n(chunk.clone(), usize::try_from(full).unwrap_or(usize::MAX))
+        .chain((last > 0).then(|| chunk.slice(..last)))
+        .map(Ok::<_, std::convert::Infallible>);
+    Body::from_stream(futures_util::stream::iter(chunks))
+}
+
 /// Apply a fault; `None` means "answer normally".
 async fn apply(kind: FaultKind, kill: Option<&KillConnection>) -> Response {
     match kind {
@@ -126,6 +145,21 @@ async fn apply(kind: FaultKind, kill: Option<&KillConnection>) -> Response {
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
             r.headers_mut()
                 .insert("Content-Type", HeaderValue::from_static("application/json"));
+            r
+        }
+        FaultKind::HugeBody {
+            status,
+            bytes,
+            declare_length,
+        } => {
+            let mut r = Response::new(huge_body(bytes));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            r.headers_mut()
+                .insert("Content-Type", HeaderValue::from_static("application/json"));
+            if declare_length {
+                r.headers_mut()
+                    .insert("Content-Length", HeaderValue::from(bytes));
+            }
             r
         }
     }
@@ -230,7 +264,7 @@ fn fault_status(kind: &FaultKind) -> u16 {
         FaultKind::RateLimited { .. } => 429,
         FaultKind::Reset => 0,
         FaultKind::Hang(_) => 504,
-        FaultKind::Body(status, _) => *status,
+        FaultKind::Body(status, _) | FaultKind::HugeBody { status, .. } => *status,
     }
 }
 

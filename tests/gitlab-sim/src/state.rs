@@ -116,6 +116,15 @@ pub enum FaultKind {
     Hang(Duration),
     /// Answer with this status and this raw body (e.g. a malformed one).
     Body(u16, String),
+    /// Answer with this status and a body of `bytes` bytes, streamed in 64 KiB chunks so the
+    /// simulator never holds it; with `declare_length` the `Content-Length` announces it, else
+    /// it is sent chunked. Models a misrouted request answered by something that is not GitLab
+    /// (a proxy's download, a log endpoint, a runaway error page).
+    HugeBody {
+        status: u16,
+        bytes: u64,
+        declare_length: bool,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,123 @@
+//! Hostile servers and environments: a GitLab (or whatever answers in its place) that sends
+//! endless bodies or endless pages, or echoes the request's tokens in its error text; an
+//! environment that holds tokens a child process must not inherit; an agent asked to hammer
+//! GitLab. Each test drives the real client or the real binary against the simulator.
+
+use std::time::Duration;
+
+use gitlab_sim::{FaultKind, Options, Simulator};
+use runner_medic::gitlab::{
+    AdminApi, AdminCredential, ClientOptions, Error, RetryPolicy, MAX_BODY_BYTES,
+};
+use runner_medic::secret::AdminToken;
+use url::Url;
+
+use crate::harness::TestEnv;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn admin(sim: &Simulator) -> AdminApi {
+    let token = sim.state().add_pat(&["api"], true, None);
+    AdminApi::new(
+        &AdminCredential {
+            url: Url::parse(&sim.url()).unwrap(),
+            token: AdminToken::new(token),
+        },
+        ClientOptions {
+            timeout: Duration::from_secs(20),
+            retry: RetryPolicy {
+                max_attempts: 2,
+                base_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(20),
+                max_total: Duration::from_secs(30),
+            },
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// 64 times the cap: an unbounded reader would take it all in.
+const HUGE: u64 = 64 << 20;
+
+// ---- 1. bounded response bodies ----
+
+#[test]
+fn a_huge_answer_is_refused_by_its_length_or_cut_while_streaming() {
+    let sim = Simulator::start(Options::default()).unwrap();
+    let api = admin(&sim);
+    for declare_length in [true, false] {
+        sim.state().inject(
+            "GET /api/v4/version",
+            FaultKind::HugeBody {
+                status: 200,
+                bytes: HUGE,
+                declare_length,
+            },
+            Some(1),
+        );
+        let err = rt().block_on(api.version()).unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { limit, .. } if limit == MAX_BODY_BYTES),
+            "declare_length={declare_length}: {err:?}"
+        );
+        assert!(err.to_string().contains("larger than 1 MiB"), "{err}");
+    }
+    // Not retried: a second huge answer would be just as large.
+    assert_eq!(sim.state().requests_to("GET", "/api/v4/version"), 2);
+    // An error answer keeps its status however large its body is.
+    sim.state().inject(
+        "GET /api/v4/version",
+        FaultKind::HugeBody {
+            status: 403,
+            bytes: HUGE,
+            declare_length: false,
+        },
+        Some(1),
+    );
+    let err = rt().block_on(api.version()).unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err:?}");
+    assert!(err.to_string().chars().count() < 400, "{err}");
+}
+
+#[test]
+fn diagnose_names_a_huge_answer_instead_of_reading_it() {
+    let env = TestEnv::new();
+    env.write_config(&[env.healthy("big")]);
+    // verify is the call that takes any 200 as valid (GitLab before 15.10 answers plain text),
+    // so only the cap stops it from reading the whole body and calling the token healthy.
+    env.sim.state().inject(
+        "POST /api/v4/runners/verify",
+        FaultKind::HugeBody {
+            status: 200,
+            bytes: HUGE,
+            declare_length: false,
+        },
+        None,
+    );
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let findings = run.runner("big")["findings"].clone();
+    let f = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "server_error")
+        .unwrap_or_else(|| panic!("no server_error: {findings}"));
+    assert!(
+        f["message"].as_str().unwrap().contains("larger than 1 MiB"),
+        "{f}"
+    );
+    let human = env.run(&["diagnose"]);
+    assert_eq!(human.code, 1);
+    assert!(
+        human.stdout.contains("larger than 1 MiB"),
+        "{}",
+        human.stdout
+    );
+}
