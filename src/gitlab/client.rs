@@ -2,8 +2,10 @@
 //!
 //! The server is not trusted to be well-behaved: runner-medic runs unattended as root and a
 //! runner's `url` may point anywhere. So every answer is read with a cap ([`MAX_BODY_BYTES`]),
-//! and any text from the server that goes into an error is cut to [`SERVER_TEXT_CHARS`].
+//! a list follows at most [`MAX_PAGES`] pages, and any text from the server that goes into an
+//! error is cut to [`SERVER_TEXT_CHARS`].
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,6 +30,14 @@ use crate::secret::{AdminToken, RunnerToken};
 /// its memory. A larger successful answer is [`Error::TooLarge`]; of an error answer only the
 /// first 1 MiB is read, enough for its message.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The most pages a list (`GET /runners/all`) is followed for: 1000 pages of [`PER_PAGE`] is
+/// 100 000 runners, more than any instance has. A server that still announces a next page after
+/// that is broken or hostile, and runner-medic must not loop forever on its word.
+pub const MAX_PAGES: u32 = 1000;
+
+/// Items asked for per page (GitLab's maximum).
+const PER_PAGE: usize = 100;
 
 /// The most characters of a server's own text (an error message) put into an error: enough for
 /// any message GitLab writes, short enough that a body cannot flood a report or a log.
@@ -162,12 +172,17 @@ impl Http {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
+                    let next_page = resp
+                        .headers()
+                        .get("X-Next-Page")
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
                     match read_capped(resp, MAX_BODY_BYTES, status.is_success()).await {
                         Ok(Capped::Whole(bytes)) if status.is_success() => {
                             return Ok(Answer {
                                 status,
                                 text: String::from_utf8_lossy(&bytes).into_owned(),
                                 date,
+                                next_page,
                             })
                         }
                         Ok(Capped::Over(_)) if status.is_success() => Error::TooLarge {
@@ -233,6 +248,8 @@ struct Answer {
     status: StatusCode,
     text: String,
     date: Option<DateTime<Utc>>,
+    /// `X-Next-Page`: empty on the last page of a list.
+    next_page: Option<String>,
 }
 
 /// A body read up to a limit: all of it, or the first `limit` bytes of a longer one.
@@ -468,20 +485,29 @@ impl AdminApi {
         self.get(&format!("api/v4/runners/{id}")).await
     }
 
-    /// `GET /runners/all`, every page, optionally of one type.
+    /// `GET /runners/all`, every page, optionally of one type. Follows `X-Next-Page` (or, where
+    /// a proxy dropped it, full pages) for at most [`MAX_PAGES`] pages, and stops with
+    /// [`Error::Pagination`] at a page that only repeats runners already listed or that points
+    /// anywhere but the page after it.
     pub async fn all_runners(
         &self,
         runner_type: Option<&str>,
     ) -> Result<Vec<RunnerSummary>, Error> {
         let mut out = Vec::new();
-        for page in 1.. {
-            let mut path = format!("api/v4/runners/all?per_page=100&page={page}");
+        let mut seen = HashSet::new();
+        let list = self.http.shown("api/v4/runners/all");
+        let fail = |reason: String| Error::Pagination {
+            url: list.clone(),
+            reason,
+        };
+        for page in 1..=MAX_PAGES {
+            let mut path = format!("api/v4/runners/all?per_page={PER_PAGE}&page={page}");
             if let Some(t) = runner_type {
                 let _ = write!(path, "&type={t}");
             }
-            let reply: Reply<Vec<RunnerSummary>> = self
+            let answer = self
                 .http
-                .call(
+                .send(
                     Method::GET,
                     &path,
                     Some(&self.token),
@@ -489,13 +515,38 @@ impl AdminApi {
                     Idempotency::Safe,
                 )
                 .await?;
-            let n = reply.value.len();
-            out.extend(reply.value);
-            if n < 100 {
-                break;
+            let items: Vec<RunnerSummary> = self.http.parse(&path, &answer.text)?;
+            if items.is_empty() {
+                return Ok(out);
+            }
+            let full = items.len() >= PER_PAGE;
+            let new = items.iter().filter(|r| !seen.contains(&r.id)).count();
+            if new == 0 {
+                return Err(fail(format!(
+                    "page {page} lists only runners earlier pages already listed (a proxy that \
+                     ignores `?page=` answers like this)"
+                )));
+            }
+            seen.extend(items.iter().map(|r| r.id));
+            out.extend(items);
+            match answer.next_page.as_deref().map(str::trim) {
+                Some("") => return Ok(out),
+                Some(next) if next.parse::<u32>().ok() == Some(page + 1) => {}
+                Some(next) => {
+                    return Err(fail(format!(
+                        "page {page} names `{}` as the next page instead of {}",
+                        server_text(next),
+                        page + 1
+                    )))
+                }
+                None if !full => return Ok(out),
+                None => {}
             }
         }
-        Ok(out)
+        Err(fail(format!(
+            "it still announced a next page after {MAX_PAGES} pages of {PER_PAGE} runners, more \
+             than any instance has"
+        )))
     }
 
     pub async fn update_runner(

@@ -29,6 +29,9 @@ pub enum Error {
         size(*.limit)
     )]
     TooLarge { url: String, limit: usize },
+    /// A paginated list that did not end the way GitLab's lists end.
+    #[error("the list at `{url}` did not end: {reason}; runner-medic stopped reading it")]
+    Pagination { url: String, reason: String },
     #[error("{0}")]
     Setup(String),
 }

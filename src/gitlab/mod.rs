@@ -15,7 +15,7 @@ pub use api::{
 };
 pub use client::{
     AdminApi, AdminCredential, ClientOptions, Reply, RunnerApi, TlsFiles, MAX_BODY_BYTES,
-    SERVER_TEXT_CHARS,
+    MAX_PAGES, SERVER_TEXT_CHARS,
 };
 pub use error::Error;
 pub use retry::RetryPolicy;

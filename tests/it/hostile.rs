@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gitlab_sim::{FaultKind, Options, Simulator};
 use runner_medic::gitlab::{
-    AdminApi, AdminCredential, ClientOptions, Error, RetryPolicy, MAX_BODY_BYTES,
+    AdminApi, AdminCredential, ClientOptions, Error, RetryPolicy, MAX_BODY_BYTES, MAX_PAGES,
 };
 use runner_medic::secret::AdminToken;
 use url::Url;
@@ -120,4 +120,61 @@ fn diagnose_names_a_huge_answer_instead_of_reading_it() {
         "{}",
         human.stdout
     );
+}
+
+// ---- 2. bounded pagination ----
+
+#[test]
+fn an_endless_runner_list_stops_after_the_page_limit() {
+    let sim = Simulator::start(Options::default()).unwrap();
+    let api = admin(&sim);
+    sim.state().inject(
+        "GET /api/v4/runners/all",
+        FaultKind::EndlessPages { repeat: false },
+        None,
+    );
+    let err = rt().block_on(api.all_runners(None)).unwrap_err();
+    assert!(matches!(err, Error::Pagination { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(&format!("after {MAX_PAGES} pages")), "{text}");
+    assert!(text.contains("/api/v4/runners/all"), "{text}");
+    assert_eq!(
+        sim.state().requests_to("GET", "/api/v4/runners/all"),
+        MAX_PAGES as usize
+    );
+}
+
+#[test]
+fn a_runner_list_that_repeats_its_page_stops_at_once() {
+    let sim = Simulator::start(Options::default()).unwrap();
+    let api = admin(&sim);
+    sim.state().inject(
+        "GET /api/v4/runners/all",
+        FaultKind::EndlessPages { repeat: true },
+        None,
+    );
+    let err = rt()
+        .block_on(api.all_runners(Some("instance_type")))
+        .unwrap_err();
+    assert!(matches!(err, Error::Pagination { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("page 2 lists only runners"),
+        "{err}"
+    );
+    assert_eq!(sim.state().requests_to("GET", "/api/v4/runners/all"), 2);
+}
+
+#[test]
+fn a_normal_runner_list_of_several_pages_is_read_whole() {
+    let sim = Simulator::start(Options::default()).unwrap();
+    for i in 0..250 {
+        sim.state().add_runner(gitlab_sim::NewRunner {
+            description: format!("r{i}"),
+            ..Default::default()
+        });
+    }
+    let api = admin(&sim);
+    let all = rt().block_on(api.all_runners(None)).unwrap();
+    assert_eq!(all.len(), 250);
+    assert_eq!(sim.state().requests_to("GET", "/api/v4/runners/all"), 3);
 }

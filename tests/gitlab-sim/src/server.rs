@@ -96,6 +96,20 @@ fn fault_response(status: u16) -> Response {
     )
 }
 
+/// What of the request a fault may use.
+#[derive(Clone, Default)]
+struct Seen {
+    query: String,
+}
+
+/// A query parameter as a number.
+fn query_number(query: &str, key: &str) -> Option<usize> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
 /// `bytes` bytes of a JSON-looking array, in 64 KiB chunks made as they are sent.
 fn huge_body(bytes: u64) -> Body {
     const CHUNK: usize = 64 * 1024;
@@ -116,7 +130,7 @@ fn huge_body(bytes: u64) -> Body {
 }
 
 /// Apply a fault; `None` means "answer normally".
-async fn apply(kind: FaultKind, kill: Option<&KillConnection>) -> Response {
+async fn apply(kind: FaultKind, kill: Option<&KillConnection>, seen: &Seen) -> Response {
     match kind {
         FaultKind::Status(code) => fault_response(code),
         FaultKind::RateLimited { retry_after_secs } => {
@@ -162,6 +176,30 @@ async fn apply(kind: FaultKind, kill: Option<&KillConnection>) -> Response {
             }
             r
         }
+        FaultKind::EndlessPages { repeat } => {
+            let page = query_number(&seen.query, "page").unwrap_or(1).max(1);
+            let per_page = query_number(&seen.query, "per_page")
+                .unwrap_or(20)
+                .clamp(1, 100);
+            let first = if repeat { 1 } else { page * per_page };
+            let items: Vec<serde_json::Value> = (0..per_page)
+                .map(|i| {
+                    serde_json::json!({
+                        "id": 5_000_000 + first + i,
+                        "description": "endless",
+                        "runner_type": "instance_type",
+                        "paused": false,
+                    })
+                })
+                .collect();
+            let mut r = (StatusCode::OK, axum::Json(items)).into_response();
+            let h = r.headers_mut();
+            h.insert("X-Page", HeaderValue::from(page));
+            h.insert("X-Per-Page", HeaderValue::from(per_page));
+            // No X-Total: GitLab leaves it out of lists longer than 10 000.
+            h.insert("X-Next-Page", HeaderValue::from(page + 1));
+            r
+        }
     }
 }
 
@@ -196,6 +234,9 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
     let bytes = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
+    let seen = Seen {
+        query: parts.uri.query().unwrap_or_default().to_string(),
+    };
     let (credential, credential_kind) = match (private, body_token(&bytes)) {
         (Some(p), _) => (Some(p), "private_token"),
         (None, Some(t)) => (Some(t), "runner_token"),
@@ -227,7 +268,7 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
         Some(kind) => {
             // Log before answering: a reset or hang never returns normally.
             record(fault_status(&kind));
-            apply(kind, kill.as_ref()).await
+            apply(kind, kill.as_ref(), &seen).await
         }
         None => {
             let response = next.run(request).await;
@@ -238,7 +279,7 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
             match after {
                 Some(kind) => {
                     record(fault_status(&kind));
-                    apply(kind, kill.as_ref()).await
+                    apply(kind, kill.as_ref(), &seen).await
                 }
                 None => {
                     record(response.status().as_u16());
@@ -265,6 +306,7 @@ fn fault_status(kind: &FaultKind) -> u16 {
         FaultKind::Reset => 0,
         FaultKind::Hang(_) => 504,
         FaultKind::Body(status, _) | FaultKind::HugeBody { status, .. } => *status,
+        FaultKind::EndlessPages { .. } => 200,
     }
 }
 

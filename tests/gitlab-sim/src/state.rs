@@ -125,6 +125,11 @@ pub enum FaultKind {
         bytes: u64,
         declare_length: bool,
     },
+    /// `GET /runners/all` answers a full page and `X-Next-Page: page+1` for every page, forever.
+    /// With `repeat` every page holds the same runners, as a caching proxy that ignores the
+    /// query string serves page 1 again and again; without it, new runners every time, as a
+    /// broken or hostile server that never ends its list.
+    EndlessPages { repeat: bool },
 }
 
 #[derive(Debug, Clone)]
