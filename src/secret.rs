@@ -3,6 +3,9 @@
 //!
 //! `expose_secret()` is called only in `gitlab/` (building requests), `runner_config/edit.rs`
 //! (writing the file) and `rotate/journal.rs` (the 0600 journal), so one grep finds every use.
+//!
+//! Text that comes from outside (a server's error body) goes through [`mask_tokens_in`] before
+//! it is shown, so a token it echoes is masked too.
 
 use std::fmt;
 
@@ -22,6 +25,83 @@ const PREFIXES: &[&str] = &[
     "t2_",
     "t3_",
 ];
+
+/// Prefixes that mark a word of free text as a GitLab token, whoever's it is: runner
+/// (`glrt-`, `glrtr-`, `GR1348941`), personal/project/group access (`glpat-`), CI job (`glcbt-`),
+/// deploy (`gldt-`), trigger (`glptt-`), feed (`glft-`), OAuth (`gloas-`), agent (`glagent-`),
+/// incoming mail (`glimt-`), SCIM (`glsoat-`) and feature-flag client (`glffct-`) tokens. The bare
+/// `t1_` partition markers are left out: too common in ordinary words to mean a token.
+const SHAPE_PREFIXES: &[&str] = &[
+    "glagent-",
+    "glffct-",
+    "glsoat-",
+    "glrtr-",
+    "glpat-",
+    "glcbt-",
+    "glptt-",
+    "gloas-",
+    "glimt-",
+    "glrt-",
+    "gldt-",
+    "glft-",
+    "GR1348941",
+];
+
+/// A token-shaped word needs at least this many characters after its prefix; shorter ones (a
+/// masked `glrt-ab…yz`, a bare `glrt-` in prose) are not tokens.
+const SHAPE_MIN_BODY: usize = 8;
+
+/// Characters a GitLab token is made of (routable tokens add `.`-separated parts).
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+}
+
+/// `text` with every occurrence of a `known` secret and every token-shaped word replaced by its
+/// [`Masked`] form. Text that comes from outside (a server's error body) goes through this before
+/// it reaches a message, a finding or a log; `known` holds the exact tokens that text may echo
+/// (the privileged token, the runner token of the request), which catches tokens of any shape.
+pub fn mask_tokens_in(text: &str, known: &[&str]) -> String {
+    let mut out = text.to_string();
+    for secret in known {
+        // A value this short is no token; masking it would garble ordinary text.
+        if secret.len() >= 6 && out.contains(secret) {
+            out = out.replace(secret, Masked::of(secret).as_str());
+        }
+    }
+    let mut masked = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some((start, prefix)) = next_token_start(rest) {
+        masked.push_str(&rest[..start]);
+        let word = &rest[start..];
+        let body_len = word[prefix.len()..]
+            .find(|c: char| !is_token_char(c))
+            .unwrap_or(word.len() - prefix.len());
+        // A sentence's full stop is not part of the token.
+        let token = word[..prefix.len() + body_len].trim_end_matches('.');
+        if token.len() - prefix.len() >= SHAPE_MIN_BODY {
+            masked.push_str(Masked::of(token).as_str());
+        } else {
+            masked.push_str(token);
+        }
+        rest = &word[token.len()..];
+    }
+    masked.push_str(rest);
+    masked
+}
+
+/// The first place in `text` where a token prefix starts a word, and the prefix.
+fn next_token_start(text: &str) -> Option<(usize, &'static str)> {
+    let mut previous: Option<char> = None;
+    for (i, c) in text.char_indices() {
+        if previous.is_none_or(|p| !is_token_char(p)) {
+            if let Some(prefix) = SHAPE_PREFIXES.iter().find(|p| text[i..].starts_with(*p)) {
+                return Some((i, prefix));
+            }
+        }
+        previous = Some(c);
+    }
+    None
+}
 
 /// A runner authentication token (`[[runners]].token`).
 #[derive(Clone)]
@@ -176,6 +256,27 @@ mod tests {
         assert_eq!(Masked::of("0123456789abcdef0123").as_str(), "01…23");
         assert_eq!(Masked::of("short").as_str(), "…");
         assert_eq!(Masked::of("").as_str(), "…");
+    }
+
+    #[test]
+    fn tokens_in_free_text_are_masked() {
+        let text =
+            "bad token glpat-abcdefghijklmnopqrst, runner \"glrt-t1_ABCDEFGHIJKLMNOPQRST\". \
+                    reg GR1348941zyxwvutsrqponmlk and job glcbt-64_abcdefghijklmnop.01.xyz.";
+        let out = mask_tokens_in(text, &[]);
+        assert_eq!(
+            out,
+            "bad token glpat-ab…st, runner \"glrt-t1_AB…ST\". reg GR1348941zy…lk and job glcbt-64…yz."
+        );
+        // Exact secrets of any shape; prose and masked forms stay as they are.
+        let out = mask_tokens_in(
+            "legacy 0123456789abcdefABCD and glrt-ab…yz, glrt- prefix, notglpat-abcdefghijkl",
+            &["0123456789abcdefABCD"],
+        );
+        assert_eq!(
+            out,
+            "legacy 01…CD and glrt-ab…yz, glrt- prefix, notglpat-abcdefghijkl"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! The server is not trusted to be well-behaved: runner-medic runs unattended as root and a
 //! runner's `url` may point anywhere. So every answer is read with a cap ([`MAX_BODY_BYTES`]),
 //! a list follows at most [`MAX_PAGES`] pages, and any text from the server that goes into an
-//! error is cut to [`SERVER_TEXT_CHARS`].
+//! error is cut to [`SERVER_TEXT_CHARS`] with every token in it masked.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -22,7 +22,7 @@ use super::api::{
 };
 use super::error::{classify, Error};
 use super::retry::{Idempotency, RetryPolicy};
-use crate::secret::{AdminToken, RunnerToken};
+use crate::secret::{mask_tokens_in, AdminToken, RunnerToken};
 
 /// The most runner-medic reads of any answer. The largest answer it asks for is a page of 100
 /// runners (about 30 KiB); 1 MiB leaves room for any real instance while a broken or hostile
@@ -149,6 +149,12 @@ impl Http {
         kind: Idempotency,
     ) -> Result<Answer, Error> {
         let url = self.url(path)?;
+        // The secrets this request carries: a server may echo them in its error text.
+        let secrets: Vec<&str> = private_token
+            .map(AdminToken::expose_secret)
+            .into_iter()
+            .chain(body.as_ref().and_then(|b| b.get("token")?.as_str()))
+            .collect();
         let host = url.host_str().unwrap_or_default().to_string();
         // The URL without its query, for messages.
         let shown = format!("{}{}", url.origin().ascii_serialization(), url.path());
@@ -193,7 +199,10 @@ impl Http {
                         Ok(Capped::Whole(bytes) | Capped::Over(bytes)) => Error::Http {
                             url: shown.clone(),
                             status: status.as_u16(),
-                            message: server_text(&error_message(&String::from_utf8_lossy(&bytes))),
+                            message: server_text(
+                                &error_message(&String::from_utf8_lossy(&bytes)),
+                                &secrets,
+                            ),
                             retry_after,
                         },
                         Err(e) => classify(&e, &shown, &host, self.opts.timeout),
@@ -232,7 +241,7 @@ impl Http {
     fn parse<T: DeserializeOwned>(&self, path: &str, text: &str) -> Result<T, Error> {
         serde_json::from_str(text).map_err(|e| Error::Body {
             url: self.shown(path),
-            reason: server_text(&e.to_string()),
+            reason: server_text(&e.to_string(), &[]),
         })
     }
 
@@ -284,16 +293,17 @@ async fn read_capped(
     Ok(Capped::Whole(bytes))
 }
 
-/// A server's text made fit for a message: control characters (terminal escapes) dropped, and
-/// cut to [`SERVER_TEXT_CHARS`].
-fn server_text(text: &str) -> String {
-    let text = text.trim();
-    let mut out: String = text
+/// A server's text made fit for a message: the tokens of the request (`secrets`) and any other
+/// token-shaped word masked, control characters (terminal escapes) dropped, and cut to
+/// [`SERVER_TEXT_CHARS`]. Masking comes first so the cut never leaves part of a token.
+fn server_text(text: &str, secrets: &[&str]) -> String {
+    let masked = mask_tokens_in(text.trim(), secrets);
+    let mut out: String = masked
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(SERVER_TEXT_CHARS)
         .collect();
-    if text.chars().count() > SERVER_TEXT_CHARS {
+    if masked.chars().count() > SERVER_TEXT_CHARS {
         out.push('…');
     }
     out
@@ -307,7 +317,7 @@ fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
 }
 
 /// GitLab's `message` is a string or an object (reference §4.1); OAuth errors use `error`. The
-/// caller cuts the result with [`server_text`].
+/// caller masks and cuts the result with [`server_text`].
 fn error_message(text: &str) -> String {
     match serde_json::from_str::<Value>(text) {
         Ok(v) => {
@@ -535,7 +545,7 @@ impl AdminApi {
                 Some(next) => {
                     return Err(fail(format!(
                         "page {page} names `{}` as the next page instead of {}",
-                        server_text(next),
+                        server_text(next, &[self.token.expose_secret()]),
                         page + 1
                     )))
                 }

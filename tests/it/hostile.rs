@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
-use gitlab_sim::{FaultKind, Options, Simulator};
+use gitlab_sim::{FaultKind, Options, Pat, Simulator};
 use runner_medic::gitlab::{
     AdminApi, AdminCredential, ClientOptions, Error, RetryPolicy, MAX_BODY_BYTES, MAX_PAGES,
 };
-use runner_medic::secret::AdminToken;
+use runner_medic::secret::{AdminToken, Masked};
 use url::Url;
 
-use crate::harness::TestEnv;
+use crate::harness::{Run, TestEnv};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -177,4 +177,115 @@ fn a_normal_runner_list_of_several_pages_is_read_whole() {
     let all = rt().block_on(api.all_runners(None)).unwrap();
     assert_eq!(all.len(), 250);
     assert_eq!(sim.state().requests_to("GET", "/api/v4/runners/all"), 3);
+}
+
+// ---- 3. server text never leaks secrets ----
+
+/// A privileged token without a prefix (as tokens made before GitLab 14.5 are), so only the
+/// exact-value masking can catch it.
+fn legacy_admin(env: &mut TestEnv) -> String {
+    let token = "Zq4vL9xTr2Wm8KpB3nHc".to_string();
+    let mut s = env.sim.state();
+    let id = s.pats.len() as u64 + 1;
+    s.pats.push(Pat {
+        id,
+        token: token.clone(),
+        name: "legacy".into(),
+        scopes: vec!["api".into()],
+        expires_at: None,
+        revoked: false,
+        admin: true,
+    });
+    drop(s);
+    env.admin_token = token.clone();
+    token
+}
+
+/// Neither token in any form but the mask; the echo itself reached the output (masked), so the
+/// test cannot pass by the message having been dropped.
+fn assert_masked(run: &Run, secrets: &[&str]) {
+    let all = format!("{}\n{}", run.stdout, run.stderr);
+    for secret in secrets {
+        assert!(!all.contains(secret), "a token leaked:\n{all}");
+    }
+    assert!(
+        all.contains("refused: PRIVATE-TOKEN="),
+        "no echo shown:\n{all}"
+    );
+    let shown_masked = secrets.iter().any(|s| all.contains(Masked::of(s).as_str()));
+    assert!(shown_masked, "no masked token in:\n{all}");
+}
+
+#[test]
+fn diagnose_masks_tokens_a_server_echoes_in_its_errors() {
+    let mut env = TestEnv::new();
+    let admin = legacy_admin(&mut env);
+    let runner = env.healthy("echo");
+    env.write_config(std::slice::from_ref(&runner));
+    for format in ["json", "human"] {
+        {
+            let mut s = env.sim.state();
+            s.faults.clear();
+            s.inject(
+                "GET /api/v4/personal_access_tokens/self",
+                FaultKind::EchoSecrets(500),
+                None,
+            );
+            s.inject(
+                "POST /api/v4/runners/verify",
+                FaultKind::EchoSecrets(500),
+                None,
+            );
+        }
+        let run = env.run(&["diagnose", "--output", format]);
+        assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+        assert_masked(&run, &[&admin, &runner.token]);
+        assert!(
+            run.stdout.contains(Masked::of(&admin).as_str())
+                && run.stdout.contains(Masked::of(&runner.token).as_str()),
+            "{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn rotate_masks_tokens_a_server_echoes_in_its_errors() {
+    let mut env = TestEnv::new();
+    let admin = legacy_admin(&mut env);
+    let dead = env.expired("dead");
+    let soon = env.expiring("soon", 2);
+    env.write_config(&[dead.clone(), soon.clone()]);
+    {
+        let mut s = env.sim.state();
+        // The privileged reset of the dead token, and the self-renewal that sends the runner token.
+        s.inject(
+            "POST /api/v4/runners/:id/reset_authentication_token",
+            FaultKind::EchoSecrets(400),
+            None,
+        );
+        s.inject(
+            "POST /api/v4/runners/reset_authentication_token",
+            FaultKind::EchoSecrets(400),
+            None,
+        );
+    }
+    for format in ["json", "human"] {
+        let run = env.run(&["rotate", "--output", format]);
+        assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+        assert_masked(&run, &[&admin, &dead.token, &soon.token]);
+        assert!(
+            run.stdout.contains(Masked::of(&admin).as_str()),
+            "{}",
+            run.stdout
+        );
+        assert!(
+            run.stdout.contains(Masked::of(&soon.token).as_str()),
+            "{}",
+            run.stdout
+        );
+    }
+    // Nothing was changed by the refused calls.
+    assert_eq!(env.config_token("dead"), dead.token);
+    assert_eq!(env.config_token("soon"), soon.token);
 }

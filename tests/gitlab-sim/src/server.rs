@@ -100,6 +100,8 @@ fn fault_response(status: u16) -> Response {
 #[derive(Clone, Default)]
 struct Seen {
     query: String,
+    private_token: Option<String>,
+    runner_token: Option<String>,
 }
 
 /// A query parameter as a number.
@@ -200,6 +202,17 @@ async fn apply(kind: FaultKind, kill: Option<&KillConnection>, seen: &Seen) -> R
             h.insert("X-Next-Page", HeaderValue::from(page + 1));
             r
         }
+        FaultKind::EchoSecrets(status) => {
+            let text = format!(
+                "{status} refused: PRIVATE-TOKEN={} token={} (request logged)",
+                seen.private_token.as_deref().unwrap_or("-"),
+                seen.runner_token.as_deref().unwrap_or("-"),
+            );
+            api::message(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &text,
+            )
+        }
     }
 }
 
@@ -236,6 +249,8 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
         .unwrap_or_default();
     let seen = Seen {
         query: parts.uri.query().unwrap_or_default().to_string(),
+        private_token: private.clone(),
+        runner_token: body_token(&bytes),
     };
     let (credential, credential_kind) = match (private, body_token(&bytes)) {
         (Some(p), _) => (Some(p), "private_token"),
@@ -305,7 +320,9 @@ fn fault_status(kind: &FaultKind) -> u16 {
         FaultKind::RateLimited { .. } => 429,
         FaultKind::Reset => 0,
         FaultKind::Hang(_) => 504,
-        FaultKind::Body(status, _) | FaultKind::HugeBody { status, .. } => *status,
+        FaultKind::Body(status, _)
+        | FaultKind::HugeBody { status, .. }
+        | FaultKind::EchoSecrets(status) => *status,
         FaultKind::EndlessPages { .. } => 200,
     }
 }

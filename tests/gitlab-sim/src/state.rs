@@ -130,6 +130,9 @@ pub enum FaultKind {
     /// query string serves page 1 again and again; without it, new runners every time, as a
     /// broken or hostile server that never ends its list.
     EndlessPages { repeat: bool },
+    /// Answer with this status and a `message` that echoes the request's `PRIVATE-TOKEN` and
+    /// runner `token`, as some proxies and debug error pages quote the request they refused.
+    EchoSecrets(u16),
 }
 
 #[derive(Debug, Clone)]
