@@ -4,12 +4,52 @@
 //! `expose_secret()` is called only in `gitlab/` (building requests), `runner_config/edit.rs`
 //! (writing the file) and `rotate/journal.rs` (the 0600 journal), so one grep finds every use.
 //!
-//! Text that comes from outside (a server's error body) goes through [`mask_tokens_in`] before
-//! it is shown, so a token it echoes is masked too.
+//! Two guards keep tokens from leaving by other ways: [`mask_tokens_in`] masks the tokens in text
+//! that comes from outside (a server's error body) before it is shown, and every token value the
+//! process holds is remembered so [`is_secret_value`] can keep it out of child environments.
 
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 
 use secrecy::{ExposeSecret, SecretString};
+
+/// Every token value this process has held, so that no child process (a hook, a service command)
+/// is handed one through its environment: see [`is_secret_value`]. Filled by the constructors of
+/// [`RunnerToken`] and [`AdminToken`], so no token can be forgotten; each value once.
+static SEEN: Mutex<Vec<SecretString>> = Mutex::new(Vec::new());
+
+/// Shorter values (empty, `1`, `true`) are no token; refusing them to children would break
+/// ordinary variables.
+const SEEN_MIN_LEN: usize = 8;
+
+fn remember(value: &str) {
+    let value = value.trim();
+    if value.len() < SEEN_MIN_LEN || value.starts_with(['$', '<']) {
+        return;
+    }
+    let mut seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
+    if !seen.iter().any(|s| s.expose_secret() == value) {
+        seen.push(SecretString::from(value.to_string()));
+    }
+}
+
+/// Whether an environment value must not reach a child process: it is a token this process holds
+/// (the privileged token, a runner token from config.toml or from GitLab), or it looks like a
+/// GitLab token of any kind.
+pub fn is_secret_value(value: &str) -> bool {
+    let value = value.trim();
+    if value.is_empty() {
+        return false;
+    }
+    let held = SEEN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .any(|s| s.expose_secret() == value);
+    held || SHAPE_PREFIXES
+        .iter()
+        .any(|p| value.starts_with(p) && value.len() - p.len() >= SHAPE_MIN_BODY)
+}
 
 /// Token prefixes GitLab uses, longest first so `glrt-t1_` wins over `glrt-`.
 const PREFIXES: &[&str] = &[
@@ -113,7 +153,9 @@ pub struct AdminToken(SecretString);
 
 impl RunnerToken {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(SecretString::from(value.into()))
+        let value = value.into();
+        remember(&value);
+        Self(SecretString::from(value))
     }
 
     pub fn masked(&self) -> Masked {
@@ -163,7 +205,9 @@ impl RunnerToken {
 
 impl AdminToken {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(SecretString::from(value.into()))
+        let value = value.into();
+        remember(&value);
+        Self(SecretString::from(value))
     }
 
     pub fn masked(&self) -> Masked {
@@ -277,6 +321,19 @@ mod tests {
             out,
             "legacy 01…CD and glrt-ab…yz, glrt- prefix, notglpat-abcdefghijkl"
         );
+    }
+
+    #[test]
+    fn held_and_token_shaped_values_are_secret() {
+        let _held = RunnerToken::new("0123456789legacyrunner");
+        assert!(is_secret_value("0123456789legacyrunner"));
+        assert!(is_secret_value("glpat-zzzzzzzzzzzzzzzzzzzz"));
+        assert!(!is_secret_value("0123456789legacyrunneR"));
+        assert!(!is_secret_value("/usr/bin:/bin"));
+        assert!(!is_secret_value(""));
+        // Placeholders and short values are never held.
+        let _placeholder = RunnerToken::new("<new token>");
+        assert!(!is_secret_value("<new token>"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! environment that holds tokens a child process must not inherit; an agent asked to hammer
 //! GitLab. Each test drives the real client or the real binary against the simulator.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use gitlab_sim::{FaultKind, Options, Pat, Simulator};
@@ -288,4 +289,79 @@ fn rotate_masks_tokens_a_server_echoes_in_its_errors() {
     // Nothing was changed by the refused calls.
     assert_eq!(env.config_token("dead"), dead.token);
     assert_eq!(env.config_token("soon"), soon.token);
+}
+
+// ---- 4. scrubbed child environments ----
+
+#[test]
+fn hooks_and_service_commands_never_inherit_a_secret() {
+    let mut env = TestEnv::new();
+    let dumps = env.path("dumps");
+    std::fs::create_dir(&dumps).unwrap();
+    let d = dumps.display();
+    // A gitlab-runner stand-in that records its environment for every action.
+    let service = env.path("gitlab-runner");
+    std::fs::write(
+        &service,
+        format!(
+            "#!/bin/sh\nenv > \"{d}/service-$1\"\ncase \"$1\" in\n  stop) touch \"{d}/stopped\" ;;\n  start) rm -f \"{d}/stopped\" ;;\n  status) if [ -e \"{d}/stopped\" ]; then echo \"gitlab-runner: Service is not running.\"; exit 1; fi; echo \"gitlab-runner: Service is running\" ;;\nesac\nexit 0\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&service, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.extra_settings = format!(
+        "[hooks]\npre = \"env > {d}/hook-pre\"\ndeploy = \"env > {d}/hook-deploy\"\npost = \"env > {d}/hook-post\"\n\n[service]\nmanager = \"gitlab-runner\"\ngitlab_runner_bin = \"{}\"\nstop_timeout = \"5s\"\n",
+        service.display()
+    );
+    let dead = env.expired("dead");
+    env.write_config(std::slice::from_ref(&dead));
+    let mut cmd = env.command(&["rotate", "--output", "json"]);
+    cmd.env("RUNNER_MEDIC_ADMIN_TOKEN", &env.admin_token)
+        // The same secrets under other names: a copy of the privileged token, the runner token
+        // kept for gitlab-runner's `$VAR` expansion, and someone else's token of GitLab's shape.
+        .env("DEPLOY_PAT", &env.admin_token)
+        .env("CI_RUNNER_TOKEN", &dead.token)
+        .env("OTHER_TOKEN", "glpat-AAAAbbbbCCCCddddEEEE")
+        .env("KEEP_ME", "visible");
+    let run = env.run_cmd(cmd);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_ne!(
+        env.config_token("dead"),
+        dead.token,
+        "the token was rotated"
+    );
+    let mut secrets = env.all_secrets();
+    secrets.push("glpat-AAAAbbbbCCCCddddEEEE".into());
+    for name in [
+        "hook-pre",
+        "hook-deploy",
+        "hook-post",
+        "service-stop",
+        "service-start",
+        "service-status",
+    ] {
+        let text = std::fs::read_to_string(dumps.join(name))
+            .unwrap_or_else(|e| panic!("{name} did not run: {e}"));
+        assert!(text.contains("KEEP_ME=visible"), "{name}:\n{text}");
+        for var in [
+            "RUNNER_MEDIC_ADMIN_TOKEN",
+            "DEPLOY_PAT",
+            "CI_RUNNER_TOKEN",
+            "OTHER_TOKEN",
+        ] {
+            assert!(
+                !text.contains(&format!("{var}=")),
+                "{var} reached {name}:\n{text}"
+            );
+        }
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a token reached {name}:\n{text}"
+            );
+        }
+    }
+    let deploy = std::fs::read_to_string(dumps.join("hook-deploy")).unwrap();
+    assert!(deploy.contains("RUNNER_MEDIC_HOOK=deploy"), "{deploy}");
+    assert!(deploy.contains("RUNNER_MEDIC_RUNNER=dead"), "{deploy}");
 }
