@@ -4,6 +4,7 @@
 //! GitLab. Each test drives the real client or the real binary against the simulator.
 
 use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
 use std::time::Duration;
 
 use gitlab_sim::{FaultKind, Options, Pat, Simulator};
@@ -364,4 +365,81 @@ fn hooks_and_service_commands_never_inherit_a_secret() {
     let deploy = std::fs::read_to_string(dumps.join("hook-deploy")).unwrap();
     assert!(deploy.contains("RUNNER_MEDIC_HOOK=deploy"), "{deploy}");
     assert!(deploy.contains("RUNNER_MEDIC_RUNNER=dead"), "{deploy}");
+}
+
+// ---- 5. agent interval and jitter bounds ----
+
+/// Run the agent, which must refuse to start: a bounded wait, so an accepted interval fails the
+/// test instead of hanging it.
+fn agent_refuses(env: &TestEnv, args: &[&str], production: bool) -> (i32, String) {
+    let mut all = vec!["agent"];
+    all.extend_from_slice(args);
+    let mut cmd = env.command(&all);
+    if production {
+        cmd.env_remove("RUNNER_MEDIC_TEST_FAST_RETRY");
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            env.assert_no_secrets(&stderr, "stderr");
+            return (out.status.code().unwrap_or(-1), stderr);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the agent started with {args:?}");
+}
+
+#[test]
+fn agent_refuses_an_interval_below_the_minimum() {
+    let env = TestEnv::new();
+    env.write_config(&[env.healthy("a")]);
+    for (args, production) in [
+        (&["--interval", "1ns"][..], false),
+        (&["--interval", "1ns"][..], true),
+        (&["--interval", "30s"][..], true),
+    ] {
+        let (code, stderr) = agent_refuses(&env, args, production);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        let value = args[1];
+        assert!(
+            stderr.contains(&format!("`--interval {value}`")),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("minimum interval"), "{stderr}");
+        if production {
+            assert!(stderr.contains("minimum interval of 60s"), "{stderr}");
+        }
+        assert!(stderr.contains("fix: use `--interval"), "{stderr}");
+    }
+    assert!(env.sim.state().log.is_empty(), "no cycle ran");
+}
+
+#[test]
+fn agent_refuses_a_jitter_longer_than_the_interval_and_an_interval_from_the_settings() {
+    let mut env = TestEnv::new();
+    env.write_config(&[env.healthy("a")]);
+    let (code, stderr) = agent_refuses(&env, &["--interval", "1h", "--jitter", "2d"], true);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`--jitter 2d`"), "{stderr}");
+    assert!(stderr.contains("longer than the interval (1h)"), "{stderr}");
+    assert!(stderr.contains("fix: "), "{stderr}");
+    let (code, stderr) = agent_refuses(&env, &["--interval", "400d"], true);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("maximum interval"), "{stderr}");
+    env.extra_settings = "[agent]\ninterval = \"5s\"\n".into();
+    let (code, stderr) = agent_refuses(&env, &[], true);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("`interval = \"5s\"` in [agent]"),
+        "{stderr}"
+    );
+    assert!(env.sim.state().log.is_empty(), "no cycle ran");
 }
