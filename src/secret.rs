@@ -3,10 +3,53 @@
 //!
 //! `expose_secret()` is called only in `gitlab/` (building requests), `runner_config/edit.rs`
 //! (writing the file) and `rotate/journal.rs` (the 0600 journal), so one grep finds every use.
+//!
+//! Two guards keep tokens from leaving by other ways: [`mask_tokens_in`] masks the tokens in text
+//! that comes from outside (a server's error body) before it is shown, and every token value the
+//! process holds is remembered so [`is_secret_value`] can keep it out of child environments.
 
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 
 use secrecy::{ExposeSecret, SecretString};
+
+/// Every token value this process has held, so that no child process (a hook, a service command)
+/// is handed one through its environment: see [`is_secret_value`]. Filled by the constructors of
+/// [`RunnerToken`] and [`AdminToken`], so no token can be forgotten; each value once.
+static SEEN: Mutex<Vec<SecretString>> = Mutex::new(Vec::new());
+
+/// Shorter values (empty, `1`, `true`) are no token; refusing them to children would break
+/// ordinary variables.
+const SEEN_MIN_LEN: usize = 8;
+
+fn remember(value: &str) {
+    let value = value.trim();
+    if value.len() < SEEN_MIN_LEN || value.starts_with(['$', '<']) {
+        return;
+    }
+    let mut seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
+    if !seen.iter().any(|s| s.expose_secret() == value) {
+        seen.push(SecretString::from(value.to_string()));
+    }
+}
+
+/// Whether an environment value must not reach a child process: it is a token this process holds
+/// (the privileged token, a runner token from config.toml or from GitLab), or it looks like a
+/// GitLab token of any kind.
+pub fn is_secret_value(value: &str) -> bool {
+    let value = value.trim();
+    if value.is_empty() {
+        return false;
+    }
+    let held = SEEN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .any(|s| s.expose_secret() == value);
+    held || SHAPE_PREFIXES
+        .iter()
+        .any(|p| value.starts_with(p) && value.len() - p.len() >= SHAPE_MIN_BODY)
+}
 
 /// Token prefixes GitLab uses, longest first so `glrt-t1_` wins over `glrt-`.
 const PREFIXES: &[&str] = &[
@@ -23,6 +66,83 @@ const PREFIXES: &[&str] = &[
     "t3_",
 ];
 
+/// Prefixes that mark a word of free text as a GitLab token, whoever's it is: runner
+/// (`glrt-`, `glrtr-`, `GR1348941`), personal/project/group access (`glpat-`), CI job (`glcbt-`),
+/// deploy (`gldt-`), trigger (`glptt-`), feed (`glft-`), OAuth (`gloas-`), agent (`glagent-`),
+/// incoming mail (`glimt-`), SCIM (`glsoat-`) and feature-flag client (`glffct-`) tokens. The bare
+/// `t1_` partition markers are left out: too common in ordinary words to mean a token.
+const SHAPE_PREFIXES: &[&str] = &[
+    "glagent-",
+    "glffct-",
+    "glsoat-",
+    "glrtr-",
+    "glpat-",
+    "glcbt-",
+    "glptt-",
+    "gloas-",
+    "glimt-",
+    "glrt-",
+    "gldt-",
+    "glft-",
+    "GR1348941",
+];
+
+/// A token-shaped word needs at least this many characters after its prefix; shorter ones (a
+/// masked `glrt-ab…yz`, a bare `glrt-` in prose) are not tokens.
+const SHAPE_MIN_BODY: usize = 8;
+
+/// Characters a GitLab token is made of (routable tokens add `.`-separated parts).
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+}
+
+/// `text` with every occurrence of a `known` secret and every token-shaped word replaced by its
+/// [`Masked`] form. Text that comes from outside (a server's error body) goes through this before
+/// it reaches a message, a finding or a log; `known` holds the exact tokens that text may echo
+/// (the privileged token, the runner token of the request), which catches tokens of any shape.
+pub fn mask_tokens_in(text: &str, known: &[&str]) -> String {
+    let mut out = text.to_string();
+    for secret in known {
+        // A value this short is no token; masking it would garble ordinary text.
+        if secret.len() >= 6 && out.contains(secret) {
+            out = out.replace(secret, Masked::of(secret).as_str());
+        }
+    }
+    let mut masked = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some((start, prefix)) = next_token_start(rest) {
+        masked.push_str(&rest[..start]);
+        let word = &rest[start..];
+        let body_len = word[prefix.len()..]
+            .find(|c: char| !is_token_char(c))
+            .unwrap_or(word.len() - prefix.len());
+        // A sentence's full stop is not part of the token.
+        let token = word[..prefix.len() + body_len].trim_end_matches('.');
+        if token.len() - prefix.len() >= SHAPE_MIN_BODY {
+            masked.push_str(Masked::of(token).as_str());
+        } else {
+            masked.push_str(token);
+        }
+        rest = &word[token.len()..];
+    }
+    masked.push_str(rest);
+    masked
+}
+
+/// The first place in `text` where a token prefix starts a word, and the prefix.
+fn next_token_start(text: &str) -> Option<(usize, &'static str)> {
+    let mut previous: Option<char> = None;
+    for (i, c) in text.char_indices() {
+        if previous.is_none_or(|p| !is_token_char(p)) {
+            if let Some(prefix) = SHAPE_PREFIXES.iter().find(|p| text[i..].starts_with(*p)) {
+                return Some((i, prefix));
+            }
+        }
+        previous = Some(c);
+    }
+    None
+}
+
 /// A runner authentication token (`[[runners]].token`).
 #[derive(Clone)]
 pub struct RunnerToken(SecretString);
@@ -33,7 +153,9 @@ pub struct AdminToken(SecretString);
 
 impl RunnerToken {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(SecretString::from(value.into()))
+        let value = value.into();
+        remember(&value);
+        Self(SecretString::from(value))
     }
 
     pub fn masked(&self) -> Masked {
@@ -88,7 +210,9 @@ impl RunnerToken {
 
 impl AdminToken {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(SecretString::from(value.into()))
+        let value = value.into();
+        remember(&value);
+        Self(SecretString::from(value))
     }
 
     pub fn masked(&self) -> Masked {
@@ -226,6 +350,40 @@ mod tests {
         assert!(env_variables("glrt-abcdefghijklmnopqrst").is_empty());
         assert!(RunnerToken::new("${A}").is_env_reference());
         assert!(!RunnerToken::new("glrt-abcdefghijklmnopqrst").is_env_reference());
+    }
+
+    #[test]
+    fn tokens_in_free_text_are_masked() {
+        let text =
+            "bad token glpat-abcdefghijklmnopqrst, runner \"glrt-t1_ABCDEFGHIJKLMNOPQRST\". \
+                    reg GR1348941zyxwvutsrqponmlk and job glcbt-64_abcdefghijklmnop.01.xyz.";
+        let out = mask_tokens_in(text, &[]);
+        assert_eq!(
+            out,
+            "bad token glpat-ab…st, runner \"glrt-t1_AB…ST\". reg GR1348941zy…lk and job glcbt-64…yz."
+        );
+        // Exact secrets of any shape; prose and masked forms stay as they are.
+        let out = mask_tokens_in(
+            "legacy 0123456789abcdefABCD and glrt-ab…yz, glrt- prefix, notglpat-abcdefghijkl",
+            &["0123456789abcdefABCD"],
+        );
+        assert_eq!(
+            out,
+            "legacy 01…CD and glrt-ab…yz, glrt- prefix, notglpat-abcdefghijkl"
+        );
+    }
+
+    #[test]
+    fn held_and_token_shaped_values_are_secret() {
+        let _held = RunnerToken::new("0123456789legacyrunner");
+        assert!(is_secret_value("0123456789legacyrunner"));
+        assert!(is_secret_value("glpat-zzzzzzzzzzzzzzzzzzzz"));
+        assert!(!is_secret_value("0123456789legacyrunneR"));
+        assert!(!is_secret_value("/usr/bin:/bin"));
+        assert!(!is_secret_value(""));
+        // Placeholders and short values are never held.
+        let _placeholder = RunnerToken::new("<new token>");
+        assert!(!is_secret_value("<new token>"));
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub struct Environment {
     pub admin_token: Option<String>,
     pub home: Option<PathBuf>,
     pub is_root: bool,
-    /// `RUNNER_MEDIC_TEST_FAST_RETRY`: shrink retry delays (tests only).
+    /// `RUNNER_MEDIC_TEST_FAST_RETRY`: shrink retry delays and allow agent intervals down to 1 s
+    /// (tests only).
     pub fast_retry: bool,
     pub is_tty_stdout: bool,
     pub is_tty_stderr: bool,
@@ -157,6 +158,93 @@ pub fn parse_duration(what: &str, text: &str) -> Result<Duration, SettingsError>
             "write durations like `90s`, `30m`, `6h` or `7d`",
         )
     })
+}
+
+/// The shortest `agent` interval: each cycle asks GitLab about every runner, so a shorter one only
+/// loads the instance (and trips its rate limits) without finding anything sooner that matters.
+pub const MIN_AGENT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The longest `agent` interval: runner tokens can expire within days, so a longer gap lets one
+/// die unnoticed; it also keeps `interval + jitter` far from overflowing a deadline.
+pub const MAX_AGENT_INTERVAL: Duration = Duration::from_secs(30 * 86400);
+
+/// The shortest interval the tests may ask for (`RUNNER_MEDIC_TEST_FAST_RETRY`).
+const TEST_MIN_AGENT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The agent's interval and jitter, from the flags or the `[agent]` table, within bounds:
+/// `60s ≤ interval ≤ 30d` and `jitter ≤ interval`. A refusal names where the value came from.
+fn agent_timing(
+    overrides: &Overrides,
+    file: &AgentFile,
+    test_mode: bool,
+) -> Result<(Duration, Duration), SettingsError> {
+    // (what the operator wrote, as they would write it; the value)
+    let source = |flag: &Option<String>, key: &str, from_file: &Option<String>| match (
+        flag.as_deref(),
+        from_file.as_deref(),
+    ) {
+        (Some(v), _) => Some((format!("`--{key} {v}`"), v.to_string())),
+        (None, Some(v)) => Some((format!("`{key} = \"{v}\"` in [agent]"), v.to_string())),
+        (None, None) => None,
+    };
+    let interval_src = source(&overrides.interval, "interval", &file.interval);
+    let interval = match &interval_src {
+        Some((_, v)) => parse_duration("agent.interval", v)?,
+        None => Duration::from_secs(6 * 3600),
+    };
+    let min = if test_mode {
+        TEST_MIN_AGENT_INTERVAL
+    } else {
+        MIN_AGENT_INTERVAL
+    };
+    let shown = |d: Duration| humantime::format_duration(d).to_string();
+    if let Some((what, _)) = &interval_src {
+        if interval < min {
+            return Err(bad(
+                format!(
+                    "{what} is shorter than the minimum interval of {}s: every cycle asks GitLab \
+                     about every runner",
+                    min.as_secs()
+                ),
+                format!(
+                    "use `--interval {}s` or longer (the default is `6h`; `1h` suits most hosts)",
+                    min.as_secs()
+                ),
+            ));
+        }
+        if interval > MAX_AGENT_INTERVAL {
+            return Err(bad(
+                format!(
+                    "{what} is longer than the maximum interval of {}: a token could expire \
+                     unnoticed in between",
+                    shown(MAX_AGENT_INTERVAL)
+                ),
+                "use `--interval 6h` (the default) or anything up to `30days`",
+            ));
+        }
+    }
+    let jitter = match source(&overrides.jitter, "jitter", &file.jitter) {
+        Some((what, v)) => {
+            let jitter = parse_duration("agent.jitter", &v)?;
+            if jitter > interval {
+                return Err(bad(
+                    format!(
+                        "{what} is longer than the interval ({}): a cycle could wait more than \
+                         twice the interval",
+                        shown(interval)
+                    ),
+                    format!(
+                        "use a jitter of at most the interval, e.g. `--jitter {}` (a tenth, the \
+                         default)",
+                        shown(interval / 10)
+                    ),
+                ));
+            }
+            jitter
+        }
+        None => interval / 10,
+    };
+    Ok((interval, jitter))
 }
 
 /// Parse and normalise a GitLab base URL.
@@ -366,22 +454,7 @@ impl Settings {
                 "use one of auto, systemd, sysv, openrc, launchd, gitlab-runner, docker, podman, none",
             )
         })?;
-        let interval = duration(
-            "agent.interval",
-            overrides
-                .interval
-                .as_deref()
-                .or(file.agent.interval.as_deref()),
-            Duration::from_secs(6 * 3600),
-        )?;
-        if interval.is_zero() {
-            return Err(bad("`interval` must be longer than zero", "use e.g. `6h`"));
-        }
-        let jitter = duration(
-            "agent.jitter",
-            overrides.jitter.as_deref().or(file.agent.jitter.as_deref()),
-            interval / 10,
-        )?;
+        let (interval, jitter) = agent_timing(overrides, &file.agent, env.fast_retry)?;
         Ok(Self {
             runner_config,
             settings_file: settings_path,

@@ -1,5 +1,11 @@
 //! The HTTP client: TLS set-up, one send-with-retries loop, and the calls.
+//!
+//! The server is not trusted to be well-behaved: runner-medic runs unattended as root and a
+//! runner's `url` may point anywhere. So every answer is read with a cap ([`MAX_BODY_BYTES`]),
+//! a list follows at most [`MAX_PAGES`] pages, and any text from the server that goes into an
+//! error is cut to [`SERVER_TEXT_CHARS`] with every token in it masked.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,7 +22,26 @@ use super::api::{
 };
 use super::error::{classify, Error};
 use super::retry::{Idempotency, RetryPolicy};
-use crate::secret::{AdminToken, RunnerToken};
+use crate::secret::{mask_tokens_in, AdminToken, RunnerToken};
+
+/// The most runner-medic reads of any answer. The largest answer it asks for is a page of 100
+/// runners (about 30 KiB); 1 MiB leaves room for any real instance while a broken or hostile
+/// server (or a proxy answering with a huge page) cannot make a process that runs as root fill
+/// its memory. A larger successful answer is [`Error::TooLarge`]; of an error answer only the
+/// first 1 MiB is read, enough for its message.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The most pages a list (`GET /runners/all`) is followed for: 1000 pages of [`PER_PAGE`] is
+/// 100 000 runners, more than any instance has. A server that still announces a next page after
+/// that is broken or hostile, and runner-medic must not loop forever on its word.
+pub const MAX_PAGES: u32 = 1000;
+
+/// Items asked for per page (GitLab's maximum).
+const PER_PAGE: usize = 100;
+
+/// The most characters of a server's own text (an error message) put into an error: enough for
+/// any message GitLab writes, short enough that a body cannot flood a report or a log.
+pub const SERVER_TEXT_CHARS: usize = 200;
 
 /// TLS files of a `[[runners]]` entry (`tls-ca-file`, `tls-cert-file`, `tls-key-file`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -114,7 +139,7 @@ impl Http {
             .map_err(|e| Error::Setup(format!("bad URL `{}{path}`: {e}", self.base)))
     }
 
-    /// Send with retries. `auth` adds the credential; `body` is JSON.
+    /// Send with retries. `private_token` adds the credential; `body` is JSON.
     async fn send(
         &self,
         method: Method,
@@ -122,8 +147,14 @@ impl Http {
         private_token: Option<&AdminToken>,
         body: Option<Value>,
         kind: Idempotency,
-    ) -> Result<(StatusCode, String, Option<DateTime<Utc>>), Error> {
+    ) -> Result<Answer, Error> {
         let url = self.url(path)?;
+        // The secrets this request carries: a server may echo them in its error text.
+        let secrets: Vec<&str> = private_token
+            .map(AdminToken::expose_secret)
+            .into_iter()
+            .chain(body.as_ref().and_then(|b| b.get("token")?.as_str()))
+            .collect();
         let host = url.host_str().unwrap_or_default().to_string();
         // The URL without its query, for messages.
         let shown = format!("{}{}", url.origin().ascii_serialization(), url.path());
@@ -147,12 +178,31 @@ impl Http {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    match resp.text().await {
-                        Ok(text) if status.is_success() => return Ok((status, text, date)),
-                        Ok(text) => Error::Http {
+                    let next_page = resp
+                        .headers()
+                        .get("X-Next-Page")
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                    match read_capped(resp, MAX_BODY_BYTES, status.is_success()).await {
+                        Ok(Capped::Whole(bytes)) if status.is_success() => {
+                            return Ok(Answer {
+                                status,
+                                text: String::from_utf8_lossy(&bytes).into_owned(),
+                                date,
+                                next_page,
+                            })
+                        }
+                        Ok(Capped::Over(_)) if status.is_success() => Error::TooLarge {
+                            url: shown.clone(),
+                            limit: MAX_BODY_BYTES,
+                        },
+                        // An error answer keeps its status; its first 1 MiB is enough to say why.
+                        Ok(Capped::Whole(bytes) | Capped::Over(bytes)) => Error::Http {
                             url: shown.clone(),
                             status: status.as_u16(),
-                            message: error_message(&text),
+                            message: server_text(
+                                &error_message(&String::from_utf8_lossy(&bytes)),
+                                &secrets,
+                            ),
                             retry_after,
                         },
                         Err(e) => classify(&e, &shown, &host, self.opts.timeout),
@@ -179,16 +229,84 @@ impl Http {
         body: Option<Value>,
         kind: Idempotency,
     ) -> Result<Reply<T>, Error> {
-        let (_, text, date) = self.send(method, path, private_token, body, kind).await?;
-        let value = serde_json::from_str(&text).map_err(|e| Error::Body {
-            url: format!("{}{path}", self.base.as_str().trim_end_matches('/')),
-            reason: e.to_string(),
-        })?;
+        let answer = self.send(method, path, private_token, body, kind).await?;
         Ok(Reply {
-            value,
-            server_date: date,
+            value: self.parse(path, &answer.text)?,
+            server_date: answer.date,
         })
     }
+
+    /// Parse a JSON answer. serde quotes the values it could not use, so its reason is server
+    /// text too.
+    fn parse<T: DeserializeOwned>(&self, path: &str, text: &str) -> Result<T, Error> {
+        serde_json::from_str(text).map_err(|e| Error::Body {
+            url: self.shown(path),
+            reason: server_text(&e.to_string(), &[]),
+        })
+    }
+
+    /// `path` under the base URL without its query, for messages.
+    fn shown(&self, path: &str) -> String {
+        let path = path.split('?').next().unwrap_or_default();
+        format!("{}{path}", self.base.as_str())
+    }
+}
+
+/// What `send` hands back of a successful answer.
+struct Answer {
+    status: StatusCode,
+    text: String,
+    date: Option<DateTime<Utc>>,
+    /// `X-Next-Page`: empty on the last page of a list.
+    next_page: Option<String>,
+}
+
+/// A body read up to a limit: all of it, or the first `limit` bytes of a longer one.
+enum Capped {
+    Whole(Vec<u8>),
+    Over(Vec<u8>),
+}
+
+/// Read `resp`'s body chunk by chunk, never more than `limit` bytes. With `refuse_by_length`, a
+/// `Content-Length` over the limit is refused before anything is read.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+    refuse_by_length: bool,
+) -> Result<Capped, reqwest::Error> {
+    if refuse_by_length
+        && resp
+            .content_length()
+            .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit))
+    {
+        return Ok(Capped::Over(Vec::new()));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            return Ok(Capped::Over(bytes));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Capped::Whole(bytes))
+}
+
+/// A server's text made fit for a message: the tokens of the request (`secrets`) and any other
+/// token-shaped word masked, control characters (terminal escapes) dropped, and cut to
+/// [`SERVER_TEXT_CHARS`]. Masking comes first so the cut never leaves part of a token.
+fn server_text(text: &str, secrets: &[&str]) -> String {
+    let masked = mask_tokens_in(text.trim(), secrets);
+    let mut out: String = masked
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(SERVER_TEXT_CHARS)
+        .collect();
+    if masked.chars().count() > SERVER_TEXT_CHARS {
+        out.push('…');
+    }
+    out
 }
 
 fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
@@ -198,7 +316,8 @@ fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
         .map(|d| d.with_timezone(&Utc))
 }
 
-/// GitLab's `message` is a string or an object (reference §4.1); OAuth errors use `error`.
+/// GitLab's `message` is a string or an object (reference §4.1); OAuth errors use `error`. The
+/// caller masks and cuts the result with [`server_text`].
 fn error_message(text: &str) -> String {
     match serde_json::from_str::<Value>(text) {
         Ok(v) => {
@@ -215,10 +334,10 @@ fn error_message(text: &str) -> String {
                     d.as_str().unwrap_or_default()
                 ),
                 (Some(e), None) => e.as_str().unwrap_or_default().to_string(),
-                _ => text.chars().take(200).collect(),
+                _ => text.to_string(),
             }
         }
-        Err(_) => text.trim().chars().take(200).collect(),
+        Err(_) => text.to_string(),
     }
 }
 
@@ -252,7 +371,7 @@ impl RunnerApi {
 
     /// `POST /runners/verify` (§2.1). Never rotates the token.
     pub async fn verify(&self, token: &RunnerToken) -> Result<Reply<Verified>, Error> {
-        let (_, text, date) = self
+        let answer = self
             .http
             .send(
                 Method::POST,
@@ -263,7 +382,7 @@ impl RunnerApi {
             )
             .await?;
         // GitLab before 15.10 answers a plain-text `200` (§2.1).
-        let value = match serde_json::from_str::<RawVerified>(&text) {
+        let value = match serde_json::from_str::<RawVerified>(&answer.text) {
             Ok(v) => Verified {
                 id: v.id,
                 token_expires_at: v.token_expires_at,
@@ -275,7 +394,7 @@ impl RunnerApi {
         };
         Ok(Reply {
             value,
-            server_date: date,
+            server_date: answer.date,
         })
     }
 
@@ -300,7 +419,7 @@ impl RunnerApi {
     /// `POST /jobs/request`: 204 means the runner would be given work (§2.3). Used only by
     /// tests and the demo's stand-in; rotate verifies with `verify`.
     pub async fn request_job(&self, token: &RunnerToken) -> Result<u16, Error> {
-        let (status, _, _) = self
+        let answer = self
             .http
             .send(
                 Method::POST,
@@ -310,7 +429,7 @@ impl RunnerApi {
                 Idempotency::Safe,
             )
             .await?;
-        Ok(status.as_u16())
+        Ok(answer.status.as_u16())
     }
 
     /// `DELETE /runners` with the runner's token: deletes the runner record (§2.4).
@@ -376,20 +495,29 @@ impl AdminApi {
         self.get(&format!("api/v4/runners/{id}")).await
     }
 
-    /// `GET /runners/all`, every page, optionally of one type.
+    /// `GET /runners/all`, every page, optionally of one type. Follows `X-Next-Page` (or, where
+    /// a proxy dropped it, full pages) for at most [`MAX_PAGES`] pages, and stops with
+    /// [`Error::Pagination`] at a page that only repeats runners already listed or that points
+    /// anywhere but the page after it.
     pub async fn all_runners(
         &self,
         runner_type: Option<&str>,
     ) -> Result<Vec<RunnerSummary>, Error> {
         let mut out = Vec::new();
-        for page in 1.. {
-            let mut path = format!("api/v4/runners/all?per_page=100&page={page}");
+        let mut seen = HashSet::new();
+        let list = self.http.shown("api/v4/runners/all");
+        let fail = |reason: String| Error::Pagination {
+            url: list.clone(),
+            reason,
+        };
+        for page in 1..=MAX_PAGES {
+            let mut path = format!("api/v4/runners/all?per_page={PER_PAGE}&page={page}");
             if let Some(t) = runner_type {
                 let _ = write!(path, "&type={t}");
             }
-            let reply: Reply<Vec<RunnerSummary>> = self
+            let answer = self
                 .http
-                .call(
+                .send(
                     Method::GET,
                     &path,
                     Some(&self.token),
@@ -397,13 +525,38 @@ impl AdminApi {
                     Idempotency::Safe,
                 )
                 .await?;
-            let n = reply.value.len();
-            out.extend(reply.value);
-            if n < 100 {
-                break;
+            let items: Vec<RunnerSummary> = self.http.parse(&path, &answer.text)?;
+            if items.is_empty() {
+                return Ok(out);
+            }
+            let full = items.len() >= PER_PAGE;
+            let new = items.iter().filter(|r| !seen.contains(&r.id)).count();
+            if new == 0 {
+                return Err(fail(format!(
+                    "page {page} lists only runners earlier pages already listed (a proxy that \
+                     ignores `?page=` answers like this)"
+                )));
+            }
+            seen.extend(items.iter().map(|r| r.id));
+            out.extend(items);
+            match answer.next_page.as_deref().map(str::trim) {
+                Some("") => return Ok(out),
+                Some(next) if next.parse::<u32>().ok() == Some(page + 1) => {}
+                Some(next) => {
+                    return Err(fail(format!(
+                        "page {page} names `{}` as the next page instead of {}",
+                        server_text(next, &[self.token.expose_secret()]),
+                        page + 1
+                    )))
+                }
+                None if !full => return Ok(out),
+                None => {}
             }
         }
-        Ok(out)
+        Err(fail(format!(
+            "it still announced a next page after {MAX_PAGES} pages of {PER_PAGE} runners, more \
+             than any instance has"
+        )))
     }
 
     pub async fn update_runner(

@@ -21,6 +21,17 @@ pub enum Error {
     },
     #[error("`{url}` answered with a body runner-medic cannot read: {reason}")]
     Body { url: String, reason: String },
+    /// The answer was larger than runner-medic reads of any answer ([`super::MAX_BODY_BYTES`]).
+    #[error(
+        "the answer from `{url}` was larger than {}; runner-medic reads at most that much of any \
+         answer, and GitLab's answers to these calls are a few KiB (a proxy or a broken server is \
+         answering instead)",
+        size(*.limit)
+    )]
+    TooLarge { url: String, limit: usize },
+    /// A paginated list that did not end the way GitLab's lists end.
+    #[error("the list at `{url}` did not end: {reason}; runner-medic stopped reading it")]
+    Pagination { url: String, reason: String },
     #[error("{0}")]
     Setup(String),
 }
@@ -39,6 +50,17 @@ impl Error {
             self,
             Error::Dns { .. } | Error::Connect { .. } | Error::Tls { .. } | Error::Timeout { .. }
         )
+    }
+}
+
+/// `1 MiB`, `64 KiB`, `512 B`: a byte limit as people write it.
+fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} B")
     }
 }
 

@@ -13,6 +13,9 @@ mod retry;
 pub use api::{
     AppSettings, CreateRunner, PatInfo, RunnerDetails, RunnerSummary, TokenGrant, Verified,
 };
-pub use client::{AdminApi, AdminCredential, ClientOptions, Reply, RunnerApi, TlsFiles};
+pub use client::{
+    AdminApi, AdminCredential, ClientOptions, Reply, RunnerApi, TlsFiles, MAX_BODY_BYTES,
+    MAX_PAGES, SERVER_TEXT_CHARS,
+};
 pub use error::Error;
 pub use retry::RetryPolicy;

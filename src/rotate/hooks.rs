@@ -1,9 +1,11 @@
 //! Hooks like certbot's: `pre` before anything changes, `deploy` once per rotated runner, `post`
-//! at the end. They get runner names and actions in the environment, never a token.
+//! at the end. They get runner names and actions in the environment, never a token: they run
+//! through the service module's one command runner, which also removes every secret
+//! runner-medic's own environment holds (`RUNNER_MEDIC_ADMIN_TOKEN`, token values).
 
 use std::time::Duration;
 
-use crate::service::run_command;
+use crate::service::run_command_with_env;
 
 pub struct HookEnv {
     pub vars: Vec<(String, String)>,
@@ -11,13 +13,11 @@ pub struct HookEnv {
 
 /// Run `command` with `sh -c`, bounded at five minutes. Err carries the stderr.
 pub fn run(kind: &str, command: &str, env: &HookEnv) -> Result<(), String> {
-    let mut argv = vec!["env".to_string()];
-    argv.push(format!("RUNNER_MEDIC_HOOK={kind}"));
-    for (k, v) in &env.vars {
-        argv.push(format!("{k}={v}"));
-    }
-    argv.extend(["sh".to_string(), "-c".to_string(), command.to_string()]);
-    let out = run_command(&argv, Duration::from_secs(300)).map_err(|e| e.to_string())?;
+    let mut vars = vec![("RUNNER_MEDIC_HOOK".to_string(), kind.to_string())];
+    vars.extend(env.vars.iter().cloned());
+    let argv = ["sh".to_string(), "-c".to_string(), command.to_string()];
+    let out =
+        run_command_with_env(&argv, &vars, Duration::from_secs(300)).map_err(|e| e.to_string())?;
     if out.success() {
         tracing::info!(hook = kind, "hook ran");
         Ok(())

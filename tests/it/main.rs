@@ -13,6 +13,7 @@ mod custody;
 mod diagnose;
 mod fidelity;
 mod gitlab_client;
+mod hostile;
 mod packaging;
 mod reliability;
 mod rotate;

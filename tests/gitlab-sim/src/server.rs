@@ -109,8 +109,43 @@ fn fault_response(status: u16) -> Response {
     )
 }
 
+/// What of the request a fault may use.
+#[derive(Clone, Default)]
+struct Seen {
+    query: String,
+    private_token: Option<String>,
+    runner_token: Option<String>,
+}
+
+/// A query parameter as a number.
+fn query_number(query: &str, key: &str) -> Option<usize> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// `bytes` bytes of a JSON-looking array, in 64 KiB chunks made as they are sent.
+fn huge_body(bytes: u64) -> Body {
+    const CHUNK: usize = 64 * 1024;
+    let item = br#"{"id":1,"description":"padding"},"#;
+    let chunk: axum::body::Bytes = item
+        .iter()
+        .copied()
+        .cycle()
+        .take(CHUNK)
+        .collect::<Vec<u8>>()
+        .into();
+    let full = bytes / CHUNK as u64;
+    let last = usize::try_from(bytes % CHUNK as u64).expect("below 64 KiB");
+    let chunks = std::iter::repeat_n(chunk.clone(), usize::try_from(full).unwrap_or(usize::MAX))
+        .chain((last > 0).then(|| chunk.slice(..last)))
+        .map(Ok::<_, std::convert::Infallible>);
+    Body::from_stream(futures_util::stream::iter(chunks))
+}
+
 /// Apply a fault; `None` means "answer normally".
-async fn apply(kind: FaultKind, kill: Option<&KillConnection>) -> Response {
+async fn apply(kind: FaultKind, kill: Option<&KillConnection>, seen: &Seen) -> Response {
     match kind {
         FaultKind::Status(code) => fault_response(code),
         FaultKind::RateLimited { retry_after_secs } => {
@@ -140,6 +175,56 @@ async fn apply(kind: FaultKind, kill: Option<&KillConnection>) -> Response {
             r.headers_mut()
                 .insert("Content-Type", HeaderValue::from_static("application/json"));
             r
+        }
+        FaultKind::HugeBody {
+            status,
+            bytes,
+            declare_length,
+        } => {
+            let mut r = Response::new(huge_body(bytes));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            r.headers_mut()
+                .insert("Content-Type", HeaderValue::from_static("application/json"));
+            if declare_length {
+                r.headers_mut()
+                    .insert("Content-Length", HeaderValue::from(bytes));
+            }
+            r
+        }
+        FaultKind::EndlessPages { repeat } => {
+            let page = query_number(&seen.query, "page").unwrap_or(1).max(1);
+            let per_page = query_number(&seen.query, "per_page")
+                .unwrap_or(20)
+                .clamp(1, 100);
+            let first = if repeat { 1 } else { page * per_page };
+            let items: Vec<serde_json::Value> = (0..per_page)
+                .map(|i| {
+                    serde_json::json!({
+                        "id": 5_000_000 + first + i,
+                        "description": "endless",
+                        "runner_type": "instance_type",
+                        "paused": false,
+                    })
+                })
+                .collect();
+            let mut r = (StatusCode::OK, axum::Json(items)).into_response();
+            let h = r.headers_mut();
+            h.insert("X-Page", HeaderValue::from(page));
+            h.insert("X-Per-Page", HeaderValue::from(per_page));
+            // No X-Total: GitLab leaves it out of lists longer than 10 000.
+            h.insert("X-Next-Page", HeaderValue::from(page + 1));
+            r
+        }
+        FaultKind::EchoSecrets(status) => {
+            let text = format!(
+                "{status} refused: PRIVATE-TOKEN={} token={} (request logged)",
+                seen.private_token.as_deref().unwrap_or("-"),
+                seen.runner_token.as_deref().unwrap_or("-"),
+            );
+            api::message(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &text,
+            )
         }
     }
 }
@@ -176,6 +261,11 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
     let bytes = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
+    let seen = Seen {
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        private_token: private.clone(),
+        runner_token: body_token(&bytes),
+    };
     let (credential, credential_kind) = match (private, body_token(&bytes)) {
         (Some(p), _) => (Some(p), "private_token"),
         (None, Some(t)) => (Some(t), "runner_token"),
@@ -209,7 +299,7 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
         Some(kind) => {
             // Log before answering: a reset or hang never returns normally.
             record(fault_status(&kind));
-            apply(kind, kill.as_ref()).await
+            apply(kind, kill.as_ref(), &seen).await
         }
         None => {
             let response = next.run(request).await;
@@ -220,7 +310,7 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
             match after {
                 Some(kind) => {
                     record(fault_status(&kind));
-                    apply(kind, kill.as_ref()).await
+                    apply(kind, kill.as_ref(), &seen).await
                 }
                 None => {
                     record(response.status().as_u16());
@@ -246,7 +336,10 @@ fn fault_status(kind: &FaultKind) -> u16 {
         FaultKind::RateLimited { .. } => 429,
         FaultKind::Reset => 0,
         FaultKind::Hang(_) => 504,
-        FaultKind::Body(status, _) => *status,
+        FaultKind::Body(status, _)
+        | FaultKind::HugeBody { status, .. }
+        | FaultKind::EchoSecrets(status) => *status,
+        FaultKind::EndlessPages { .. } => 200,
     }
 }
 

@@ -116,6 +116,23 @@ pub enum FaultKind {
     Hang(Duration),
     /// Answer with this status and this raw body (e.g. a malformed one).
     Body(u16, String),
+    /// Answer with this status and a body of `bytes` bytes, streamed in 64 KiB chunks so the
+    /// simulator never holds it; with `declare_length` the `Content-Length` announces it, else
+    /// it is sent chunked. Models a misrouted request answered by something that is not GitLab
+    /// (a proxy's download, a log endpoint, a runaway error page).
+    HugeBody {
+        status: u16,
+        bytes: u64,
+        declare_length: bool,
+    },
+    /// `GET /runners/all` answers a full page and `X-Next-Page: page+1` for every page, forever.
+    /// With `repeat` every page holds the same runners, as a caching proxy that ignores the
+    /// query string serves page 1 again and again; without it, new runners every time, as a
+    /// broken or hostile server that never ends its list.
+    EndlessPages { repeat: bool },
+    /// Answer with this status and a `message` that echoes the request's `PRIVATE-TOKEN` and
+    /// runner `token`, as some proxies and debug error pages quote the request they refused.
+    EchoSecrets(u16),
 }
 
 #[derive(Debug, Clone)]

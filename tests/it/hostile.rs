@@ -1,0 +1,445 @@
+//! Hostile servers and environments: a GitLab (or whatever answers in its place) that sends
+//! endless bodies or endless pages, or echoes the request's tokens in its error text; an
+//! environment that holds tokens a child process must not inherit; an agent asked to hammer
+//! GitLab. Each test drives the real client or the real binary against the simulator.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use gitlab_sim::{FaultKind, Options, Pat, Simulator};
+use runner_medic::gitlab::{
+    AdminApi, AdminCredential, ClientOptions, Error, RetryPolicy, MAX_BODY_BYTES, MAX_PAGES,
+};
+use runner_medic::secret::{AdminToken, Masked};
+use url::Url;
+
+use crate::harness::{Run, TestEnv};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn admin(sim: &Simulator) -> AdminApi {
+    let token = sim.state().add_pat(&["api"], true, None);
+    AdminApi::new(
+        &AdminCredential {
+            url: Url::parse(&sim.url()).unwrap(),
+            token: AdminToken::new(token),
+        },
+        ClientOptions {
+            timeout: Duration::from_secs(20),
+            retry: RetryPolicy {
+                max_attempts: 2,
+                base_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(20),
+                max_total: Duration::from_secs(30),
+            },
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// 64 times the cap: an unbounded reader would take it all in.
+const HUGE: u64 = 64 << 20;
+
+// ---- 1. bounded response bodies ----
+
+#[test]
+fn a_huge_answer_is_refused_by_its_length_or_cut_while_streaming() {
+    let sim = Simulator::start(Options::default()).unwrap();
+    let api = admin(&sim);
+    for declare_length in [true, false] {
+        sim.state().inject(
+            "GET /api/v4/version",
+            FaultKind::HugeBody {
+                status: 200,
+                bytes: HUGE,
+                declare_length,
+            },
+            Some(1),
+        );
+        let err = rt().block_on(api.version()).unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { limit, .. } if limit == MAX_BODY_BYTES),
+            "declare_length={declare_length}: {err:?}"
+        );
+        assert!(err.to_string().contains("larger than 1 MiB"), "{err}");
+    }
+    // Not retried: a second huge answer would be just as large.
+    assert_eq!(sim.state().requests_to("GET", "/api/v4/version"), 2);
+    // An error answer keeps its status however large its body is.
+    sim.state().inject(
+        "GET /api/v4/version",
+        FaultKind::HugeBody {
+            status: 403,
+            bytes: HUGE,
+            declare_length: false,
+        },
+        Some(1),
+    );
+    let err = rt().block_on(api.version()).unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err:?}");
+    assert!(err.to_string().chars().count() < 400, "{err}");
+}
+
+#[test]
+fn diagnose_names_a_huge_answer_instead_of_reading_it() {
+    let env = TestEnv::new();
+    env.write_config(&[env.healthy("big")]);
+    // verify is the call that takes any 200 as valid (GitLab before 15.10 answers plain text),
+    // so only the cap stops it from reading the whole body and calling the token healthy.
+    env.sim.state().inject(
+        "POST /api/v4/runners/verify",
+        FaultKind::HugeBody {
+            status: 200,
+            bytes: HUGE,
+            declare_length: false,
+        },
+        None,
+    );
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let findings = run.runner("big")["findings"].clone();
+    let f = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "server_error")
+        .unwrap_or_else(|| panic!("no server_error: {findings}"));
+    assert!(
+        f["message"].as_str().unwrap().contains("larger than 1 MiB"),
+        "{f}"
+    );
+    let human = env.run(&["diagnose"]);
+    assert_eq!(human.code, 1);
+    assert!(
+        human.stdout.contains("larger than 1 MiB"),
+        "{}",
+        human.stdout
+    );
+}
+
+// ---- 2. bounded pagination ----
+
+#[test]
+fn an_endless_runner_list_stops_after_the_page_limit() {
+    let sim = Simulator::start(Options::default()).unwrap();
+    let api = admin(&sim);
+    sim.state().inject(
+        "GET /api/v4/runners/all",
+        FaultKind::EndlessPages { repeat: false },
+        None,
+    );
+    let err = rt().block_on(api.all_runners(None)).unwrap_err();
+    assert!(matches!(err, Error::Pagination { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(&format!("after {MAX_PAGES} pages")), "{text}");
+    assert!(text.contains("/api/v4/runners/all"), "{text}");
+    assert_eq!(
+        sim.state().requests_to("GET", "/api/v4/runners/all"),
+        MAX_PAGES as usize
+    );
+}
+
+#[test]
+fn a_runner_list_that_repeats_its_page_stops_at_once() {
+    let sim = Simulator::start(Options::default()).unwrap();
+    let api = admin(&sim);
+    sim.state().inject(
+        "GET /api/v4/runners/all",
+        FaultKind::EndlessPages { repeat: true },
+        None,
+    );
+    let err = rt()
+        .block_on(api.all_runners(Some("instance_type")))
+        .unwrap_err();
+    assert!(matches!(err, Error::Pagination { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("page 2 lists only runners"),
+        "{err}"
+    );
+    assert_eq!(sim.state().requests_to("GET", "/api/v4/runners/all"), 2);
+}
+
+#[test]
+fn a_normal_runner_list_of_several_pages_is_read_whole() {
+    let sim = Simulator::start(Options::default()).unwrap();
+    for i in 0..250 {
+        sim.state().add_runner(gitlab_sim::NewRunner {
+            description: format!("r{i}"),
+            ..Default::default()
+        });
+    }
+    let api = admin(&sim);
+    let all = rt().block_on(api.all_runners(None)).unwrap();
+    assert_eq!(all.len(), 250);
+    assert_eq!(sim.state().requests_to("GET", "/api/v4/runners/all"), 3);
+}
+
+// ---- 3. server text never leaks secrets ----
+
+/// A privileged token without a prefix (as tokens made before GitLab 14.5 are), so only the
+/// exact-value masking can catch it.
+fn legacy_admin(env: &mut TestEnv) -> String {
+    let token = "Zq4vL9xTr2Wm8KpB3nHc".to_string();
+    let mut s = env.sim.state();
+    let id = s.pats.len() as u64 + 1;
+    s.pats.push(Pat {
+        id,
+        token: token.clone(),
+        name: "legacy".into(),
+        scopes: vec!["api".into()],
+        expires_at: None,
+        revoked: false,
+        admin: true,
+    });
+    drop(s);
+    env.admin_token = token.clone();
+    token
+}
+
+/// Neither token in any form but the mask; the echo itself reached the output (masked), so the
+/// test cannot pass by the message having been dropped.
+fn assert_masked(run: &Run, secrets: &[&str]) {
+    let all = format!("{}\n{}", run.stdout, run.stderr);
+    for secret in secrets {
+        assert!(!all.contains(secret), "a token leaked:\n{all}");
+    }
+    assert!(
+        all.contains("refused: PRIVATE-TOKEN="),
+        "no echo shown:\n{all}"
+    );
+    let shown_masked = secrets.iter().any(|s| all.contains(Masked::of(s).as_str()));
+    assert!(shown_masked, "no masked token in:\n{all}");
+}
+
+#[test]
+fn diagnose_masks_tokens_a_server_echoes_in_its_errors() {
+    let mut env = TestEnv::new();
+    let admin = legacy_admin(&mut env);
+    let runner = env.healthy("echo");
+    env.write_config(std::slice::from_ref(&runner));
+    for format in ["json", "human"] {
+        {
+            let mut s = env.sim.state();
+            s.faults.clear();
+            s.inject(
+                "GET /api/v4/personal_access_tokens/self",
+                FaultKind::EchoSecrets(500),
+                None,
+            );
+            s.inject(
+                "POST /api/v4/runners/verify",
+                FaultKind::EchoSecrets(500),
+                None,
+            );
+        }
+        let run = env.run(&["diagnose", "--output", format]);
+        assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+        assert_masked(&run, &[&admin, &runner.token]);
+        assert!(
+            run.stdout.contains(Masked::of(&admin).as_str())
+                && run.stdout.contains(Masked::of(&runner.token).as_str()),
+            "{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn rotate_masks_tokens_a_server_echoes_in_its_errors() {
+    let mut env = TestEnv::new();
+    let admin = legacy_admin(&mut env);
+    let dead = env.expired("dead");
+    let soon = env.expiring("soon", 2);
+    env.write_config(&[dead.clone(), soon.clone()]);
+    {
+        let mut s = env.sim.state();
+        // The privileged reset of the dead token, and the self-renewal that sends the runner token.
+        s.inject(
+            "POST /api/v4/runners/:id/reset_authentication_token",
+            FaultKind::EchoSecrets(400),
+            None,
+        );
+        s.inject(
+            "POST /api/v4/runners/reset_authentication_token",
+            FaultKind::EchoSecrets(400),
+            None,
+        );
+    }
+    for format in ["json", "human"] {
+        let run = env.run(&["rotate", "--output", format]);
+        assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+        assert_masked(&run, &[&admin, &dead.token, &soon.token]);
+        assert!(
+            run.stdout.contains(Masked::of(&admin).as_str()),
+            "{}",
+            run.stdout
+        );
+        assert!(
+            run.stdout.contains(Masked::of(&soon.token).as_str()),
+            "{}",
+            run.stdout
+        );
+    }
+    // Nothing was changed by the refused calls.
+    assert_eq!(env.config_token("dead"), dead.token);
+    assert_eq!(env.config_token("soon"), soon.token);
+}
+
+// ---- 4. scrubbed child environments ----
+
+#[test]
+fn hooks_and_service_commands_never_inherit_a_secret() {
+    let mut env = TestEnv::new();
+    let dumps = env.path("dumps");
+    std::fs::create_dir(&dumps).unwrap();
+    let d = dumps.display();
+    // A gitlab-runner stand-in that records its environment for every action.
+    let service = env.path("gitlab-runner");
+    std::fs::write(
+        &service,
+        format!(
+            "#!/bin/sh\nenv > \"{d}/service-$1\"\ncase \"$1\" in\n  stop) touch \"{d}/stopped\" ;;\n  start) rm -f \"{d}/stopped\" ;;\n  status) if [ -e \"{d}/stopped\" ]; then echo \"gitlab-runner: Service is not running.\"; exit 1; fi; echo \"gitlab-runner: Service is running\" ;;\nesac\nexit 0\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&service, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.extra_settings = format!(
+        "[hooks]\npre = \"env > {d}/hook-pre\"\ndeploy = \"env > {d}/hook-deploy\"\npost = \"env > {d}/hook-post\"\n\n[service]\nmanager = \"gitlab-runner\"\ngitlab_runner_bin = \"{}\"\nstop_timeout = \"5s\"\n",
+        service.display()
+    );
+    let dead = env.expired("dead");
+    env.write_config(std::slice::from_ref(&dead));
+    let mut cmd = env.command(&["rotate", "--output", "json"]);
+    cmd.env("RUNNER_MEDIC_ADMIN_TOKEN", &env.admin_token)
+        // The same secrets under other names: a copy of the privileged token, the runner token
+        // kept for gitlab-runner's `$VAR` expansion, and someone else's token of GitLab's shape.
+        .env("DEPLOY_PAT", &env.admin_token)
+        .env("CI_RUNNER_TOKEN", &dead.token)
+        .env("OTHER_TOKEN", "glpat-AAAAbbbbCCCCddddEEEE")
+        .env("KEEP_ME", "visible");
+    let run = env.run_cmd(cmd);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_ne!(
+        env.config_token("dead"),
+        dead.token,
+        "the token was rotated"
+    );
+    let mut secrets = env.all_secrets();
+    secrets.push("glpat-AAAAbbbbCCCCddddEEEE".into());
+    for name in [
+        "hook-pre",
+        "hook-deploy",
+        "hook-post",
+        "service-stop",
+        "service-start",
+        "service-status",
+    ] {
+        let text = std::fs::read_to_string(dumps.join(name))
+            .unwrap_or_else(|e| panic!("{name} did not run: {e}"));
+        assert!(text.contains("KEEP_ME=visible"), "{name}:\n{text}");
+        for var in [
+            "RUNNER_MEDIC_ADMIN_TOKEN",
+            "DEPLOY_PAT",
+            "CI_RUNNER_TOKEN",
+            "OTHER_TOKEN",
+        ] {
+            assert!(
+                !text.contains(&format!("{var}=")),
+                "{var} reached {name}:\n{text}"
+            );
+        }
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a token reached {name}:\n{text}"
+            );
+        }
+    }
+    let deploy = std::fs::read_to_string(dumps.join("hook-deploy")).unwrap();
+    assert!(deploy.contains("RUNNER_MEDIC_HOOK=deploy"), "{deploy}");
+    assert!(deploy.contains("RUNNER_MEDIC_RUNNER=dead"), "{deploy}");
+}
+
+// ---- 5. agent interval and jitter bounds ----
+
+/// Run the agent, which must refuse to start: a bounded wait, so an accepted interval fails the
+/// test instead of hanging it.
+fn agent_refuses(env: &TestEnv, args: &[&str], production: bool) -> (i32, String) {
+    let mut all = vec!["agent"];
+    all.extend_from_slice(args);
+    let mut cmd = env.command(&all);
+    if production {
+        cmd.env_remove("RUNNER_MEDIC_TEST_FAST_RETRY");
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            env.assert_no_secrets(&stderr, "stderr");
+            return (out.status.code().unwrap_or(-1), stderr);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the agent started with {args:?}");
+}
+
+#[test]
+fn agent_refuses_an_interval_below_the_minimum() {
+    let env = TestEnv::new();
+    env.write_config(&[env.healthy("a")]);
+    for (args, production) in [
+        (&["--interval", "1ns"][..], false),
+        (&["--interval", "1ns"][..], true),
+        (&["--interval", "30s"][..], true),
+    ] {
+        let (code, stderr) = agent_refuses(&env, args, production);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        let value = args[1];
+        assert!(
+            stderr.contains(&format!("`--interval {value}`")),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("minimum interval"), "{stderr}");
+        if production {
+            assert!(stderr.contains("minimum interval of 60s"), "{stderr}");
+        }
+        assert!(stderr.contains("fix: use `--interval"), "{stderr}");
+    }
+    assert!(env.sim.state().log.is_empty(), "no cycle ran");
+}
+
+#[test]
+fn agent_refuses_a_jitter_longer_than_the_interval_and_an_interval_from_the_settings() {
+    let mut env = TestEnv::new();
+    env.write_config(&[env.healthy("a")]);
+    let (code, stderr) = agent_refuses(&env, &["--interval", "1h", "--jitter", "2d"], true);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`--jitter 2d`"), "{stderr}");
+    assert!(stderr.contains("longer than the interval (1h)"), "{stderr}");
+    assert!(stderr.contains("fix: "), "{stderr}");
+    let (code, stderr) = agent_refuses(&env, &["--interval", "400d"], true);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("maximum interval"), "{stderr}");
+    env.extra_settings = "[agent]\ninterval = \"5s\"\n".into();
+    let (code, stderr) = agent_refuses(&env, &[], true);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("`interval = \"5s\"` in [agent]"),
+        "{stderr}"
+    );
+    assert!(env.sim.state().log.is_empty(), "no cycle ran");
+}
