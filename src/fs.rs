@@ -211,9 +211,9 @@ pub fn lock_file(config: &Path, lock_dir: &Path, wait: bool) -> Result<Vec<LockG
     let mut guards = vec![lock(&lock_dir.join(name), wait)?];
     match fs_err::File::open(&real) {
         Ok(file) => guards.push(flock(file.into_parts().0, &real, wait)?),
-        // No file yet: nothing to rotate, and the path lock covers its creation.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
+        // No file, or one that cannot be opened (a symlink loop, a directory): nothing to rotate,
+        // diagnose names the cause, and the path lock is held.
+        Err(_) => {}
     }
     Ok(guards)
 }
