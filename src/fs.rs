@@ -209,11 +209,10 @@ pub fn lock_file(config: &Path, lock_dir: &Path, wait: bool) -> Result<Vec<LockG
         &sha256_hex(real.as_os_str().as_encoded_bytes())[..16]
     );
     let mut guards = vec![lock(&lock_dir.join(name), wait)?];
-    match fs_err::File::open(&real) {
-        Ok(file) => guards.push(flock(file.into_parts().0, &real, wait)?),
-        // No file, or one that cannot be opened (a symlink loop, a directory): nothing to rotate,
-        // diagnose names the cause, and the path lock is held.
-        Err(_) => {}
+    // A file that cannot be opened (none yet, a symlink loop, a directory) has nothing to
+    // rotate: diagnose names the cause, and the path lock is held.
+    if let Ok(file) = fs_err::File::open(&real) {
+        guards.push(flock(file.into_parts().0, &real, wait)?);
     }
     Ok(guards)
 }
