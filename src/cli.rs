@@ -147,7 +147,13 @@ pub struct RotateArgs {
     /// The service (unit, init script, container) name [default: gitlab-runner]
     #[arg(long, value_name = "NAME")]
     pub service_name: Option<String>,
-    /// Write config.toml but do not stop or start the service
+    /// How gitlab-runner picks up new tokens: `reload` (default) lets it re-read config.toml
+    /// (SIGHUP where the supervisor can send one), confirms the new token is in use and restarts
+    /// only if not; `always` stops, writes, starts; `when-needed` restarts only for dead tokens;
+    /// `never` only writes
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub restart: Option<crate::service::RestartPolicy>,
+    /// Write config.toml but do not stop or start the service (= `--restart never`)
     #[arg(long)]
     pub no_restart: bool,
     /// Wait for another run's lock instead of exiting 2
@@ -192,6 +198,9 @@ pub struct AgentRotateArgs {
     /// Renew valid tokens that expire sooner than this (e.g. 30d)
     #[arg(long, value_name = "DURATION")]
     pub renew_before: Option<String>,
+    /// How gitlab-runner picks up new tokens (see `rotate --restart`) [default: reload]
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub restart: Option<crate::service::RestartPolicy>,
 }
 
 #[derive(Debug, Args, Clone, Default)]

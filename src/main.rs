@@ -122,6 +122,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
             service_manager: a.service_manager.clone(),
             service_name: a.service_name.clone(),
             no_restart: a.no_restart,
+            restart: a.restart,
             ..Overrides::default()
         },
         Command::Diagnose(a) => Overrides {
@@ -132,6 +133,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
             renew_before: a.rotate.renew_before.clone(),
             service_manager: a.rotate.service_manager.clone(),
             service_name: a.rotate.service_name.clone(),
+            restart: a.rotate.restart,
             interval: a.interval.clone(),
             jitter: a.jitter.clone(),
             listen: a.listen.clone(),

@@ -64,6 +64,11 @@ pub struct ServiceFile {
     pub name: Option<String>,
     pub stop_timeout: Option<String>,
     pub restart: Option<RestartPolicy>,
+    /// Stop hard (SIGTERM, aborting running jobs) when jobs have not finished within
+    /// `stop_timeout`; by default a stop waits for them.
+    pub hard_stop: Option<bool>,
+    /// With `restart = reload`: how long to wait for GitLab to see the runner use its new token.
+    pub reload_timeout: Option<String>,
     /// Where SysV/OpenRC init scripts live (default `/etc/init.d`).
     pub init_dir: Option<PathBuf>,
     /// The `gitlab-runner` binary for the `gitlab-runner` manager (default: from PATH).
@@ -123,6 +128,8 @@ pub struct ServiceSettings {
     pub name: String,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
+    pub hard_stop: bool,
+    pub reload_timeout: Duration,
     pub init_dir: PathBuf,
     pub gitlab_runner_bin: PathBuf,
     pub container_cli: String,
@@ -497,8 +504,17 @@ impl Settings {
                 restart: if overrides.no_restart {
                     RestartPolicy::Never
                 } else {
-                    file.service.restart.unwrap_or(RestartPolicy::Always)
+                    overrides
+                        .restart
+                        .or(file.service.restart)
+                        .unwrap_or(RestartPolicy::Reload)
                 },
+                hard_stop: file.service.hard_stop.unwrap_or(false),
+                reload_timeout: duration(
+                    "service.reload_timeout",
+                    file.service.reload_timeout.as_deref(),
+                    Duration::from_secs(30),
+                )?,
                 init_dir: file
                     .service
                     .init_dir
@@ -568,6 +584,7 @@ pub struct Overrides {
     pub service_manager: Option<String>,
     pub service_name: Option<String>,
     pub no_restart: bool,
+    pub restart: Option<RestartPolicy>,
     pub interval: Option<String>,
     pub jitter: Option<String>,
     pub listen: Option<String>,

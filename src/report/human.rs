@@ -158,9 +158,14 @@ pub fn render(report: &Report, color: bool) -> String {
     }
     if let Some(s) = &report.service {
         let _ = writeln!(out);
+        let reloaded = match s.reloaded {
+            Some(true) => ", reloaded yes",
+            Some(false) => ", reloaded no",
+            None => "",
+        };
         let _ = writeln!(
             out,
-            "service: {} `{}`: stopped {}, started {} ({})",
+            "service: {} `{}`: stopped {}, started {}{reloaded} ({})",
             s.manager,
             s.name,
             if s.stopped { "yes" } else { "no" },

@@ -107,6 +107,10 @@ pub struct ServiceReport {
     /// How long the start took, until the supervisor reported it running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_seconds: Option<f64>,
+    /// `restart = reload`: true when GitLab saw the runner use its new token after config.toml
+    /// was written (no restart needed), false when it did not within the reload timeout (the
+    /// service was then restarted), null when no reload was involved or it could not be checked.
+    pub reloaded: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]

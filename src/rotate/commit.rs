@@ -43,10 +43,12 @@ pub(super) async fn commit(
     let config = load_for_write(&journal)?;
     let pending = !plan_writes(&config, &mut journal, report).is_empty();
     let mut service = Restart::choose(settings, &journal);
+    let mut written_at = Utc::now();
 
     if pending || journal.service_stopped {
         if pending {
             service.stop(&mut journal).await;
+            written_at = Utc::now();
             // Written from a fresh read after the stop: whatever changed meanwhile, each token
             // goes to the entry that holds the token it replaces.
             if let Err(e) = write(settings, &mut journal, report) {
@@ -78,6 +80,11 @@ pub(super) async fn commit(
             }
         }
         service.start(&mut journal).await;
+        if pending {
+            service
+                .reload_and_confirm(admin.as_ref(), &mut journal, written_at)
+                .await;
+        }
     }
 
     let config = load_for_write(&journal)?;
@@ -392,6 +399,9 @@ struct Restart {
     manager: Arc<dyn ServiceManager>,
     /// Whether this rotation restarts the service at all (policy, manager).
     wanted: bool,
+    /// `restart = reload`: let gitlab-runner re-read the file, confirm, restart only if needed.
+    reload: bool,
+    reload_timeout: std::time::Duration,
     timeout: std::time::Duration,
     stopped_at: Option<Instant>,
     report: ServiceReport,
@@ -405,14 +415,17 @@ impl Restart {
             .iter()
             .any(|e| e.token_was_dead && e.step == Step::Obtained);
         let none = chosen.manager.kind() == ManagerKind::None;
+        let reload = settings.service.restart == RestartPolicy::Reload;
         let wanted = !none
             && match settings.service.restart {
                 RestartPolicy::Always => true,
                 RestartPolicy::WhenNeeded => token_was_dead,
-                RestartPolicy::Never => false,
+                RestartPolicy::Reload | RestartPolicy::Never => false,
             };
         let reason = if wanted {
             chosen.reason.clone()
+        } else if reload {
+            format!("{}; reload (no job interrupted)", chosen.reason)
         } else if none {
             format!("{}; no restart", chosen.reason)
         } else {
@@ -428,10 +441,13 @@ impl Restart {
             stop_seconds: None,
             held_seconds: None,
             start_seconds: None,
+            reloaded: None,
         };
         Self {
             manager: Arc::from(chosen.manager),
             wanted,
+            reload,
+            reload_timeout: settings.service.reload_timeout,
             timeout: settings.service.stop_timeout,
             stopped_at: None,
             report,
@@ -511,6 +527,100 @@ impl Restart {
             }
         }
         journal.keep();
+    }
+
+    /// `restart = reload`, after config.toml was written at `written_at`: ask gitlab-runner to
+    /// re-read it (a SIGHUP through the supervisor where it has a way; gitlab-runner also re-reads
+    /// a changed file every 3 s, `commands/multi.go` `checkConfig`, reference §7.2), then confirm
+    /// the new tokens are in use: GitLab records every contact of the runner (`contacted_at` of
+    /// `GET /runners/:id`, reference §3.2), and after the write only the new token can make one
+    /// (the old one is dead, and runner-medic's own verify of the new token comes after this).
+    /// Restart only when that does not happen within the reload timeout; the stop waits for jobs.
+    async fn reload_and_confirm(
+        &mut self,
+        admin: Option<&AdminApi>,
+        journal: &mut Journal,
+        written_at: chrono::DateTime<Utc>,
+    ) {
+        if !self.reload {
+            return;
+        }
+        if self.manager.kind() == ManagerKind::None {
+            // Nothing to signal and nothing to restart: gitlab-runner, wherever it runs, re-reads
+            // the changed file by itself; waiting to confirm could only end in a report.
+            self.report.reason = format!(
+                "{}; gitlab-runner re-reads the changed file by itself (not confirmed: no service manager to restart it)",
+                self.report.reason
+            );
+            return;
+        }
+        let m = self.manager.clone();
+        let signalled = tokio::task::spawn_blocking(move || m.reload())
+            .await
+            .unwrap_or(Ok(false));
+        let how = match &signalled {
+            Ok(true) => "SIGHUP sent through the supervisor".to_string(),
+            Ok(false) => "gitlab-runner re-reads the changed file by itself".to_string(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not signal gitlab-runner; it re-reads the changed file by itself");
+                format!("the reload signal failed ({e}); gitlab-runner re-reads the changed file by itself")
+            }
+        };
+        let ids: Vec<u64> = journal
+            .entries
+            .iter()
+            .filter(|e| e.step == Step::Written)
+            .filter_map(|e| e.new_id.or(e.old_id))
+            .collect();
+        let Some(admin) = admin.filter(|_| !ids.is_empty()) else {
+            self.report.reason = format!(
+                "{}; {how}; not confirmed (confirming needs a privileged token and runner ids)",
+                self.report.reason
+            );
+            return;
+        };
+        let deadline = Instant::now() + self.reload_timeout;
+        let mut waiting = ids;
+        loop {
+            let mut still = Vec::new();
+            for id in waiting {
+                let seen = admin
+                    .runner(id)
+                    .await
+                    .ok()
+                    .and_then(|r| r.value.contacted_at)
+                    .is_some_and(|at| at > written_at);
+                if !seen {
+                    still.push(id);
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        if waiting.is_empty() {
+            tracing::info!("gitlab-runner uses the new tokens; no restart needed");
+            self.report.reloaded = Some(true);
+            self.report.reason = format!("{}; {how}; new tokens in use", self.report.reason);
+            return;
+        }
+        let list = waiting
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::warn!(runners = %list, "gitlab-runner did not use the new tokens after the reload; restarting it");
+        self.report.reloaded = Some(false);
+        self.report.reason = format!(
+            "{}; {how}; runner(s) {list} made no contact with the new token within {} s, so the service was restarted",
+            self.report.reason,
+            self.reload_timeout.as_secs()
+        );
+        self.wanted = true;
+        self.stop(journal).await;
+        self.start(journal).await;
     }
 
     /// After a failed write: start the service again with the file as it was.

@@ -10,11 +10,24 @@ pub struct Container {
     cli: String,
     name: String,
     timeout: Duration,
+    hard_stop: bool,
 }
 
 impl Container {
     pub fn new(cli: String, name: String, timeout: Duration) -> Self {
-        Self { cli, name, timeout }
+        Self {
+            cli,
+            name,
+            timeout,
+            hard_stop: false,
+        }
+    }
+
+    /// Stop hard after `timeout` when jobs have not finished (`[service] hard_stop`).
+    #[must_use]
+    pub fn with_hard_stop(mut self, hard_stop: bool) -> Self {
+        self.hard_stop = hard_stop;
+        self
     }
     pub fn stop_argv(&self) -> Vec<Vec<String>> {
         vec![
@@ -60,7 +73,7 @@ impl ServiceManager for Container {
     }
     fn stop(&self) -> Result<(), Error> {
         let cmds = self.stop_argv();
-        super::graceful_stop(self, &cmds[0], &cmds[1], self.timeout)
+        super::graceful_stop(self, &cmds[0], &cmds[1], self.timeout, self.hard_stop)
     }
     fn start(&self) -> Result<(), Error> {
         run_ok(&self.start_argv(), self.timeout).map(|_| ())
@@ -68,6 +81,17 @@ impl ServiceManager for Container {
     fn status(&self) -> Result<ServiceState, Error> {
         let out = run_ok(&self.status_argv(), Duration::from_secs(10))?;
         Ok(parse_inspect(&out.stdout))
+    }
+    /// `docker kill --signal HUP`: gitlab-runner in the container reloads config.toml.
+    fn reload(&self) -> Result<bool, Error> {
+        let argv = vec![
+            self.cli.clone(),
+            "kill".into(),
+            "--signal".into(),
+            "HUP".into(),
+            self.name.clone(),
+        ];
+        run_ok(&argv, self.timeout).map(|_| true)
     }
 }
 

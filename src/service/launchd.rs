@@ -11,6 +11,7 @@ pub struct Launchd {
     label: String,
     domain: String,
     timeout: Duration,
+    hard_stop: bool,
 }
 
 impl Launchd {
@@ -24,7 +25,15 @@ impl Launchd {
             label,
             domain,
             timeout,
+            hard_stop: false,
         }
+    }
+
+    /// Stop hard after `timeout` when jobs have not finished (`[service] hard_stop`).
+    #[must_use]
+    pub fn with_hard_stop(mut self, hard_stop: bool) -> Self {
+        self.hard_stop = hard_stop;
+        self
     }
 
     fn target(&self) -> String {
@@ -74,7 +83,7 @@ impl ServiceManager for Launchd {
     }
     fn stop(&self) -> Result<(), Error> {
         let cmds = self.stop_argv();
-        super::graceful_stop(self, &cmds[0], &cmds[1], self.timeout)
+        super::graceful_stop(self, &cmds[0], &cmds[1], self.timeout, self.hard_stop)
     }
     fn start(&self) -> Result<(), Error> {
         run_ok(&self.start_argv(), self.timeout).map(|_| ())
@@ -86,6 +95,10 @@ impl ServiceManager for Launchd {
             return Ok(ServiceState::Stopped);
         }
         Ok(parse_print(&out.stdout))
+    }
+    fn reload(&self) -> Result<bool, Error> {
+        let argv = argv(&["launchctl", "kill", "SIGHUP", &self.target()]);
+        run_ok(&argv, self.timeout).map(|_| true)
     }
 }
 

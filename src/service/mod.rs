@@ -93,10 +93,16 @@ impl ManagerKind {
     }
 }
 
-/// `restart = always | when-needed | never`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+/// `restart = reload | always | when-needed | never`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
+    /// The default: write config.toml, let gitlab-runner reload it (SIGHUP through the supervisor
+    /// where it has a way; gitlab-runner also re-reads the file within 3 s of a change, reference
+    /// §7.2), confirm that the new token is in use, and restart only when it is not. No job is
+    /// interrupted: a reload keeps running builds.
+    Reload,
+    /// Stop, write, start: the whole service goes down once (a graceful stop waits for jobs).
     Always,
     /// Restart only when a token was dead; a renewed valid token relies on gitlab-runner's own
     /// reload of config.toml (it re-reads the file within 3 s of a change, reference §7.2).
@@ -121,6 +127,33 @@ pub trait ServiceManager: Send + Sync {
     fn stop(&self) -> Result<(), Error>;
     fn start(&self) -> Result<(), Error>;
     fn status(&self) -> Result<ServiceState, Error>;
+    /// Ask the running gitlab-runner to re-read config.toml (SIGHUP, through the supervisor).
+    /// `Ok(false)`: this supervisor has no way to signal it, and gitlab-runner's own re-read of
+    /// the changed file (every 3 s, `commands/multi.go` `checkConfig`) is relied on.
+    fn reload(&self) -> Result<bool, Error> {
+        Ok(false)
+    }
+}
+
+/// SIGHUP to the pid a supervisor's `status` reported: a reload for supervisors without a
+/// reload verb of their own (SysV, OpenRC). `Ok(false)` when no pid is known.
+pub(crate) fn hup_status_pid(manager: &dyn ServiceManager) -> Result<bool, Error> {
+    let ServiceState::Running { pid: Some(pid) } = manager.status()? else {
+        return Ok(false);
+    };
+    let pid = i32::try_from(pid).map_err(|_| Error::Spawn {
+        argv: "kill -HUP".into(),
+        reason: format!("pid {pid} out of range"),
+    })?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|e| Error::Spawn {
+        argv: format!("kill -HUP {pid}"),
+        reason: e.desc().to_string(),
+    })?;
+    Ok(true)
 }
 
 /// No supervision: gitlab-runner reloads config.toml by itself.
@@ -162,21 +195,26 @@ pub fn choose(settings: &ServiceSettings, root: &Path) -> Chosen {
     let timeout = settings.stop_timeout;
     let name = settings.name.clone();
     let manager: Box<dyn ServiceManager> = match kind {
-        ManagerKind::Systemd => Box::new(Systemd::new(name, timeout)),
+        ManagerKind::Systemd => {
+            Box::new(Systemd::new(name, timeout).with_hard_stop(settings.hard_stop))
+        }
         ManagerKind::Sysv => Box::new(SysV::new(name, settings.init_dir.clone(), timeout)),
         ManagerKind::Openrc => Box::new(OpenRc::new(name, timeout)),
-        ManagerKind::Launchd => Box::new(Launchd::new(
-            name,
-            nix::unistd::geteuid().is_root(),
-            timeout,
-        )),
+        ManagerKind::Launchd => Box::new(
+            Launchd::new(name, nix::unistd::geteuid().is_root(), timeout)
+                .with_hard_stop(settings.hard_stop),
+        ),
         ManagerKind::GitlabRunner => Box::new(GitlabRunnerCli::new(
             name,
             settings.gitlab_runner_bin.clone(),
             timeout,
         )),
-        ManagerKind::Docker => Box::new(Container::new("docker".into(), name, timeout)),
-        ManagerKind::Podman => Box::new(Container::new("podman".into(), name, timeout)),
+        ManagerKind::Docker => Box::new(
+            Container::new("docker".into(), name, timeout).with_hard_stop(settings.hard_stop),
+        ),
+        ManagerKind::Podman => Box::new(
+            Container::new("podman".into(), name, timeout).with_hard_stop(settings.hard_stop),
+        ),
         ManagerKind::None | ManagerKind::Auto => Box::new(NoManager),
     };
     Chosen { manager, reason }
@@ -231,21 +269,32 @@ pub fn detect(root: &Path, name: &str) -> (ManagerKind, String) {
 }
 
 /// The graceful stop every backend that can signal the process shares: ask for SIGQUIT (running
-/// jobs finish), wait up to `timeout` for the service to stop, and only then stop it hard.
+/// jobs finish) and wait up to `timeout` for the service to stop. Only with `hard_stop` is it then
+/// stopped hard (SIGTERM aborts running jobs); otherwise the stop fails and says so, and no job
+/// is interrupted.
 pub(crate) fn graceful_stop(
     manager: &dyn ServiceManager,
     graceful: &[String],
     hard: &[String],
     timeout: Duration,
+    hard_stop: bool,
 ) -> Result<(), Error> {
     // The service may already be stopped; a failed SIGQUIT is not an error then.
     let _ = command::run(graceful, Duration::from_secs(10));
-    if wait_for(manager, false, timeout).is_ok() {
+    let drained = wait_for(manager, false, timeout);
+    if drained.is_ok() {
         return Ok(());
+    }
+    if !hard_stop {
+        tracing::warn!(
+            service = manager.name(),
+            "jobs are still running after the stop timeout; not stopping hard (hard_stop = false)"
+        );
+        return drained.map(|_| ());
     }
     tracing::warn!(
         service = manager.name(),
-        "jobs did not drain in time, stopping hard"
+        "jobs did not drain in time, stopping hard (hard_stop = true)"
     );
     command::run_ok(hard, Duration::from_secs(30) + timeout).map(|_| ())
 }

@@ -48,6 +48,11 @@ impl ServiceManager for OpenRc {
         let out = super::query_status(&self.argv("status"))?;
         Ok(parse_status(&format!("{}{}", out.stdout, out.stderr)))
     }
+    /// SIGHUP to the pid `status` reports (the init script has no reload verb gitlab-runner
+    /// defines); no pid, no signal, and gitlab-runner's own re-read of the file is relied on.
+    fn reload(&self) -> Result<bool, Error> {
+        super::hup_status_pid(self)
+    }
 }
 
 #[cfg(test)]

@@ -10,11 +10,23 @@ use super::{Error, ManagerKind, ServiceManager, ServiceState};
 pub struct Systemd {
     unit: String,
     timeout: Duration,
+    hard_stop: bool,
 }
 
 impl Systemd {
     pub fn new(unit: String, timeout: Duration) -> Self {
-        Self { unit, timeout }
+        Self {
+            unit,
+            timeout,
+            hard_stop: false,
+        }
+    }
+
+    /// Stop hard after `timeout` when jobs have not finished (`[service] hard_stop`).
+    #[must_use]
+    pub fn with_hard_stop(mut self, hard_stop: bool) -> Self {
+        self.hard_stop = hard_stop;
+        self
     }
 
     pub fn stop_argv(&self) -> Vec<Vec<String>> {
@@ -72,10 +84,22 @@ impl ServiceManager for Systemd {
     }
     fn stop(&self) -> Result<(), Error> {
         let cmds = self.stop_argv();
-        super::graceful_stop(self, &cmds[0], &cmds[1], self.timeout)
+        super::graceful_stop(self, &cmds[0], &cmds[1], self.timeout, self.hard_stop)
     }
     fn start(&self) -> Result<(), Error> {
         run_ok(&self.start_argv(), self.timeout).map(|_| ())
+    }
+    /// SIGHUP to the main process: gitlab-runner's unit has no `ExecReload`, so `systemctl
+    /// reload` would fail where the signal works.
+    fn reload(&self) -> Result<bool, Error> {
+        let argv = argv(&[
+            "systemctl",
+            "kill",
+            "--signal=SIGHUP",
+            "--kill-whom=main",
+            &self.unit,
+        ]);
+        run_ok(&argv, self.timeout).map(|_| true)
     }
     fn status(&self) -> Result<ServiceState, Error> {
         let out = run_ok(&self.status_argv(), Duration::from_secs(10))?;

@@ -70,6 +70,11 @@ impl ServiceManager for SysV {
         let out = super::query_status(&self.cmd("status"))?;
         Ok(parse_status(out.code, &out.stdout))
     }
+    /// SIGHUP to the pid `status` reports (the init script has no reload verb gitlab-runner
+    /// defines); no pid, no signal, and gitlab-runner's own re-read of the file is relied on.
+    fn reload(&self) -> Result<bool, Error> {
+        super::hup_status_pid(self)
+    }
 }
 
 #[cfg(test)]

@@ -16,5 +16,6 @@ mod gitlab_client;
 mod hostile;
 mod packaging;
 mod reliability;
+mod reload;
 mod rotate;
 mod service;

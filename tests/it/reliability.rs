@@ -283,7 +283,12 @@ fn every_crash_point_recovers() {
         ];
         env.write_config(&entries);
         let runner = StandIn::install(&env);
-        env.extra_settings.push_str(&runner.settings());
+        // The stop → write → start cycle, whose crash points this test covers.
+        env.extra_settings.push_str(
+            &runner
+                .settings()
+                .replace("[service]\n", "[service]\nrestart = \"always\"\n"),
+        );
         assert!(runner.ctl("start"));
         let mut cmd = env.command(&["rotate", "--strategy", "auto"]);
         cmd.env("RUNNER_MEDIC_CRASH_AT", point);

@@ -38,7 +38,7 @@ fn expired_token_is_reset_and_the_runner_polls_again() {
     let before = env.write_config(&[old.clone(), env.healthy("other")]);
     let runner = with_stand_in(&mut env);
     let first_pid = runner.pid().unwrap();
-    let run = env.run(&["rotate", "--output", "json"]);
+    let run = env.run(&["rotate", "--restart", "always", "--output", "json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let r = run.runner("build");
     assert_eq!(r["action"], "reset");
@@ -227,7 +227,7 @@ fn five_runners_in_mixed_states_one_stop_one_start() {
     ];
     env.write_config(&entries);
     let runner = with_stand_in(&mut env);
-    let run = env.run(&["rotate", "--output", "json"]);
+    let run = env.run(&["rotate", "--restart", "always", "--output", "json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     for (name, action) in [
         ("fine", "none"),
@@ -535,7 +535,11 @@ fn the_demo_runs_the_whole_cycle() {
     assert!(
         stdout.contains("action: reset -> done") && stdout.contains("action: recreate -> done")
     );
-    assert!(stdout.contains("stopped yes, started yes"));
+    // The default `restart = reload`: the stand-in re-reads config.toml, nothing is stopped.
+    assert!(
+        stdout.contains("stopped no, started no, reloaded yes"),
+        "{stdout}"
+    );
     assert!(stdout.contains("summary: 3 runner(s): 3 healthy"));
     assert!(stdout.contains("demo: every runner is healthy again"));
     assert!(!stdout.contains("glrt-t1_") || stdout.contains('…'));

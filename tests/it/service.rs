@@ -163,7 +163,15 @@ fn sysv_init_script_stop_write_start_with_pids_and_log() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let first = init.pid().expect("started");
-    let run = env.run(&["rotate", "--service-manager", "sysv", "--output", "json"]);
+    let run = env.run(&[
+        "rotate",
+        "--restart",
+        "always",
+        "--service-manager",
+        "sysv",
+        "--output",
+        "json",
+    ]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let service = &run.json()["service"];
     assert_eq!(service["manager"], "sysv");
@@ -237,6 +245,8 @@ fn gitlab_runner_cli_manager_restarts_the_stand_in() {
     let first = runner.pid().unwrap();
     let run = env.run(&[
         "rotate",
+        "--restart",
+        "always",
         "--service-manager",
         "gitlab-runner",
         "--output",

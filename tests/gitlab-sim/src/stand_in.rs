@@ -3,6 +3,10 @@
 //! changes (as gitlab-runner does every 3 s, here faster) and on SIGHUP, writes a pid file, and
 //! exits cleanly on SIGQUIT, SIGTERM or SIGINT. It logs `poll name=… status=…`, never a token.
 //!
+//! A build in progress is simulated with `STAND_IN_JOB_MS=N` in its environment at start: a job
+//! runs for N ms. As gitlab-runner does (reference §7.3): SIGHUP reloads and leaves it running,
+//! SIGQUIT waits for it to finish before exiting, SIGTERM/SIGINT abort it (`job aborted`).
+//!
 //! Usage: stand-in-runner --config FILE [--pid-file FILE] [--interval-ms N]
 //! (also reachable as `runner-medic demo --stand-in-runner …` for the demo)
 
@@ -83,6 +87,13 @@ pub async fn main_with_args(args: Vec<String>) {
         entries.len()
     );
 
+    let mut job_until = std::env::var("STAND_IN_JOB_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    if job_until.is_some() {
+        say!("job started");
+    }
     let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -95,11 +106,31 @@ pub async fn main_with_args(args: Vec<String>) {
     loop {
         let mut reload = false;
         tokio::select! {
-            _ = quit.recv() => { say!("SIGQUIT: stopping gracefully"); break; }
-            _ = term.recv() => { say!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { say!("SIGINT: stopping"); break; }
-            _ = hup.recv() => { reload = true; }
+            _ = quit.recv() => {
+                say!("SIGQUIT: stopping gracefully");
+                if let Some(until) = job_until.take() {
+                    say!("waiting for the running job");
+                    tokio::time::sleep_until(until).await;
+                    say!("job finished");
+                }
+                break;
+            }
+            _ = term.recv() => {
+                say!("SIGTERM: stopping");
+                if job_until.take().is_some() { say!("job aborted"); }
+                break;
+            }
+            _ = int.recv() => {
+                say!("SIGINT: stopping");
+                if job_until.take().is_some() { say!("job aborted"); }
+                break;
+            }
+            _ = hup.recv() => { say!("SIGHUP: reloading"); reload = true; }
             _ = tick.tick() => {}
+        }
+        if job_until.is_some_and(|until| tokio::time::Instant::now() >= until) {
+            job_until = None;
+            say!("job finished");
         }
         let now = mtime(&config);
         if reload || now != seen {
