@@ -1,0 +1,176 @@
+//! Shared runner tokens: one runner, several hosts ("runner managers", reference §3.7). The
+//! simulator keeps managers as GitLab does; runner-medic learns when a token is shared and never
+//! knocks the other hosts offline.
+
+use serde_json::{json, Value};
+
+use crate::harness::TestEnv;
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+/// `POST /api/v4/jobs/request` as gitlab-runner sends it; returns the status.
+fn poll(env: &TestEnv, token: &str, system_id: Option<&str>) -> u16 {
+    let mut body = json!({ "token": token, "last_update": "0" });
+    if let Some(id) = system_id {
+        body["system_id"] = json!(id);
+    }
+    client()
+        .post(format!("{}/api/v4/jobs/request", env.url()))
+        .json(&body)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// `GET /api/v4/runners/:id/managers` with `private_token`: (status, body).
+fn managers(env: &TestEnv, id: u64, private_token: Option<&str>) -> (u16, Value) {
+    let mut req = client().get(format!("{}/api/v4/runners/{id}/managers", env.url()));
+    if let Some(t) = private_token {
+        req = req.header("PRIVATE-TOKEN", t);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+fn system_ids(list: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["system_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn write_system_id(env: &TestEnv, id: &str) {
+    std::fs::write(
+        env.config.with_file_name(".runner_system_id"),
+        format!("{id}\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn verify_and_job_requests_make_runner_managers_as_gitlab_does() {
+    let env = TestEnv::new();
+    let e = env.healthy("build");
+    let id = e.id.unwrap();
+    env.write_config(std::slice::from_ref(&e));
+
+    // runner-medic's own verify sends this host's system id: the manager is this host's.
+    write_system_id(&env, "s_0123456789ab");
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(env.sim.state().manager_ids(id), vec!["s_0123456789ab"]);
+
+    // Without `.runner_system_id` the verify carries none: GitLab keys the row `<legacy>`.
+    std::fs::remove_file(env.config.with_file_name(".runner_system_id")).unwrap();
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        env.sim.state().manager_ids(id),
+        vec!["s_0123456789ab", "<legacy>"]
+    );
+
+    // Job polls from two other hosts, and a poll without a system id.
+    assert_eq!(poll(&env, &e.token, Some("s_bbbbbbbbbbbb")), 204);
+    assert_eq!(poll(&env, &e.token, Some("s_bbbbbbbbbbbb")), 204);
+    assert_eq!(poll(&env, &e.token, Some("r_cccccccccccc")), 204);
+    assert_eq!(poll(&env, &e.token, None), 204);
+
+    let (status, list) = managers(&env, id, Some(&env.admin_token));
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(
+        system_ids(&list),
+        vec![
+            "<legacy>",
+            "r_cccccccccccc",
+            "s_0123456789ab",
+            "s_bbbbbbbbbbbb"
+        ],
+        "one row per system id, polls update rather than add: {list}"
+    );
+    for m in list.as_array().unwrap() {
+        assert!(m["contacted_at"].is_string(), "{m}");
+        assert_eq!(m["status"], "online", "{m}");
+        assert!(m["id"].is_u64(), "{m}");
+    }
+
+    // A manager that last called three hours ago is offline.
+    let old = chrono::Utc::now() - chrono::Duration::hours(3);
+    env.sim.state().add_manager(id, "s_dddddddddddd", Some(old));
+    let (_, list) = managers(&env, id, Some(&env.admin_token));
+    let d = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["system_id"] == "s_dddddddddddd")
+        .unwrap();
+    assert_eq!(d["status"], "offline");
+
+    // A refused token makes no manager.
+    assert_eq!(poll(&env, "glrt-not-a-token", Some("s_eeeeeeeeeeee")), 403);
+    assert!(!env
+        .sim
+        .state()
+        .manager_ids(id)
+        .contains(&"s_eeeeeeeeeeee".to_string()));
+
+    // Authentication and the errors of the endpoint.
+    assert_eq!(managers(&env, id, None).0, 401);
+    let (status, body) = managers(&env, 999_999, Some(&env.admin_token));
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (404, Some("404 Runner Not Found"))
+    );
+    env.sim.state().managers_endpoint = false;
+    let (status, body) = managers(&env, id, Some(&env.admin_token));
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (404, Some("404 Not Found"))
+    );
+}
+
+#[test]
+fn a_reset_cuts_off_every_manager_of_the_runner_at_once() {
+    let env = TestEnv::new();
+    let e = env.healthy("build");
+    let id = e.id.unwrap();
+    for host in ["s_aaaaaaaaaaaa", "s_bbbbbbbbbbbb", "s_cccccccccccc"] {
+        assert_eq!(poll(&env, &e.token, Some(host)), 204);
+    }
+    let resp = client()
+        .post(format!(
+            "{}/api/v4/runners/{id}/reset_authentication_token",
+            env.url()
+        ))
+        .header("PRIVATE-TOKEN", &env.admin_token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let new = resp.json::<Value>().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for host in ["s_aaaaaaaaaaaa", "s_bbbbbbbbbbbb", "s_cccccccccccc"] {
+        assert_eq!(poll(&env, &e.token, Some(host)), 403, "{host} is cut off");
+    }
+    // The runner keeps its managers; whoever gets the new token is back at once.
+    assert_eq!(env.sim.state().manager_ids(id).len(), 3);
+    assert_eq!(poll(&env, &new, Some("s_bbbbbbbbbbbb")), 204);
+    assert_eq!(env.sim.state().token_issuing_requests(), 1);
+
+    // Deleting the runner deletes its managers.
+    let resp = client()
+        .delete(format!("{}/api/v4/runners/{id}", env.url()))
+        .header("PRIVATE-TOKEN", &env.admin_token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert!(env.sim.state().manager_ids(id).is_empty());
+}
