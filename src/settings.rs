@@ -52,6 +52,8 @@ pub struct SettingsFile {
     pub hooks: HooksFile,
     #[serde(default)]
     pub agent: AgentFile,
+    #[serde(default)]
+    pub fleet: FleetFile,
     /// Per-runner creation parameters for recreating a runner whose record is gone.
     #[serde(default)]
     pub templates: BTreeMap<String, CreateRunner>,
@@ -88,6 +90,14 @@ pub struct AgentFile {
     pub listen: Option<String>,
 }
 
+/// `[fleet]`: runners whose token several hosts share.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    /// A runner manager that contacted GitLab within this window shares the token.
+    pub manager_window: Option<String>,
+}
+
 /// Everything a command needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -110,6 +120,7 @@ pub struct Settings {
     pub service: ServiceSettings,
     pub hooks: HooksFile,
     pub agent: AgentSettings,
+    pub fleet: FleetSettings,
     pub templates: BTreeMap<String, CreateRunner>,
     pub color: bool,
     /// Show a progress bar on stderr (a terminal).
@@ -126,6 +137,19 @@ pub struct ServiceSettings {
     pub init_dir: PathBuf,
     pub gitlab_runner_bin: PathBuf,
     pub container_cli: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Other runner managers that contacted GitLab within this window share the token.
+    pub manager_window: Duration,
+}
+
+impl FleetSettings {
+    /// A store coordinates the hosts that share a token.
+    pub fn coordinated(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -520,6 +544,13 @@ impl Settings {
                 interval,
                 jitter,
                 listen: overrides.listen.clone().or(file.agent.listen.clone()),
+            },
+            fleet: FleetSettings {
+                manager_window: duration(
+                    "fleet.manager_window",
+                    file.fleet.manager_window.as_deref(),
+                    Duration::from_secs(2 * 3600),
+                )?,
             },
             templates: file.templates,
             color: env.is_tty_stdout,

@@ -65,6 +65,7 @@ codes! {
     TokenFromEnvironment = "token_from_environment",
     TokenRotationDisabled = "token_rotation_disabled",
     RunnerOrphaned = "runner_orphaned",
+    SharedToken = "shared_token",
 }
 
 impl Serialize for FindingCode {

@@ -67,6 +67,11 @@ pub struct RunnerReport {
     pub findings: Vec<Finding>,
     pub action: Option<Action>,
     pub outcome: Option<Outcome>,
+    /// Runner managers (hosts) using the token recently, this one included; `None` when not known
+    /// (not asked: no change was considered; no privileged token; GitLab without the endpoint).
+    pub managers: Option<usize>,
+    /// Other hosts use the token (GitLab's runner managers).
+    pub shared: bool,
     /// Line of the `[[runners]]` header in config.toml.
     pub line: usize,
     /// The replacement token (masked) and id, when rotated.

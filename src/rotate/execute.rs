@@ -17,7 +17,7 @@ use super::known::KnownRunners;
 use super::plan::{plan, PlanItem, Scope};
 use crate::crash;
 use crate::diagnose::{
-    admin_api, diagnose, parse_runner_url, read_system_id, tls_files, Clients, Diagnosis,
+    admin_api, diagnose_for, parse_runner_url, read_system_id, tls_files, Clients, Diagnosis,
 };
 use crate::diagnose::{Finding, FindingCode};
 use crate::fs;
@@ -129,7 +129,7 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             carried = journal.entries;
         }
     }
-    let diagnosis = diagnose(settings).await;
+    let diagnosis = diagnose_for(settings, opts.scope.force).await;
     check_runner_names(&diagnosis, &opts.scope)?;
     let mut known = KnownRunners::load(settings);
     if !opts.dry_run {

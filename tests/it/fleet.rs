@@ -174,3 +174,136 @@ fn a_reset_cuts_off_every_manager_of_the_runner_at_once() {
     assert_eq!(resp.status().as_u16(), 204);
     assert!(env.sim.state().manager_ids(id).is_empty());
 }
+
+/// Another host that used `id`'s token `ago` before now.
+fn other_host(env: &TestEnv, id: u64, system_id: &str, ago: chrono::Duration) {
+    env.sim
+        .state()
+        .add_manager(id, system_id, Some(chrono::Utc::now() - ago));
+}
+
+fn manager_reads(env: &TestEnv) -> usize {
+    env.sim
+        .state()
+        .requests_to("GET", "/api/v4/runners/:id/managers")
+}
+
+fn finding<'a>(runner: &'a Value, code: &str) -> Option<&'a Value> {
+    runner["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == code)
+}
+
+#[test]
+fn an_expiring_token_used_by_another_host_is_reported_shared() {
+    let env = TestEnv::new();
+    let e = env.expiring("build", 2);
+    let id = e.id.unwrap();
+    env.write_config(&[e.clone(), env.healthy("alone")]);
+    write_system_id(&env, "s_aaaaaaaaaaaa");
+    other_host(&env, id, "s_bbbbbbbbbbbb", chrono::Duration::minutes(10));
+    other_host(&env, id, "s_cccccccccccc", chrono::Duration::hours(5));
+    // This host's own row is never another host.
+    other_host(&env, id, "s_aaaaaaaaaaaa", chrono::Duration::minutes(1));
+
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(
+        run.code, 0,
+        "warnings only:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    let r = run.runner("build");
+    assert_eq!(
+        r["managers"], 2,
+        "this host and s_bbb; s_ccc is outside the 2h window: {r}"
+    );
+    assert_eq!(r["shared"], true);
+    let f = finding(&r, "shared_token").expect("a shared_token finding");
+    assert_eq!(f["severity"], "warning");
+    let message = f["message"].as_str().unwrap();
+    assert!(message.contains("s_bbbbbbbbbbbb"), "{message}");
+    assert!(!message.contains("s_cccccccccccc"), "{message}");
+    let fix = f["fix"].as_str().unwrap();
+    assert!(fix.contains("store = \"etcd\""), "{fix}");
+    assert!(fix.contains("--runner build"), "{fix}");
+
+    // A healthy runner is not asked about: one managers request, for `build` only.
+    let alone = run.runner("alone");
+    assert_eq!(alone["managers"], Value::Null);
+    assert_eq!(alone["shared"], false);
+    assert_eq!(manager_reads(&env), 1);
+
+    // A wider window counts the host that called five hours ago.
+    let mut env = env;
+    env.extra_settings
+        .push_str("\n[fleet]\nmanager_window = \"6h\"\n");
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(run.runner("build")["managers"], 3);
+}
+
+#[test]
+fn a_token_only_this_host_uses_is_not_shared() {
+    let env = TestEnv::new();
+    let e = env.expiring("build", 2);
+    let id = e.id.unwrap();
+    env.write_config(std::slice::from_ref(&e));
+    write_system_id(&env, "s_aaaaaaaaaaaa");
+    other_host(&env, id, "s_bbbbbbbbbbbb", chrono::Duration::hours(3));
+    let run = env.run(&["diagnose", "--output", "json"]);
+    let r = run.runner("build");
+    assert_eq!(r["managers"], 1, "{r}");
+    assert_eq!(r["shared"], false);
+    assert!(finding(&r, "shared_token").is_none());
+    assert_eq!(run.code, 0);
+}
+
+#[test]
+fn a_dead_shared_token_is_an_error_without_coordination() {
+    let env = TestEnv::new();
+    let e = env.expired("build");
+    let id = e.id.unwrap();
+    env.write_config(std::slice::from_ref(&e));
+    write_system_id(&env, "s_aaaaaaaaaaaa");
+    // The other host polled until the token died, a day ago; that still counts, as the window is
+    // measured back from the token's death.
+    other_host(&env, id, "s_bbbbbbbbbbbb", chrono::Duration::hours(25));
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(run.code, 1);
+    let r = run.runner("build");
+    assert_eq!(r["shared"], true, "{r}");
+    assert_eq!(r["managers"], 2);
+    assert_eq!(finding(&r, "shared_token").unwrap()["severity"], "error");
+}
+
+#[test]
+fn sharing_is_unknown_without_the_privileged_token_or_the_endpoint() {
+    // No privileged token: the managers cannot be read.
+    let mut env = TestEnv::new();
+    env.use_admin = false;
+    let e = env.expiring("build", 2);
+    let id = e.id.unwrap();
+    env.write_config(std::slice::from_ref(&e));
+    other_host(&env, id, "s_bbbbbbbbbbbb", chrono::Duration::minutes(5));
+    let run = env.run(&["diagnose", "--output", "json"]);
+    let r = run.runner("build");
+    assert_eq!(r["managers"], Value::Null, "{r}");
+    assert_eq!(r["shared"], false);
+    assert!(finding(&r, "shared_token").is_none());
+    assert_eq!(manager_reads(&env), 0);
+
+    // An instance without `GET /runners/:id/managers` (older than ~17.1) answers 404.
+    let env = TestEnv::new();
+    let e = env.expired("build");
+    let id = e.id.unwrap();
+    env.write_config(std::slice::from_ref(&e));
+    other_host(&env, id, "s_bbbbbbbbbbbb", chrono::Duration::minutes(5));
+    env.sim.state().managers_endpoint = false;
+    let run = env.run(&["diagnose", "--output", "json"]);
+    let r = run.runner("build");
+    assert_eq!(r["managers"], Value::Null, "{r}");
+    assert_eq!(r["shared"], false);
+    assert!(finding(&r, "shared_token").is_none());
+    assert_eq!(manager_reads(&env), 1, "asked once, answered 404");
+}
