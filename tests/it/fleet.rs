@@ -307,3 +307,188 @@ fn sharing_is_unknown_without_the_privileged_token_or_the_endpoint() {
     assert!(finding(&r, "shared_token").is_none());
     assert_eq!(manager_reads(&env), 1, "asked once, answered 404");
 }
+
+/// One host of a fleet: its own config.toml (with `.runner_system_id` beside it), settings and
+/// state directory, against the shared simulator of `env`.
+pub struct Host {
+    pub dir: tempfile::TempDir,
+    pub system_id: String,
+    pub config: std::path::PathBuf,
+    pub extra_settings: String,
+}
+
+impl Host {
+    pub fn new(env: &TestEnv, n: usize, entries: &[crate::harness::Entry]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let system_id = format!("s_host{n:08}");
+        let config = dir.path().join("config.toml");
+        // The same entries as `env` would write, in this host's file.
+        env.write_config(entries);
+        std::fs::copy(&env.config, &config).unwrap();
+        std::fs::write(dir.path().join(".runner_system_id"), &system_id).unwrap();
+        Self {
+            dir,
+            system_id,
+            config,
+            extra_settings: String::new(),
+        }
+    }
+
+    pub fn command(&self, env: &TestEnv, args: &[&str]) -> std::process::Command {
+        use std::os::unix::fs::PermissionsExt;
+        let token_file = self.dir.path().join("admin-token");
+        std::fs::write(&token_file, &env.admin_token).unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let settings = self.dir.path().join("settings.toml");
+        std::fs::write(
+            &settings,
+            format!(
+                "state_dir = \"{}\"\nrequest_timeout = \"5s\"\ngitlab_url = \"{}\"\nadmin_token_file = \"{}\"\n{}\n[service]\nmanager = \"none\"\n",
+                self.dir.path().join("state").display(),
+                env.url(),
+                token_file.display(),
+                self.extra_settings,
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(crate::harness::BIN);
+        cmd.args(args)
+            .arg("--runner-config")
+            .arg(&self.config)
+            .arg("--settings")
+            .arg(&settings);
+        for var in [
+            "RUNNER_MEDIC_ADMIN_TOKEN",
+            "RUNNER_MEDIC_GITLAB_URL",
+            "RUNNER_MEDIC_ADMIN_TOKEN_FILE",
+            "RUNNER_MEDIC_STATE_DIR",
+            "RUNNER_MEDIC_RUNNER_CONFIG",
+            "RUNNER_MEDIC_SETTINGS",
+            "RUNNER_MEDIC_METRICS_FILE",
+            "RUNNER_MEDIC_CRASH_AT",
+            "RUNNER_MEDIC_FLEET_STORE",
+            "RUNNER_MEDIC_FLEET_ENDPOINTS",
+            "RUNNER_MEDIC_FLEET_PREFIX",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("RUNNER_MEDIC_TEST_FAST_RETRY", "1")
+            .env("RUST_LOG", "runner_medic=debug");
+        cmd
+    }
+
+    pub fn run(&self, env: &TestEnv, args: &[&str]) -> crate::harness::Run {
+        env.run_cmd(self.command(env, args))
+    }
+
+    pub fn token(&self, name: &str) -> String {
+        let doc: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&self.config).unwrap()).unwrap();
+        doc["runners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"].as_str() == Some(name))
+            .and_then(|r| r["token"].as_str())
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[test]
+fn without_coordination_no_host_changes_a_shared_token() {
+    let env = TestEnv::new();
+    let e = env.expired("build");
+    let id = e.id.unwrap();
+    let hosts: Vec<Host> = (0..3)
+        .map(|n| Host::new(&env, n, std::slice::from_ref(&e)))
+        .collect();
+    // Every host polled with the token until it expired, a day ago.
+    for h in &hosts {
+        other_host(
+            &env,
+            id,
+            &h.system_id,
+            chrono::Duration::hours(24) + chrono::Duration::minutes(5),
+        );
+    }
+    for h in &hosts {
+        for args in [
+            &["rotate", "--output", "json"][..],
+            &["rotate", "--dry-run", "--output", "json"][..],
+        ] {
+            let run = h.run(&env, args);
+            assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+            let r = run.runner("build");
+            assert_eq!(r["action"], "manual", "{r}");
+            assert_eq!(r["shared"], true);
+            assert_eq!(r["managers"], 3);
+            assert_eq!(finding(&r, "shared_token").unwrap()["severity"], "error");
+            let why = r["error"].as_str().unwrap();
+            assert!(
+                why.contains("store = \"etcd\"") && why.contains("--runner build"),
+                "{why}"
+            );
+            assert!(r["calls"].as_array().is_none_or(|c| c.is_empty()), "{r}");
+        }
+        assert_eq!(h.token("build"), e.token, "config.toml untouched");
+    }
+    assert_eq!(env.sim.state().token_issuing_requests(), 0);
+    assert!(
+        env.changing_requests().is_empty(),
+        "{:?}",
+        env.changing_requests()
+    );
+
+    // A valid shared token is not renewed either, expiring or forced.
+    let live = env.expiring("live", 1);
+    let live_id = live.id.unwrap();
+    let hosts: Vec<Host> = (3..6)
+        .map(|n| Host::new(&env, n, std::slice::from_ref(&live)))
+        .collect();
+    for h in &hosts {
+        other_host(&env, live_id, &h.system_id, chrono::Duration::minutes(3));
+    }
+    for h in &hosts {
+        for args in [
+            &["rotate", "--output", "json"][..],
+            &["rotate", "--force", "--output", "json"][..],
+        ] {
+            let run = h.run(&env, args);
+            assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+            let r = run.runner("live");
+            assert_eq!(r["action"], "manual", "{r}");
+            assert_eq!(finding(&r, "shared_token").unwrap()["severity"], "warning");
+        }
+    }
+    assert_eq!(env.sim.state().token_issuing_requests(), 0);
+    assert!(env.token_works(&live.token));
+}
+
+#[test]
+fn naming_the_runner_rotates_a_shared_token_on_that_host_only() {
+    let env = TestEnv::new();
+    let e = env.expired("build");
+    let id = e.id.unwrap();
+    let hosts: Vec<Host> = (0..2)
+        .map(|n| Host::new(&env, n, std::slice::from_ref(&e)))
+        .collect();
+    for h in &hosts {
+        other_host(
+            &env,
+            id,
+            &h.system_id,
+            chrono::Duration::hours(24) + chrono::Duration::minutes(5),
+        );
+    }
+    let run = hosts[0].run(&env, &["rotate", "--runner", "build", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r = run.runner("build");
+    assert_eq!(r["action"], "reset", "{r}");
+    assert_eq!(r["outcome"], "done");
+    assert_eq!(env.sim.state().token_issuing_requests(), 1);
+    let new = hosts[0].token("build");
+    assert!(env.token_works(&new));
+    // The other host is left for the operator to hand the token to.
+    assert_eq!(hosts[1].token("build"), e.token);
+}
