@@ -66,6 +66,7 @@ codes! {
     TokenRotationDisabled = "token_rotation_disabled",
     RunnerOrphaned = "runner_orphaned",
     SharedToken = "shared_token",
+    FleetStoreUnavailable = "fleet_store_unavailable",
 }
 
 impl Serialize for FindingCode {

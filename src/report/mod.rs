@@ -22,6 +22,8 @@ pub enum Action {
     Reset,
     Recreate,
     Manual,
+    /// Took the token another host of the fleet obtained and published; GitLab was not changed.
+    Adopt,
 }
 
 impl Action {
@@ -32,6 +34,7 @@ impl Action {
             Action::Reset => "reset",
             Action::Recreate => "recreate",
             Action::Manual => "manual",
+            Action::Adopt => "adopt",
         }
     }
 }

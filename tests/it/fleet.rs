@@ -492,3 +492,291 @@ fn naming_the_runner_rotates_a_shared_token_on_that_host_only() {
     // The other host is left for the operator to hand the token to.
     assert_eq!(hosts[1].token("build"), e.token);
 }
+
+/// A real etcd (Debian's `etcd-server`, `/usr/bin/etcd`) on loopback ports with a temp data dir,
+/// stopped when dropped.
+pub struct Etcd {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    child: std::process::Child,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    pub fn start() -> Self {
+        let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("etcd is needed for the fleet tests: `apt-get install etcd-server` (.ci/test installs it)");
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .args(["--name", "medic-test"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("medic-test={peer_url}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts");
+        let etcd = Self { dir, url, child };
+        let health = format!("{}/health", etcd.url);
+        let ready = (0..300).any(|_| {
+            let ok = reqwest::blocking::get(&health)
+                .ok()
+                .is_some_and(|r| r.status().is_success());
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            ok
+        });
+        assert!(
+            ready,
+            "etcd did not become healthy: {}",
+            std::fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default()
+        );
+        etcd
+    }
+
+    /// Every byte etcd keeps on disk (its WAL and database).
+    pub fn disk_bytes(&self) -> Vec<u8> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<u8>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if let Ok(b) = std::fs::read(&p) {
+                    out.extend(b);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("data"), &mut out);
+        out
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fleet key file (64 hex characters, mode 0600) in `dir`.
+fn key_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fleet.key");
+    let key: String = (0..32)
+        .map(|i| format!("{:02x}", (i * 37 + 11) % 256))
+        .collect();
+    std::fs::write(&path, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+fn fleet_settings(endpoint: &str, key: &std::path::Path) -> String {
+    format!(
+        "\n[fleet]\nstore = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/medic-test\"\nencryption_key_file = \"{}\"\nlock_ttl = \"10s\"\n",
+        key.display()
+    )
+}
+
+/// Run `args` on every host at once; the runs in host order.
+fn run_all(env: &TestEnv, hosts: &[Host], args: &[&str]) -> Vec<crate::harness::Run> {
+    let children: Vec<std::process::Child> = hosts
+        .iter()
+        .map(|h| {
+            h.command(env, args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let run = crate::harness::Run {
+                code: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            };
+            env.assert_no_secrets(&run.stdout, "stdout");
+            env.assert_no_secrets(&run.stderr, "stderr");
+            run
+        })
+        .collect()
+}
+
+#[test]
+fn six_hosts_share_one_new_token_through_etcd() {
+    let etcd = Etcd::start();
+    let env = TestEnv::new();
+    let e = env.expired("build");
+    let id = e.id.unwrap();
+    let key = key_file(env.dir.path(), 0o600);
+    let mut hosts: Vec<Host> = (0..6)
+        .map(|n| Host::new(&env, n, std::slice::from_ref(&e)))
+        .collect();
+    for h in &mut hosts {
+        h.extra_settings = fleet_settings(&etcd.url, &key);
+        other_host(
+            &env,
+            id,
+            &h.system_id,
+            chrono::Duration::hours(24) + chrono::Duration::minutes(5),
+        );
+    }
+
+    let runs = run_all(&env, &hosts, &["rotate", "--output", "json"]);
+    for run in &runs {
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    }
+    assert_eq!(
+        env.sim.state().token_issuing_requests(),
+        1,
+        "exactly one host asked GitLab for a token: {:?}",
+        env.changing_requests()
+    );
+    let actions: Vec<String> = runs
+        .iter()
+        .map(|r| r.runner("build")["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| *a == "reset").count(),
+        1,
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| *a == "adopt").count(),
+        5,
+        "{actions:?}"
+    );
+    for run in &runs {
+        assert_eq!(run.runner("build")["outcome"], "done");
+        assert_eq!(run.runner("build")["shared"], true);
+    }
+    let new = hosts[0].token("build");
+    assert_ne!(new, e.token);
+    assert!(env.token_works(&new));
+    for h in &hosts {
+        assert_eq!(h.token("build"), new, "every host holds the live token");
+    }
+    // The store keeps the token encrypted only.
+    let disk = etcd.disk_bytes();
+    assert!(!disk.is_empty());
+    assert!(
+        !disk.windows(new.len()).any(|w| w == new.as_bytes()),
+        "the token is on etcd's disk in clear"
+    );
+
+    for _ in 0..5 {
+        let runs = run_all(&env, &hosts, &["rotate", "--output", "json"]);
+        for run in &runs {
+            assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+            assert_eq!(run.runner("build")["action"], "none");
+        }
+    }
+    assert_eq!(
+        env.sim.state().token_issuing_requests(),
+        1,
+        "later rounds ask for nothing"
+    );
+    for h in &hosts {
+        assert_eq!(h.token("build"), new);
+    }
+}
+
+#[test]
+fn with_etcd_unreachable_shared_tokens_are_left_alone_and_others_handled() {
+    let env = TestEnv::new();
+    let shared = env.expired("shared");
+    let alone = env.expired("alone");
+    let key = key_file(env.dir.path(), 0o600);
+    let mut host = Host::new(&env, 0, &[shared.clone(), alone.clone()]);
+    // Nothing listens there.
+    host.extra_settings = fleet_settings(&format!("http://127.0.0.1:{}", free_port()), &key);
+    other_host(
+        &env,
+        shared.id.unwrap(),
+        &host.system_id,
+        chrono::Duration::hours(24) + chrono::Duration::minutes(5),
+    );
+    other_host(
+        &env,
+        shared.id.unwrap(),
+        "s_elsewhere001",
+        chrono::Duration::hours(24) + chrono::Duration::minutes(5),
+    );
+
+    let run = host.run(&env, &["rotate", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.top_codes()
+            .contains(&"fleet_store_unavailable".to_string()),
+        "{}",
+        run.stdout
+    );
+    let s = run.runner("shared");
+    assert_eq!(s["action"], "manual", "{s}");
+    assert_eq!(host.token("shared"), shared.token);
+    let a = run.runner("alone");
+    assert_eq!(a["action"], "reset", "{a}");
+    assert_eq!(a["outcome"], "done");
+    assert_eq!(
+        env.sim.state().token_issuing_requests(),
+        1,
+        "only the unshared runner"
+    );
+    assert!(env.token_works(&host.token("alone")));
+}
+
+#[test]
+fn an_etcd_store_needs_a_private_key_file() {
+    let env = TestEnv::new();
+    let e = env.healthy("build");
+    let mut host = Host::new(&env, 0, std::slice::from_ref(&e));
+    // No key file at all.
+    host.extra_settings = "\n[fleet]\nstore = \"etcd\"\n".into();
+    let run = host.run(&env, &["diagnose"]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("encryption_key_file"), "{}", run.stderr);
+    // A key file others may read.
+    let key = key_file(host.dir.path(), 0o644);
+    host.extra_settings = fleet_settings("http://127.0.0.1:2379", &key);
+    let run = host.run(&env, &["diagnose"]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("chmod 600"), "{}", run.stderr);
+    // A key that is not 64 hex characters.
+    std::fs::write(&key, "not a key\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let run = host.run(&env, &["diagnose"]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    // The flag overrides the file: `--fleet-store none` needs no key.
+    let run = host.run(&env, &["diagnose", "--fleet-store", "none"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+}
