@@ -780,3 +780,43 @@ fn an_etcd_store_needs_a_private_key_file() {
     let run = host.run(&env, &["diagnose", "--fleet-store", "none"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
 }
+
+#[test]
+fn an_expiring_shared_token_is_renewed_once_and_adopted_by_the_others() {
+    let etcd = Etcd::start();
+    let env = TestEnv::new();
+    let e = env.expiring("build", 1);
+    let id = e.id.unwrap();
+    let key = key_file(env.dir.path(), 0o600);
+    let mut hosts: Vec<Host> = (0..3)
+        .map(|n| Host::new(&env, n, std::slice::from_ref(&e)))
+        .collect();
+    for h in &mut hosts {
+        h.extra_settings = fleet_settings(&etcd.url, &key);
+        other_host(&env, id, &h.system_id, chrono::Duration::minutes(3));
+    }
+    let runs = run_all(&env, &hosts, &["rotate", "--output", "json"]);
+    for run in &runs {
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    }
+    let actions: Vec<String> = runs
+        .iter()
+        .map(|r| r.runner("build")["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| *a == "renew").count(),
+        1,
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| *a == "adopt").count(),
+        2,
+        "{actions:?}"
+    );
+    assert_eq!(env.sim.state().token_issuing_requests(), 1);
+    let new = hosts[0].token("build");
+    assert!(env.token_works(&new));
+    for h in &hosts {
+        assert_eq!(h.token("build"), new);
+    }
+}
