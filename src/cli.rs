@@ -74,6 +74,31 @@ pub struct GlobalArgs {
         value_name = "FILE"
     )]
     pub metrics_file: Option<PathBuf>,
+    /// Coordination store for runner tokens that several hosts share: none or etcd [default: none]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_MEDIC_FLEET_STORE",
+        value_name = "STORE"
+    )]
+    pub fleet_store: Option<String>,
+    /// The store's endpoints, comma-separated [default: http://127.0.0.1:2379]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_MEDIC_FLEET_ENDPOINTS",
+        value_name = "URL[,URL…]",
+        value_delimiter = ','
+    )]
+    pub fleet_endpoints: Option<Vec<String>>,
+    /// Key prefix in the store [default: /runner-medic]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_MEDIC_FLEET_PREFIX",
+        value_name = "PREFIX"
+    )]
+    pub fleet_prefix: Option<String>,
     /// Log format on stderr [default: human on a terminal, plain otherwise]
     #[arg(long, global = true, value_enum, env = "RUNNER_MEDIC_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,

@@ -20,6 +20,7 @@ pub mod commands;
 pub mod crash;
 pub mod diagnose;
 pub mod exit;
+pub mod fleet;
 pub mod fs;
 pub mod gitlab;
 pub mod report;

@@ -52,6 +52,8 @@ pub struct SettingsFile {
     pub hooks: HooksFile,
     #[serde(default)]
     pub agent: AgentFile,
+    #[serde(default)]
+    pub fleet: FleetFile,
     /// Per-runner creation parameters for recreating a runner whose record is gone.
     #[serde(default)]
     pub templates: BTreeMap<String, CreateRunner>,
@@ -93,6 +95,25 @@ pub struct AgentFile {
     pub listen: Option<String>,
 }
 
+/// `[fleet]`: runners whose token several hosts share.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    /// `none` (default) or `etcd`.
+    pub store: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub encryption_key_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub lock_ttl: Option<String>,
+    /// A runner manager that contacted GitLab within this window shares the token.
+    pub manager_window: Option<String>,
+}
+
 /// Everything a command needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -115,6 +136,7 @@ pub struct Settings {
     pub service: ServiceSettings,
     pub hooks: HooksFile,
     pub agent: AgentSettings,
+    pub fleet: FleetSettings,
     pub templates: BTreeMap<String, CreateRunner>,
     pub color: bool,
     /// Show a progress bar on stderr (a terminal).
@@ -133,6 +155,146 @@ pub struct ServiceSettings {
     pub init_dir: PathBuf,
     pub gitlab_runner_bin: PathBuf,
     pub container_cli: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Other runner managers that contacted GitLab within this window share the token.
+    pub manager_window: Duration,
+    /// The store that coordinates the hosts sharing a token; `None`: no coordination.
+    pub store: Option<EtcdSettings>,
+}
+
+impl FleetSettings {
+    /// A store coordinates the hosts that share a token.
+    pub fn coordinated(&self) -> bool {
+        self.store.is_some()
+    }
+}
+
+/// `[fleet] store = "etcd"`, validated.
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    /// Without a trailing `/`.
+    pub prefix: String,
+    pub key: crate::fleet::FleetKey,
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (both or neither).
+    pub identity: Option<(PathBuf, PathBuf)>,
+    pub user: Option<(String, crate::secret::AdminToken)>,
+    pub lock_ttl: Duration,
+}
+
+/// The `[fleet]` settings, with `--fleet-*` flags (and their environment variables) first.
+fn fleet_settings(global: &GlobalArgs, file: &FleetFile) -> Result<FleetSettings, SettingsError> {
+    let manager_window = file
+        .manager_window
+        .as_deref()
+        .map_or(Ok(Duration::from_secs(2 * 3600)), |t| {
+            parse_duration("fleet.manager_window", t)
+        })?;
+    let store = global
+        .fleet_store
+        .clone()
+        .or(file.store.clone())
+        .unwrap_or_else(|| "none".into());
+    let store = match store.trim() {
+        "none" | "" => None,
+        "etcd" => Some(etcd_settings(global, file)?),
+        other => {
+            return Err(bad(
+                format!("unknown fleet store `{other}`"),
+                "use `none` (the default) or `etcd` for `[fleet] store` / `--fleet-store`",
+            ))
+        }
+    };
+    Ok(FleetSettings {
+        manager_window,
+        store,
+    })
+}
+
+fn etcd_settings(global: &GlobalArgs, file: &FleetFile) -> Result<EtcdSettings, SettingsError> {
+    let endpoints: Vec<String> = global
+        .fleet_endpoints
+        .clone()
+        .or(file.endpoints.clone())
+        .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()])
+        .into_iter()
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return Err(bad(
+            "`[fleet] store = \"etcd\"` has no endpoints",
+            "set `[fleet] endpoints = [\"https://etcd-1.example.com:2379\", …]` or `--fleet-endpoints`",
+        ));
+    }
+    for e in &endpoints {
+        let ok = Url::parse(e)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !ok {
+            return Err(bad(
+                format!("fleet endpoint `{e}` is not an http(s) URL"),
+                "write endpoints like `https://etcd-1.example.com:2379`",
+            ));
+        }
+    }
+    let prefix = global
+        .fleet_prefix
+        .clone()
+        .or(file.prefix.clone())
+        .unwrap_or_else(|| "/runner-medic".into());
+    let prefix = prefix.trim_end_matches('/').to_string();
+    let Some(key_file) = &file.encryption_key_file else {
+        return Err(bad(
+            "`[fleet] store = \"etcd\"` needs `encryption_key_file`: tokens are stored encrypted",
+            "create one key for the whole fleet (`openssl rand -hex 32 > /etc/runner-medic/fleet.key; chmod 600 /etc/runner-medic/fleet.key`), copy it to every host and set `[fleet] encryption_key_file`",
+        ));
+    };
+    let key = crate::fleet::FleetKey::read(key_file).map_err(|e| bad(e.message, e.fix))?;
+    let identity = match (&file.cert_file, &file.key_file) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(bad(
+                "`[fleet]` has only one of `cert_file` and `key_file`",
+                "give both (the client certificate and its key) or neither",
+            ))
+        }
+    };
+    let user = match (&file.username, &file.password_file) {
+        (Some(u), Some(p)) => Some((u.clone(), read_secret_file("fleet password file", p)?)),
+        (None, None) => None,
+        _ => {
+            return Err(bad(
+                "`[fleet]` has only one of `username` and `password_file`",
+                "give both (etcd's user and a file, mode 0600, with its password) or neither",
+            ))
+        }
+    };
+    let lock_ttl = file
+        .lock_ttl
+        .as_deref()
+        .map_or(Ok(Duration::from_secs(60)), |t| {
+            parse_duration("fleet.lock_ttl", t)
+        })?;
+    if lock_ttl < Duration::from_secs(5) {
+        return Err(bad(
+            "`[fleet] lock_ttl` is shorter than 5s",
+            "use `lock_ttl = \"60s\"` (the default) or longer",
+        ));
+    }
+    Ok(EtcdSettings {
+        endpoints,
+        prefix,
+        key,
+        ca_file: file.ca_file.clone(),
+        identity,
+        user,
+        lock_ttl,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -274,13 +436,14 @@ pub fn parse_gitlab_url(text: &str) -> Result<Url, SettingsError> {
 /// Read the privileged token from a file the way ssh treats a private key: refused when the group
 /// or others may read it.
 pub fn read_admin_token_file(path: &Path) -> Result<AdminToken, SettingsError> {
+    read_secret_file("admin token file", path)
+}
+
+/// A one-line secret from a file that neither the group nor others may read.
+fn read_secret_file(what: &str, path: &Path) -> Result<AdminToken, SettingsError> {
     let meta = fs_err::metadata(path).map_err(|e| {
         bad(
-            format!(
-                "cannot read the admin token file `{}`: {}",
-                path.display(),
-                e.kind()
-            ),
+            format!("cannot read the {what} `{}`: {}", path.display(), e.kind()),
             format!(
                 "create it with `install -m 0600 /dev/null {}` and write the token into it",
                 path.display()
@@ -289,10 +452,7 @@ pub fn read_admin_token_file(path: &Path) -> Result<AdminToken, SettingsError> {
     })?;
     if !meta.is_file() {
         return Err(bad(
-            format!(
-                "the admin token file `{}` is not a regular file",
-                path.display()
-            ),
+            format!("the {what} `{}` is not a regular file", path.display()),
             "point `--admin-token-file` at the file that holds the token",
         ));
     }
@@ -300,7 +460,7 @@ pub fn read_admin_token_file(path: &Path) -> Result<AdminToken, SettingsError> {
     if mode & 0o077 != 0 {
         return Err(bad(
             format!(
-                "the admin token file `{}` is readable by others (mode {mode:04o}); refusing to use it",
+                "the {what} `{}` is readable by others (mode {mode:04o}); refusing to use it",
                 path.display()
             ),
             format!("chmod 600 {}", path.display()),
@@ -308,18 +468,14 @@ pub fn read_admin_token_file(path: &Path) -> Result<AdminToken, SettingsError> {
     }
     let text = fs_err::read_to_string(path).map_err(|e| {
         bad(
-            format!(
-                "cannot read the admin token file `{}`: {}",
-                path.display(),
-                e.kind()
-            ),
+            format!("cannot read the {what} `{}`: {}", path.display(), e.kind()),
             "check its permissions",
         )
     })?;
     let token = text.trim();
     if token.is_empty() {
         return Err(bad(
-            format!("the admin token file `{}` is empty", path.display()),
+            format!("the {what} `{}` is empty", path.display()),
             "write the access token (scopes `create_runner` and `manage_runner`, or `api`) into it",
         ));
     }
@@ -537,6 +693,7 @@ impl Settings {
                 jitter,
                 listen: overrides.listen.clone().or(file.agent.listen.clone()),
             },
+            fleet: fleet_settings(global, &file.fleet)?,
             templates: file.templates,
             color: env.is_tty_stdout,
             progress: env.is_tty_stderr,

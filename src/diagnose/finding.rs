@@ -65,6 +65,8 @@ codes! {
     TokenFromEnvironment = "token_from_environment",
     TokenRotationDisabled = "token_rotation_disabled",
     RunnerOrphaned = "runner_orphaned",
+    SharedToken = "shared_token",
+    FleetStoreUnavailable = "fleet_store_unavailable",
 }
 
 impl Serialize for FindingCode {

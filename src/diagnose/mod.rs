@@ -9,6 +9,7 @@ mod config_checks;
 mod finding;
 mod judge;
 mod network;
+pub mod sharing;
 mod url;
 
 use std::collections::HashMap;
@@ -50,6 +51,14 @@ pub struct RunnerFacts {
     pub admin_usable: bool,
     /// Expiry as GitLab reported it (verify), else as config.toml has it.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Other hosts use this token (GitLab's runner managers); `None`: not known.
+    pub sharing: Option<sharing::Sharing>,
+}
+
+impl RunnerFacts {
+    pub fn shared(&self) -> bool {
+        self.sharing.as_ref().is_some_and(sharing::Sharing::shared)
+    }
 }
 
 pub struct Diagnosis {
@@ -207,6 +216,12 @@ impl Clock {
 
 /// Run every check. Never writes anything.
 pub async fn diagnose(settings: &Settings) -> Diagnosis {
+    diagnose_for(settings, false).await
+}
+
+/// [`diagnose`], for a rotation: with `force`, every runner's token is a candidate for a change,
+/// so whether it is shared is asked for every runner, not only for dead and expiring ones.
+pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
     let mut report = Report::new(
         "diagnose",
         settings.runner_config.display().to_string(),
@@ -262,7 +277,7 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
         None => None,
     };
 
-    let clients = Clients::new(settings, system_id);
+    let clients = Clients::new(settings, system_id.clone());
     let pre: Vec<config_checks::Pre> = entries
         .iter()
         .map(|e| config_checks::check_entry(e, &config, settings))
@@ -294,12 +309,66 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
     }
     let server_now = host_now() + skew.unwrap_or_else(chrono::Duration::zero);
 
+    let judgements: Vec<Judged> = entries
+        .iter()
+        .zip(&pre)
+        .zip(&observations)
+        .map(|((entry, p), obs)| judge::judge(entry, p, obs, server_now, settings))
+        .collect();
+    let sharings: Vec<Option<sharing::Sharing>> = futures::stream::iter(
+        entries
+            .iter()
+            .zip(&pre)
+            .zip(&observations)
+            .zip(&judgements)
+            .map(|(((entry, p), obs), judged)| {
+                let considered = force
+                    || judged.state == TokenState::Dead
+                    || judged
+                        .findings
+                        .iter()
+                        .any(|f| f.code == FindingCode::TokenExpiring);
+                let admin = admin.clone().filter(|_| {
+                    p.admin_usable && considered && matches!(obs.record_state(), Record::Exists(_))
+                });
+                let own = system_id.clone();
+                // A dead token was last used when it died: count the hosts that used it then.
+                let anchor = match judged.expires_at {
+                    Some(at) if judged.state == TokenState::Dead => at.min(server_now),
+                    _ => server_now,
+                };
+                let window = chrono::Duration::from_std(settings.fleet.manager_window)
+                    .unwrap_or_else(|_| chrono::Duration::hours(2));
+                async move {
+                    let (admin, id) = (admin?, entry.id?);
+                    let list = sharing::read(&admin, id).await?;
+                    Some(sharing::count(&list, own.as_deref(), anchor, window))
+                }
+            }),
+    )
+    .buffered(settings.concurrency)
+    .collect()
+    .await;
+
     let duplicates = config_checks::duplicate_tokens(&entries);
     let mut facts = Vec::new();
-    for ((entry, p), obs) in entries.iter().zip(pre).zip(observations) {
-        let judged = judge::judge(entry, &p, &obs, server_now, settings);
+    for ((((entry, p), obs), judged), sharing) in entries
+        .iter()
+        .zip(pre)
+        .zip(observations)
+        .zip(judgements)
+        .zip(sharings)
+    {
         let mut findings = p.findings.clone();
         findings.extend(judged.findings);
+        if let Some(s) = sharing.as_ref().filter(|s| s.shared()) {
+            findings.push(sharing::finding(
+                entry,
+                s,
+                judged.state == TokenState::Dead,
+                settings,
+            ));
+        }
         if let Some(first) = duplicates.get(&entry.index) {
             findings.push(
                 Finding::warning(
@@ -326,6 +395,8 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
             findings,
             action: None,
             outcome: None,
+            managers: sharing.as_ref().map(|s| s.managers),
+            shared: sharing.as_ref().is_some_and(sharing::Sharing::shared),
             line: entry.line,
             new_token: None,
             new_id: None,
@@ -338,6 +409,7 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
             record: obs.record_state(),
             admin_usable: p.admin_usable && admin.is_some(),
             expires_at: judged.expires_at,
+            sharing,
         });
     }
     Diagnosis {

@@ -90,6 +90,17 @@ pub struct IdOnly {
     pub id: u64,
 }
 
+/// An item of `GET /runners/:id/managers` (§3.7): one host (`system_id`) that used the runner's
+/// token. Entity `API::Entities::Ci::RunnerManager` (gitlab-org/gitlab
+/// `lib/api/entities/ci/runner_manager.rb`), which exposes `system_xid` as `system_id`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunnerManagerInfo {
+    #[serde(default)]
+    pub system_id: Option<String>,
+    #[serde(default)]
+    pub contacted_at: Option<DateTime<Utc>>,
+}
+
 /// An item of `GET /runners/all` (§3.3).
 #[derive(Debug, Clone, Deserialize)]
 pub struct RunnerSummary {

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use url::Url;
 
 use super::api::{
-    AppSettings, CreateRunner, PatInfo, RawGrant, RawVerified, RunnerDetails, RunnerSummary,
-    TokenGrant, Verified,
+    AppSettings, CreateRunner, PatInfo, RawGrant, RawVerified, RunnerDetails, RunnerManagerInfo,
+    RunnerSummary, TokenGrant, Verified,
 };
 use super::error::{classify, Error};
 use super::retry::{Idempotency, RetryPolicy};
@@ -493,6 +493,13 @@ impl AdminApi {
 
     pub async fn runner(&self, id: u64) -> Result<Reply<RunnerDetails>, Error> {
         self.get(&format!("api/v4/runners/{id}")).await
+    }
+
+    /// `GET /runners/:id/managers` (§3.7, GitLab ~17.1): the hosts that use the runner's token.
+    /// Not paginated (`present runner.runner_managers` in gitlab-org/gitlab
+    /// `lib/api/ci/runners.rb`). An older instance answers 404.
+    pub async fn runner_managers(&self, id: u64) -> Result<Reply<Vec<RunnerManagerInfo>>, Error> {
+        self.get(&format!("api/v4/runners/{id}/managers")).await
     }
 
     /// `GET /runners/all`, every page, optionally of one type. Follows `X-Next-Page` (or, where

@@ -11,7 +11,8 @@ mod error;
 mod retry;
 
 pub use api::{
-    AppSettings, CreateRunner, PatInfo, RunnerDetails, RunnerSummary, TokenGrant, Verified,
+    AppSettings, CreateRunner, PatInfo, RunnerDetails, RunnerManagerInfo, RunnerSummary,
+    TokenGrant, Verified,
 };
 pub use client::{
     AdminApi, AdminCredential, ClientOptions, Reply, RunnerApi, TlsFiles, MAX_BODY_BYTES,

@@ -22,6 +22,8 @@ pub enum Action {
     Reset,
     Recreate,
     Manual,
+    /// Took the token another host of the fleet obtained and published; GitLab was not changed.
+    Adopt,
 }
 
 impl Action {
@@ -32,6 +34,7 @@ impl Action {
             Action::Reset => "reset",
             Action::Recreate => "recreate",
             Action::Manual => "manual",
+            Action::Adopt => "adopt",
         }
     }
 }
@@ -67,6 +70,11 @@ pub struct RunnerReport {
     pub findings: Vec<Finding>,
     pub action: Option<Action>,
     pub outcome: Option<Outcome>,
+    /// Runner managers (hosts) using the token recently, this one included; `None` when not known
+    /// (not asked: no change was considered; no privileged token; GitLab without the endpoint).
+    pub managers: Option<usize>,
+    /// Other hosts use the token (GitLab's runner managers).
+    pub shared: bool,
     /// Line of the `[[runners]]` header in config.toml.
     pub line: usize,
     /// The replacement token (masked) and id, when rotated.

@@ -17,7 +17,7 @@ use super::known::KnownRunners;
 use super::plan::{plan, PlanItem, Scope};
 use crate::crash;
 use crate::diagnose::{
-    admin_api, diagnose, parse_runner_url, read_system_id, tls_files, Clients, Diagnosis,
+    admin_api, diagnose_for, parse_runner_url, read_system_id, tls_files, Clients, Diagnosis,
 };
 use crate::diagnose::{Finding, FindingCode};
 use crate::fs;
@@ -129,7 +129,7 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             carried = journal.entries;
         }
     }
-    let diagnosis = diagnose(settings).await;
+    let diagnosis = diagnose_for(settings, opts.scope.force).await;
     check_runner_names(&diagnosis, &opts.scope)?;
     let mut known = KnownRunners::load(settings);
     if !opts.dry_run {
@@ -196,9 +196,23 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         }
         changes.push(item.clone());
     }
+    // Tokens other hosts share go through the fleet store: adopted, or obtained under its lock.
+    let system_id = diagnosis.config.as_ref().and_then(read_system_id);
+    // Boxed: the store's client makes this future large.
+    let mut coordination = Box::pin(super::coordinate::coordinate(
+        settings,
+        &diagnosis,
+        &mut changes,
+        &mut report,
+        system_id.as_deref(),
+    ))
+    .await;
     if changes.is_empty() {
         for note in notes {
             tracing::info!("{note}");
+        }
+        if let Some(c) = coordination {
+            c.release().await;
         }
         return Ok(report);
     }
@@ -224,6 +238,9 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
                 r.outcome = Some(Outcome::Failed);
                 r.error = Some(format!("not rotated: {e}"));
             }
+            if let Some(c) = coordination {
+                c.release().await;
+            }
             return Ok(report);
         }
     }
@@ -237,6 +254,33 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         .iter()
         .map(|c| {
             let entry = &diagnosis.facts[c.index].entry;
+            // A token another host obtained and published: already in hand, only to be written.
+            let adopted = coordination.as_ref().and_then(|co| {
+                co.adopted
+                    .iter()
+                    .find(|(i, _)| *i == c.index)
+                    .map(|(_, p)| p.clone())
+            });
+            if let Some(p) = adopted {
+                return JournalEntry {
+                    index: c.index,
+                    name: c.name.clone(),
+                    action: Action::Adopt,
+                    old_id: c.old_id,
+                    old_token_sha256: entry.token.as_ref().map(token_sha),
+                    creation_tag: None,
+                    create: None,
+                    delete_old: false,
+                    token_was_dead: c.token_was_dead,
+                    step: Step::Obtained,
+                    new_id: Some(p.runner_id).or(c.old_id),
+                    new_token: Some(p.token),
+                    new_expires_at: p.token_expires_at,
+                    obtained_at: Some(Utc::now()),
+                    error: None,
+                    written_to: Vec::new(),
+                };
+            }
             JournalEntry {
                 index: c.index,
                 name: c.name.clone(),
@@ -292,6 +336,9 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
                 r.outcome = Some(Outcome::Failed);
                 r.error = Some(format!("not rotated: {why}"));
             }
+            if let Some(c) = coordination {
+                c.release().await;
+            }
             return Ok(report);
         }
     };
@@ -301,7 +348,14 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
 
     let journal = obtain(settings, &diagnosis, journal, &reserve).await?;
     drop(reserve);
-    commit(settings, journal, &mut report).await?;
+    if let Some(c) = coordination.as_mut() {
+        Box::pin(c.publish(&journal, &mut report, system_id.as_deref())).await;
+    }
+    let committed = commit(settings, journal, &mut report).await;
+    if let Some(c) = coordination {
+        c.release().await;
+    }
+    committed?;
 
     if let Some(post) = &settings.hooks.post {
         if let Err(e) = hooks::run("post", post, &hook_env) {

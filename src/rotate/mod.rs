@@ -3,6 +3,7 @@
 //! runs the operator's commands.
 
 mod commit;
+mod coordinate;
 pub mod custody;
 mod execute;
 pub mod hooks;

@@ -158,6 +158,33 @@ pub fn plan(
         {
             plan_dead(&mut item, facts, settings, known, &base, admin_broken);
         }
+        // A token other hosts use: changing it here cuts them all off at once. Without a store
+        // that hands the new token to every host, only an operator who named this runner with
+        // `--runner` (and then copies the token to the others) gets a change.
+        let changes_token = matches!(
+            item.action,
+            Action::Renew | Action::Reset | Action::Recreate
+        );
+        if changes_token
+            && facts.shared()
+            && !settings.fleet.coordinated()
+            && scope.runners.is_empty()
+        {
+            if let Some(f) = report
+                .findings
+                .iter()
+                .find(|f| f.code == FindingCode::SharedToken)
+            {
+                item.action = Action::Manual;
+                item.reason = Some(format!(
+                    "not changed: other hosts use this token; {}",
+                    f.fix
+                ));
+                item.calls.clear();
+                item.create = None;
+                item.delete_old = false;
+            }
+        }
         // `FF_DISABLE_AUTOMATIC_TOKEN_ROTATION`: the operator manages this token elsewhere.
         // Whatever it needs, a person (or that other tool) provides it.
         let would_act = matches!(

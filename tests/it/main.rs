@@ -12,6 +12,7 @@ mod config_editor;
 mod custody;
 mod diagnose;
 mod fidelity;
+mod fleet;
 mod gitlab_client;
 mod hostile;
 mod packaging;

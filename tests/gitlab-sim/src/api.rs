@@ -33,6 +33,7 @@ pub fn router(state: Shared) -> Router {
             "/api/v4/runners/:id/reset_authentication_token",
             post(reset_by_id),
         )
+        .route("/api/v4/runners/:id/managers", get(list_managers))
         .route("/api/v4/personal_access_tokens/self", get(pat_self))
         .route("/api/v4/application/settings", get(app_settings))
         .route("/api/v4/version", get(version))
@@ -118,6 +119,9 @@ async fn verify(AxState(state): AxState<Shared>, body: axum::body::Bytes) -> Res
         return refusal;
     }
     let now = s.now();
+    // verify authenticates the runner (`authenticate_runner!`), which ensures the runner manager
+    // of the `system_id` sent, `<legacy>` without one, and heartbeats it (§2.1).
+    s.touch_manager(id, body_str(&body, "system_id"));
     let r = s.runners.get_mut(&id).expect("found above");
     // verify counts as a heartbeat (§2.1).
     r.contacted_at = Some(now);
@@ -161,6 +165,7 @@ async fn unregister(AxState(state): AxState<Shared>, body: axum::body::Bytes) ->
         return forbidden();
     };
     s.runners.remove(&id);
+    s.managers.remove(&id);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -174,6 +179,8 @@ async fn jobs_request(AxState(state): AxState<Shared>, body: axum::body::Bytes) 
         return refusal;
     }
     let now = s.now();
+    // As verify: `authenticate_runner!` ensures and heartbeats the manager (§2.3).
+    s.touch_manager(id, body_str(&body, "system_id"));
     if let Some(r) = s.runners.get_mut(&id) {
         r.contacted_at = Some(now);
     }
@@ -554,9 +561,71 @@ async fn delete_runner(
         return r;
     }
     match s.runners.remove(&id) {
-        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        Some(_) => {
+            // Deleting a runner deletes all of its managers (§3.5).
+            s.managers.remove(&id);
+            StatusCode::NO_CONTENT.into_response()
+        }
         None => message(StatusCode::NOT_FOUND, "404 Runner Not Found"),
     }
+}
+
+/// `GET /runners/:id/managers` (§3.7): `get ':id/managers'` in gitlab-org/gitlab
+/// `lib/api/ci/runners.rb` finds the runner (404 `Runner Not Found`), checks
+/// `authenticate_show_runner!` (instance runners: any user; others: `read_runner`, which the
+/// simulator, having no memberships, grants to every token as `GET /runners/:id` does) and
+/// presents `runner.runner_managers` with `Entities::Ci::RunnerManager`.
+async fn list_managers(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    let s = lock(&state);
+    if !s.managers_endpoint {
+        // An instance older than the endpoint: Grape's own 404 for an unknown route.
+        return message(StatusCode::NOT_FOUND, "404 Not Found");
+    }
+    if let Err(r) = authenticate(&s, &headers, "GET", "/api/v4/runners/:id/managers") {
+        return r;
+    }
+    if !s.runners.contains_key(&id) {
+        return message(StatusCode::NOT_FOUND, "404 Runner Not Found");
+    }
+    let now = s.now();
+    let list: Vec<Value> = s
+        .managers
+        .get(&id)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            // `Ci::HasRunnerStatus`: online within 2 hours of contact; stale when neither created
+            // nor contacted for 7 days (`STALE_TIMEOUT`, app/models/ci/runner_manager.rb).
+            let stale_at = now - chrono::Duration::days(7);
+            let status = match m.contacted_at {
+                _ if m.created_at <= stale_at && m.contacted_at.is_none_or(|c| c <= stale_at) => {
+                    "stale"
+                }
+                None => "never_contacted",
+                Some(c) if now - c < chrono::Duration::hours(2) => "online",
+                Some(_) => "offline",
+            };
+            json!({
+                "id": m.id,
+                "system_id": m.system_id,
+                "version": "18.6.0",
+                "revision": "6d2ec1f1",
+                "platform": "linux",
+                "architecture": "amd64",
+                "created_at": iso(m.created_at),
+                "contacted_at": m.contacted_at.map(iso),
+                "ip_address": "127.0.0.1",
+                "status": status,
+                "job_execution_status": "idle",
+            })
+        })
+        .collect();
+    (StatusCode::OK, Json(Value::Array(list))).into_response()
 }
 
 async fn reset_by_id(

@@ -28,7 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use state::{
-    AppSettings, Fault, FaultKind, LogEntry, NewRunner, Pat, Runner, RunnerType, State,
+    AppSettings, Fault, FaultKind, LogEntry, NewRunner, Pat, Runner, RunnerManager, RunnerType,
+    State, LEGACY_SYSTEM_XID,
 };
 
 /// How to start a simulator.

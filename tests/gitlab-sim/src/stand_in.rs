@@ -147,10 +147,19 @@ pub async fn main_with_args(args: Vec<String>) {
         // Poll every runner at once, as gitlab-runner's workers do, so a large config does not
         // delay the reaction to signals.
         let mut polls = tokio::task::JoinSet::new();
+        // gitlab-runner sends its system id (`.runner_system_id` beside config.toml, reference
+        // §6.3) with every poll, so GitLab keeps one runner manager per host.
+        let system_id = config
+            .parent()
+            .and_then(|d| std::fs::read_to_string(d.join(".runner_system_id")).ok())
+            .map(|s| s.trim().to_string());
         for e in &entries {
             let client = client.clone();
             let url = format!("{}/api/v4/jobs/request", e.url);
-            let body = serde_json::json!({ "token": e.token });
+            let mut body = serde_json::json!({ "token": e.token });
+            if let Some(id) = &system_id {
+                body["system_id"] = serde_json::json!(id);
+            }
             let name = e.name.clone();
             polls.spawn(async move {
                 let status = client

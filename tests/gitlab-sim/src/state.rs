@@ -58,6 +58,26 @@ pub struct Runner {
     pub created_at: DateTime<Utc>,
 }
 
+/// A runner manager: one host (one `system_id`) using a runner's token. GitLab keeps them in
+/// `ci_runner_machines` (model `Ci::RunnerManager`, gitlab-org/gitlab
+/// `app/models/ci/runner_manager.rb`), keyed by the runner and the `system_xid` the runner sends,
+/// and creates or updates one on every authenticated runner call that heartbeats (verify,
+/// jobs/request): `current_runner_manager` in `lib/api/ci/helpers/runner.rb` calls
+/// `current_runner.ensure_manager(params.fetch(:system_id, LEGACY_SYSTEM_XID))`, then
+/// `heartbeat` sets `contacted_at` (reference §2.1, §3.7).
+#[derive(Debug, Clone)]
+pub struct RunnerManager {
+    pub id: u64,
+    /// `system_xid`, shown as `system_id` by the API entity (`lib/api/entities/ci/runner_manager.rb`).
+    pub system_id: String,
+    pub created_at: DateTime<Utc>,
+    pub contacted_at: Option<DateTime<Utc>>,
+}
+
+/// The `system_xid` GitLab gives a manager when the request carries no `system_id`
+/// (`LEGACY_SYSTEM_XID = '<legacy>'`, gitlab-org/gitlab `lib/api/ci/helpers/runner.rb`).
+pub const LEGACY_SYSTEM_XID: &str = "<legacy>";
+
 /// What a test gives to create a runner directly in the state.
 #[derive(Debug, Clone)]
 pub struct NewRunner {
@@ -206,7 +226,14 @@ pub struct State {
     /// `lib/api/ci/helpers/runner.rb`, `lib/api/ci/runner.rb` (`http_codes [422, 'Runner is
     /// orphaned']`), `spec/requests/api/ci/runner/runners_verify_post_spec.rb`.
     pub reject_orphaned_runners: bool,
+    /// Runner managers by runner id (see [`RunnerManager`]). A runner's managers go with it
+    /// when it is deleted; a token reset keeps them (reference §3.6).
+    pub managers: BTreeMap<u64, Vec<RunnerManager>>,
+    /// `GET /runners/:id/managers` exists (GitLab ~17.1, MR !153715, reference §3.7). Off: the
+    /// route answers 404 as an older GitLab does.
+    pub managers_endpoint: bool,
     next_id: u64,
+    next_manager_id: u64,
 }
 
 impl State {
@@ -225,7 +252,10 @@ impl State {
             record_has_token_expiry: false,
             orphaned: BTreeSet::new(),
             reject_orphaned_runners: false,
+            managers: BTreeMap::new(),
+            managers_endpoint: true,
             next_id: 1000,
+            next_manager_id: 1,
         }
     }
 
@@ -341,6 +371,63 @@ impl State {
         r.token = token.clone();
         r.token_expires_at = expires;
         Some((token, expires))
+    }
+
+    /// `ensure_manager` + `heartbeat`: the manager of `runner` for `system_id` (or
+    /// [`LEGACY_SYSTEM_XID`] when the request carried none), created if new, `contacted_at` now.
+    pub fn touch_manager(&mut self, runner: u64, system_id: Option<&str>) {
+        let now = self.now();
+        self.add_manager(runner, system_id.unwrap_or(LEGACY_SYSTEM_XID), Some(now));
+    }
+
+    /// Create or update the manager `system_id` of `runner` with this `contacted_at` (test
+    /// set-up: another host that used the token at some time).
+    pub fn add_manager(
+        &mut self,
+        runner: u64,
+        system_id: &str,
+        contacted_at: Option<DateTime<Utc>>,
+    ) {
+        let now = self.now();
+        let next = self.next_manager_id;
+        let list = self.managers.entry(runner).or_default();
+        match list.iter_mut().find(|m| m.system_id == system_id) {
+            Some(m) => m.contacted_at = contacted_at,
+            None => {
+                list.push(RunnerManager {
+                    id: next,
+                    system_id: system_id.to_string(),
+                    created_at: contacted_at.map_or(now, |c| c.min(now)),
+                    contacted_at,
+                });
+                self.next_manager_id += 1;
+            }
+        }
+    }
+
+    /// The `system_id`s of a runner's managers.
+    pub fn manager_ids(&self, runner: u64) -> Vec<String> {
+        self.managers
+            .get(&runner)
+            .map(|l| l.iter().map(|m| m.system_id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Requests that made GitLab issue a runner token: a reset (own or by id) or a creation.
+    pub fn token_issuing_requests(&self) -> usize {
+        self.log
+            .iter()
+            .filter(|e| {
+                e.method == "POST"
+                    && (200..300).contains(&e.status)
+                    && matches!(
+                        e.route.as_str(),
+                        "/api/v4/runners/reset_authentication_token"
+                            | "/api/v4/runners/:id/reset_authentication_token"
+                            | "/api/v4/user/runners"
+                    )
+            })
+            .count()
     }
 
     pub fn inject(&mut self, endpoint: &str, kind: FaultKind, times: Option<u32>) {

@@ -1,0 +1,263 @@
+//! Rotation of tokens that several hosts share, through the fleet store (`[fleet] store`).
+//!
+//! For every change planned for a shared token, in a fixed order (so two hosts never wait on each
+//! other): take the runner's lock, read the published token; when it is not the local one and
+//! GitLab accepts it, adopt it (written through the usual commit path; GitLab is not changed);
+//! otherwise keep the lock, obtain a new token the usual way, journal it, publish it with a
+//! compare-and-swap on the revision read, write it locally, and only then let go.
+
+use std::time::Duration;
+
+use crate::diagnose::{parse_runner_url, url_key, Clients, Diagnosis, Finding, FindingCode};
+use crate::fleet::{self, Held, Published, Store};
+use crate::report::{Action, Outcome, Report};
+use crate::settings::Settings;
+
+use super::journal::{Journal, Step};
+use super::plan::PlanItem;
+
+/// A lock this run holds, for a token it is to obtain and publish.
+pub(super) struct Pending {
+    pub index: usize,
+    slot: String,
+    revision: i64,
+    held: Held,
+}
+
+/// The store and the locks held; `adopted` are the runners that take a published token.
+pub(super) struct Coordination {
+    store: Store,
+    pub pending: Vec<Pending>,
+    pub adopted: Vec<(usize, Published)>,
+}
+
+/// How long a host waits for another that holds a runner's lock.
+fn lock_wait(settings: &Settings) -> Duration {
+    let ttl = settings
+        .fleet
+        .store
+        .as_ref()
+        .map_or(Duration::from_secs(60), |s| s.lock_ttl);
+    (ttl * 5).max(Duration::from_secs(300))
+}
+
+fn leave(report: &mut Report, index: usize, why: String) {
+    let r = &mut report.runners[index];
+    r.action = Some(Action::Manual);
+    r.outcome = Some(Outcome::Skipped);
+    r.calls.clear();
+    r.error = Some(why);
+}
+
+/// Coordinate the shared tokens among `changes`. Those left alone (the store is unreachable, a
+/// lock could not be had) are taken out of `changes` and reported `manual`; adopted ones stay in
+/// `changes` with the action `adopt`.
+pub(super) async fn coordinate(
+    settings: &Settings,
+    diagnosis: &Diagnosis,
+    changes: &mut Vec<PlanItem>,
+    report: &mut Report,
+    system_id: Option<&str>,
+) -> Option<Box<Coordination>> {
+    let store_settings = settings.fleet.store.as_ref()?;
+    let mut shared: Vec<(String, usize)> = Vec::new();
+    let store = {
+        let wanted: Vec<usize> = changes
+            .iter()
+            .filter(|c| diagnosis.facts[c.index].shared() && c.old_id.is_some())
+            .map(|c| c.index)
+            .collect();
+        if wanted.is_empty() {
+            return None;
+        }
+        match Store::connect(store_settings, settings.request_timeout).await {
+            Ok(store) => {
+                for index in wanted {
+                    let entry = &diagnosis.facts[index].entry;
+                    let instance = entry
+                        .url
+                        .as_deref()
+                        .and_then(|u| parse_runner_url(u).ok())
+                        .map(|u| url_key(&u))
+                        .unwrap_or_default();
+                    shared.push((store.slot(&instance, entry.id.unwrap_or_default()), index));
+                }
+                store
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the fleet store cannot be used; shared tokens are left alone");
+                report.findings.push(Finding::error(
+                    FindingCode::FleetStoreUnavailable,
+                    format!("the fleet store cannot be used ({e}); tokens that other hosts share were not changed"),
+                    "check that etcd answers at `[fleet] endpoints` (`etcdctl --endpoints … endpoint health`) and the TLS and auth settings, then run again",
+                ));
+                for index in wanted {
+                    leave(
+                        report,
+                        index,
+                        format!("not changed: the fleet store cannot be used ({e})"),
+                    );
+                }
+                changes.retain(|c| !diagnosis.facts[c.index].shared() || c.old_id.is_none());
+                return None;
+            }
+        }
+    };
+    // One order for every host: no two wait on each other.
+    shared.sort();
+    let clients = Clients::new(settings, system_id.map(str::to_string));
+    let mut coordination = Coordination {
+        store,
+        pending: Vec::new(),
+        adopted: Vec::new(),
+    };
+    let mut dropped = Vec::new();
+    for (slot, index) in shared {
+        let facts = &diagnosis.facts[index];
+        let name = &facts.entry.name;
+        let held = match coordination.store.lock(&slot, lock_wait(settings)).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(runner = %name, error = %e, "could not take the fleet lock");
+                report.findings.push(Finding::error(
+                    FindingCode::FleetStoreUnavailable,
+                    format!("runner `{name}`: could not take its lock in the fleet store: {e}"),
+                    "check etcd's health; the next run tries again",
+                ));
+                leave(
+                    report,
+                    index,
+                    format!("not changed: could not take the fleet lock ({e})"),
+                );
+                dropped.push(index);
+                continue;
+            }
+        };
+        let current = match coordination.store.read(&slot).await {
+            Ok(c) => c,
+            Err(e) => {
+                coordination.store.release(held).await;
+                report.findings.push(Finding::error(
+                    FindingCode::FleetStoreUnavailable,
+                    format!("runner `{name}`: could not read the fleet store: {e}"),
+                    "check etcd's health; the next run tries again",
+                ));
+                leave(
+                    report,
+                    index,
+                    format!("not changed: could not read the fleet store ({e})"),
+                );
+                dropped.push(index);
+                continue;
+            }
+        };
+        let local = facts.entry.token.as_ref();
+        let candidate = current
+            .published
+            .filter(|p| local.is_none_or(|t| !t.same_as(&p.token)));
+        let adopt = match candidate {
+            Some(p) => match clients.for_entry(&facts.entry) {
+                Some(Ok(api)) => match api.verify(&p.token).await {
+                    Ok(v)
+                        if v.value
+                            .id
+                            .is_none_or(|id| Some(id) == facts.entry.id || id == p.runner_id) =>
+                    {
+                        Some(p)
+                    }
+                    Ok(_) => {
+                        tracing::warn!(runner = %name, "the published token belongs to another runner; not adopted");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::info!(runner = %name, error = %e, "the published token is not accepted (any more); obtaining a new one");
+                        None
+                    }
+                },
+                _ => None,
+            },
+            None => None,
+        };
+        match adopt {
+            Some(p) => {
+                coordination.store.release(held).await;
+                tracing::info!(runner = %name, by = p.by.as_deref().unwrap_or("?"), "adopting the token another host published");
+                let r = &mut report.runners[index];
+                r.action = Some(Action::Adopt);
+                r.calls.clear();
+                r.error = None;
+                coordination.adopted.push((index, p));
+            }
+            None => coordination.pending.push(Pending {
+                index,
+                slot,
+                revision: current.revision,
+                held,
+            }),
+        }
+    }
+    changes.retain(|c| !dropped.contains(&c.index));
+    for c in changes.iter_mut() {
+        if coordination.adopted.iter().any(|(i, _)| *i == c.index) {
+            c.action = Action::Adopt;
+            c.calls.clear();
+            c.create = None;
+            c.delete_old = false;
+        }
+    }
+    Some(Box::new(coordination))
+}
+
+impl Coordination {
+    /// Publish the tokens obtained under the locks held, before they are written locally.
+    pub(super) async fn publish(
+        &mut self,
+        journal: &Journal,
+        report: &mut Report,
+        system_id: Option<&str>,
+    ) {
+        for p in &mut self.pending {
+            let Some(e) = journal
+                .entries
+                .iter()
+                .find(|e| e.index == p.index && e.step == Step::Obtained)
+            else {
+                continue;
+            };
+            let (Some(token), Some(id)) = (&e.new_token, e.new_id.or(e.old_id)) else {
+                continue;
+            };
+            let record = fleet::record(token, e.new_expires_at, id, system_id.map(str::to_string));
+            let mut outcome = self.store.publish(&p.slot, &record, p.revision).await;
+            if matches!(outcome, Ok(false)) {
+                // The record changed under the lock (it lapsed with a lease that could not be kept
+                // alive): this token is the one GitLab issued last, so it replaces what is there.
+                tracing::warn!(runner = %e.name, "the published token changed while this host held the lock; publishing the new token over it");
+                outcome = match self.store.read(&p.slot).await {
+                    Ok(now) => self.store.publish(&p.slot, &record, now.revision).await,
+                    Err(err) => Err(err),
+                };
+            }
+            if let Ok(true) = outcome {
+                tracing::info!(runner = %e.name, "published the new token for the other hosts");
+            } else {
+                let why = outcome
+                    .err()
+                    .map_or_else(|| "the record kept changing".to_string(), |e| e.to_string());
+                tracing::error!(runner = %e.name, error = %why, "could not publish the new token");
+                report.findings.push(Finding::error(
+                    FindingCode::FleetStoreUnavailable,
+                    format!("runner `{}`: the new token could not be published in the fleet store ({why}); the other hosts do not have it", e.name),
+                    format!("copy the new `token` of runner `{}` from this host's config.toml to the others, or run `runner-medic rotate --runner {}` here again once etcd answers", e.name, e.name),
+                ));
+            }
+        }
+    }
+
+    /// Let go of every lock.
+    pub(super) async fn release(self: Box<Self>) {
+        for p in self.pending {
+            self.store.release(p.held).await;
+        }
+    }
+}
