@@ -7,10 +7,10 @@ profile=release
 if [ "${1:-}" = "--profile" ]; then profile=$2; fi
 dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
 # The shipped binary is built without the `demo` feature, so it holds no simulated GitLab and no
-# stand-in runner. It has a target directory of its own: it never replaces the binary the tests run,
+# stand-in runner, and with `fleet-etcd` (etcd coordination of shared tokens; needs protoc). It has a target directory of its own: it never replaces the binary the tests run,
 # and a test can build it while `cargo test` holds the lock of the main target directory.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/package}"
-cargo build --locked --profile "$profile" --no-default-features --bin runner-medic
+cargo build --locked --profile "$profile" --no-default-features --features fleet-etcd --bin runner-medic
 bin="$CARGO_TARGET_DIR/$dir/runner-medic"
 assets=target/deb-assets
 rm -rf "$assets" && mkdir -p "$assets/completions"

@@ -201,7 +201,19 @@ fn fleet_settings(global: &GlobalArgs, file: &FleetFile) -> Result<FleetSettings
         .unwrap_or_else(|| "none".into());
     let store = match store.trim() {
         "none" | "" => None,
-        "etcd" => Some(etcd_settings(global, file)?),
+        "etcd" => {
+            let etcd = etcd_settings(global, file)?;
+            // The etcd client compiles etcd's API definitions with protoc when it is built, so it
+            // is a cargo feature: `cargo run -- demo` needs nothing but the Rust toolchain, and
+            // the Debian package is built with it.
+            if !cfg!(feature = "fleet-etcd") {
+                return Err(bad(
+                    "`[fleet] store = \"etcd\"`: this build of runner-medic has no etcd client",
+                    "use the Debian package, or build with `cargo build --release --features fleet-etcd` (needs protoc: `apt-get install protobuf-compiler libprotobuf-dev`)",
+                ));
+            }
+            Some(etcd)
+        }
         other => {
             return Err(bad(
                 format!("unknown fleet store `{other}`"),

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, LockOptions, TlsOptions,
     Txn, TxnOp,
@@ -234,21 +233,5 @@ impl Store {
         let mut client = self.client.clone();
         let reply = self.timed("publish", client.txn(txn)).await?;
         Ok(reply.succeeded())
-    }
-}
-
-/// A record for a token this host obtained.
-pub fn record(
-    token: &crate::secret::RunnerToken,
-    expires_at: Option<chrono::DateTime<Utc>>,
-    runner_id: u64,
-    by: Option<String>,
-) -> Published {
-    Published {
-        token: token.clone(),
-        token_expires_at: expires_at,
-        runner_id,
-        published_at: Utc::now(),
-        by,
     }
 }

@@ -4,8 +4,28 @@
 //! (etcd v3): per runner, a lock held on a lease (it dies with its holder) and the current token,
 //! sealed with a key that every host has and the store does not.
 
+#[cfg(not(feature = "fleet-etcd"))]
+#[path = "absent.rs"]
+mod etcd;
+#[cfg(feature = "fleet-etcd")]
 mod etcd;
 mod seal;
 
-pub use etcd::{record, Current, Held, Store, StoreError};
+pub use etcd::{Current, Held, Store, StoreError};
 pub use seal::{FleetKey, KeyError, Published};
+
+/// A record for a token this host obtained.
+pub fn record(
+    token: &crate::secret::RunnerToken,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    runner_id: u64,
+    by: Option<String>,
+) -> Published {
+    Published {
+        token: token.clone(),
+        token_expires_at: expires_at,
+        runner_id,
+        published_at: chrono::Utc::now(),
+        by,
+    }
+}

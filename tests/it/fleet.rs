@@ -493,6 +493,7 @@ fn naming_the_runner_rotates_a_shared_token_on_that_host_only() {
     assert_eq!(hosts[1].token("build"), e.token);
 }
 
+#[cfg(feature = "fleet-etcd")]
 /// A real etcd (Debian's `etcd-server`, `/usr/bin/etcd`) on loopback ports with a temp data dir,
 /// stopped when dropped.
 pub struct Etcd {
@@ -501,6 +502,7 @@ pub struct Etcd {
     child: std::process::Child,
 }
 
+#[cfg(feature = "fleet-etcd")]
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -509,6 +511,7 @@ fn free_port() -> u16 {
         .port()
 }
 
+#[cfg(feature = "fleet-etcd")]
 impl Etcd {
     pub fn start() -> Self {
         let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
@@ -578,6 +581,7 @@ impl Etcd {
     }
 }
 
+#[cfg(feature = "fleet-etcd")]
 impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -604,6 +608,7 @@ fn fleet_settings(endpoint: &str, key: &std::path::Path) -> String {
     )
 }
 
+#[cfg(feature = "fleet-etcd")]
 /// Run `args` on every host at once; the runs in host order.
 fn run_all(env: &TestEnv, hosts: &[Host], args: &[&str]) -> Vec<crate::harness::Run> {
     let children: Vec<std::process::Child> = hosts
@@ -632,6 +637,7 @@ fn run_all(env: &TestEnv, hosts: &[Host], args: &[&str]) -> Vec<crate::harness::
         .collect()
 }
 
+#[cfg(feature = "fleet-etcd")]
 #[test]
 fn six_hosts_share_one_new_token_through_etcd() {
     let etcd = Etcd::start();
@@ -711,6 +717,7 @@ fn six_hosts_share_one_new_token_through_etcd() {
     }
 }
 
+#[cfg(feature = "fleet-etcd")]
 #[test]
 fn with_etcd_unreachable_shared_tokens_are_left_alone_and_others_handled() {
     let env = TestEnv::new();
@@ -781,6 +788,7 @@ fn an_etcd_store_needs_a_private_key_file() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
 }
 
+#[cfg(feature = "fleet-etcd")]
 #[test]
 fn an_expiring_shared_token_is_renewed_once_and_adopted_by_the_others() {
     let etcd = Etcd::start();
