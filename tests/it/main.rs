@@ -14,6 +14,7 @@ mod diagnose;
 mod fidelity;
 mod gitlab_client;
 mod hostile;
+mod operations;
 mod packaging;
 mod reliability;
 mod rotate;
