@@ -121,9 +121,7 @@ pub fn render(report: &Report, last_rotation: &BTreeMap<String, (i64, String, St
             out,
             "# TYPE runner_medic_admin_token_expiry_timestamp_seconds gauge"
         );
-        let ts = d
-            .and_hms_opt(0, 0, 0)
-            .map_or(0, |t| t.and_utc().timestamp());
+        let ts = d.timestamp();
         let _ = writeln!(
             out,
             "runner_medic_admin_token_expiry_timestamp_seconds {ts}"

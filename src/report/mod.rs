@@ -36,6 +36,73 @@ impl Action {
     }
 }
 
+/// `status` of a runner (contract): the one word a person or an alert reads first. It is derived
+/// from findings, action and outcome by [`RunnerReport::status`], the same rule
+/// [`Report::exit_status`] applies, so that the exit status is 1 exactly when some runner is
+/// `broken` or `needs_person` (or a host-level error or a failed service restart exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerStatus {
+    Healthy,
+    Warning,
+    Broken,
+    Fixed,
+    Planned,
+    NeedsPerson,
+}
+
+impl RunnerStatus {
+    pub const ALL: [RunnerStatus; 6] = [
+        RunnerStatus::Healthy,
+        RunnerStatus::Warning,
+        RunnerStatus::Broken,
+        RunnerStatus::Fixed,
+        RunnerStatus::Planned,
+        RunnerStatus::NeedsPerson,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerStatus::Healthy => "healthy",
+            RunnerStatus::Warning => "warning",
+            RunnerStatus::Broken => "broken",
+            RunnerStatus::Fixed => "fixed",
+            RunnerStatus::Planned => "planned",
+            RunnerStatus::NeedsPerson => "needs_person",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Still broken at the end of the run: the runner makes the exit status 1.
+    pub fn is_broken(self) -> bool {
+        matches!(self, RunnerStatus::Broken | RunnerStatus::NeedsPerson)
+    }
+}
+
+/// Timestamps in JSON are RFC 3339 to the second in UTC (`2026-11-25T13:37:24Z`): what `date -d`,
+/// `jq`'s `fromdate` and every log pipeline parse without a format string.
+pub mod rfc3339 {
+    use chrono::{DateTime, SecondsFormat, Utc};
+
+    pub fn format(at: DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+
+    #[allow(clippy::ref_option)] // serde's `serialize_with` passes `&Option<T>`
+    pub fn option<S: serde::Serializer>(
+        at: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => s.serialize_str(&format(*at)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// `outcome` of a runner's action (contract); `null` for diagnose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,7 +130,10 @@ pub struct RunnerReport {
     pub id: Option<u64>,
     pub url: Option<String>,
     pub token: Option<Masked>,
+    #[serde(serialize_with = "rfc3339::option")]
     pub token_expires_at: Option<DateTime<Utc>>,
+    /// Filled by [`Report::to_json`] from [`RunnerReport::status`]; never set by hand.
+    pub status: Option<RunnerStatus>,
     pub findings: Vec<Finding>,
     pub action: Option<Action>,
     pub outcome: Option<Outcome>,
@@ -85,6 +155,36 @@ pub struct RunnerReport {
 impl RunnerReport {
     pub fn worst(&self) -> Option<Severity> {
         self.findings.iter().map(|f| f.severity).max()
+    }
+
+    /// The runner's status at the end of a run of `command` (see [`RunnerStatus`]).
+    pub fn status(&self, command: &str) -> RunnerStatus {
+        let worst = self.worst();
+        if command == "rotate" {
+            match (self.action, self.outcome) {
+                (_, Some(Outcome::Failed)) => RunnerStatus::Broken,
+                (Some(Action::Manual), _) => RunnerStatus::NeedsPerson,
+                (_, Some(Outcome::Done)) => RunnerStatus::Fixed,
+                (_, Some(Outcome::Planned)) => RunnerStatus::Planned,
+                _ if worst == Some(Severity::Error) => RunnerStatus::Broken,
+                _ if worst == Some(Severity::Warning) => RunnerStatus::Warning,
+                _ => RunnerStatus::Healthy,
+            }
+        } else {
+            match worst {
+                Some(Severity::Error) if self.action == Some(Action::Manual) => {
+                    RunnerStatus::NeedsPerson
+                }
+                Some(Severity::Error) => RunnerStatus::Broken,
+                Some(Severity::Warning) => RunnerStatus::Warning,
+                _ => RunnerStatus::Healthy,
+            }
+        }
+    }
+
+    /// The runner id as it stands after the run: a recreated runner's new id.
+    pub fn current_id(&self) -> Option<u64> {
+        self.new_id.or(self.id)
     }
 }
 
@@ -116,6 +216,7 @@ pub struct Report {
     pub dry_run: bool,
     pub runner_config: String,
     pub gitlab_url: Option<String>,
+    #[serde(serialize_with = "rfc3339::option")]
     pub server_time: Option<DateTime<Utc>>,
     pub clock_skew_seconds: Option<f64>,
     pub findings: Vec<Finding>,
@@ -127,9 +228,13 @@ pub struct Report {
     /// The backup written before config.toml was replaced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<String>,
-    /// When the privileged token expires (from `GET /personal_access_tokens/self`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_token_expires_at: Option<chrono::NaiveDate>,
+    /// When the privileged token expires (from `GET /personal_access_tokens/self`): GitLab gives
+    /// a date and the token stops working at its start, 00:00:00 UTC.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339::option"
+    )]
+    pub admin_token_expires_at: Option<DateTime<Utc>>,
     /// Host time the report was made, for "expires in …" wording.
     #[serde(skip)]
     pub generated_at: DateTime<Utc>,
@@ -159,27 +264,16 @@ impl Report {
         self.findings.iter().any(|f| f.severity == Severity::Error)
     }
 
-    /// Exit status per the contract.
+    /// Exit status per the contract: 1 when a host-level error exists, some runner's
+    /// [`RunnerStatus`] is still broken, or (rotate) the service could not be restarted.
     pub fn exit_status(&self) -> ExitStatus {
-        let broken = match self.command {
-            "rotate" => {
-                self.any_error_finding()
-                    || self.runners.iter().any(|r| {
-                        matches!(r.outcome, Some(Outcome::Failed))
-                            || matches!(r.action, Some(Action::Manual))
-                            || (matches!(r.outcome, Some(Outcome::Skipped) | None)
-                                && r.worst() == Some(Severity::Error))
-                    })
-                    || self.service.as_ref().is_some_and(|s| s.error.is_some())
-            }
-            _ => {
-                self.any_error_finding()
-                    || self
-                        .runners
-                        .iter()
-                        .any(|r| r.worst() == Some(Severity::Error))
-            }
-        };
+        let broken = self.any_error_finding()
+            || self
+                .runners
+                .iter()
+                .any(|r| r.status(self.command).is_broken())
+            || (self.command == "rotate"
+                && self.service.as_ref().is_some_and(|s| s.error.is_some()));
         if broken {
             ExitStatus::StillBroken
         } else {
@@ -187,8 +281,18 @@ impl Report {
         }
     }
 
+    /// The report with every runner's `status` filled in, as JSON renders it.
+    #[must_use]
+    pub fn with_status(&self) -> Report {
+        let mut report = self.clone();
+        for r in &mut report.runners {
+            r.status = Some(r.status(self.command));
+        }
+        report
+    }
+
     pub fn to_json(&self) -> String {
         // Serialising plain data cannot fail.
-        serde_json::to_string_pretty(self).expect("report serialises")
+        serde_json::to_string_pretty(&self.with_status()).expect("report serialises")
     }
 }
