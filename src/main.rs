@@ -9,7 +9,7 @@ use runner_medic::cli::{Cli, Command, LogFormat, OutputFormat};
 use runner_medic::commands::{self, CouldNotRun};
 use runner_medic::exit::ExitStatus;
 use runner_medic::report::{self, Report};
-use runner_medic::settings::{Environment, Overrides, Settings};
+use runner_medic::settings::{Environment, Fallback, Overrides, Settings};
 use tracing_subscriber::EnvFilter;
 
 fn environment() -> Environment {
@@ -115,6 +115,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, env: Environment) -> ExitCode {
+    let started = std::time::Instant::now();
     let overrides = match &cli.command {
         Command::Rotate(a) => Overrides {
             renew_before: a.renew_before.clone(),
@@ -162,8 +163,27 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
     }
     let settings = match Settings::resolve(&cli.global, &env, &overrides) {
         Ok(s) => s,
-        Err(e) => return report_error(&e.into()),
+        Err(e) => {
+            let code = report_error(&e.into());
+            // Even a run that cannot read its settings shows in the metrics (exit 2).
+            if matches!(
+                cli.command,
+                Command::Diagnose(_) | Command::Rotate(_) | Command::Agent(_)
+            ) {
+                let fallback = Fallback::resolve(&cli.global, &env);
+                finish(
+                    Some(&fallback.store),
+                    fallback.metrics_file.as_deref(),
+                    None,
+                    ExitStatus::CouldNotRun,
+                    started,
+                    true,
+                );
+            }
+            return code;
+        }
     };
+    let dry_run = matches!(&cli.command, Command::Rotate(a) if a.dry_run);
     let result: Result<Report, CouldNotRun> = match &cli.command {
         Command::Diagnose(_) => Ok(commands::diagnose::run(&settings).await),
         Command::Rotate(args) => {
@@ -183,23 +203,76 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
         }
     };
     match result {
+        // The agent's own status is its clean shutdown; each cycle recorded itself and its
+        // findings live in logs and metrics.
+        Ok(report) if report.command == "agent" => ExitCode::SUCCESS,
         Ok(report) => {
-            if report.command != "agent" {
-                render(&report, settings.output, settings.color);
-            }
-            if let Some(path) = &settings.metrics_file {
-                let text = report::metrics::render(&report, &std::collections::BTreeMap::default());
-                if let Err(e) = runner_medic::fs::write_private(path, text.as_bytes(), 0o644) {
-                    tracing::error!(path = %path.display(), error = %e, "could not write the metrics file");
-                }
-            }
-            // The agent's own status is its clean shutdown; its findings live in logs and metrics.
-            if report.command == "agent" {
-                return ExitCode::SUCCESS;
-            }
-            ExitCode::from(report.exit_status().code())
+            render(&report, settings.output, settings.color);
+            let status = report.exit_status();
+            finish(
+                Some(&settings.status_store()),
+                settings.metrics_file.as_deref(),
+                Some(&report),
+                status,
+                started,
+                !dry_run,
+            );
+            ExitCode::from(status.code())
         }
-        Err(e) => report_error(&e),
+        Err(e) => {
+            let code = report_error(&e);
+            if !matches!(cli.command, Command::Agent(_)) {
+                finish(
+                    Some(&settings.status_store()),
+                    settings.metrics_file.as_deref(),
+                    None,
+                    ExitStatus::CouldNotRun,
+                    started,
+                    !dry_run,
+                );
+            }
+            code
+        }
+    }
+}
+
+/// The end of every diagnose or rotate run, whatever its exit status: record it in the state
+/// directory, write the metrics file (when one is set) and log the exit status, so that cron
+/// (whose mail or `logger` pipe drops it) and the journal keep it.
+fn finish(
+    store: Option<&runner_medic::status::Store>,
+    metrics_file: Option<&std::path::Path>,
+    report: Option<&Report>,
+    status: ExitStatus,
+    started: std::time::Instant,
+    save: bool,
+) {
+    let code = status.code();
+    let previous = metrics_file
+        .and_then(|path| fs_err::read_to_string(path).ok())
+        .unwrap_or_default();
+    let text = runner_medic::status::finish(
+        store,
+        &runner_medic::status::Ending {
+            report,
+            exit_code: code,
+            duration: started.elapsed(),
+            save,
+        },
+        &previous,
+    );
+    if let Some(path) = metrics_file {
+        if let Err(e) = runner_medic::fs::write_private(path, text.as_bytes(), 0o644) {
+            tracing::error!(path = %path.display(), error = %e, "could not write the metrics file; check that its directory exists and is writable");
+        }
+    }
+    match code {
+        0 => tracing::info!(exit_status = code, "run finished"),
+        1 => tracing::warn!(
+            exit_status = code,
+            "run finished; a runner still needs attention"
+        ),
+        _ => tracing::error!(exit_status = code, "run finished; it could not do its work"),
     }
 }
 

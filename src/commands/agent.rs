@@ -2,9 +2,8 @@
 //! jitter), backing off while GitLab is unreachable. A function of its inputs: signals arrive as
 //! [`Signal`] values on a channel (the OS edge is in `main`), so tests can drive it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,9 +11,11 @@ use tokio::sync::{mpsc, RwLock};
 
 use super::CouldNotRun;
 use crate::diagnose::FindingCode;
-use crate::report::{metrics, Outcome, Report};
+use crate::exit::ExitStatus;
+use crate::report::Report;
 use crate::rotate::{RotateOptions, Scope};
 use crate::settings::Settings;
+use crate::status::{self, Ending};
 
 /// What the process was told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,17 +46,26 @@ fn unreachable(report: &Report) -> bool {
         })
 }
 
+/// The metrics of the last finished cycle; `None` until the first cycle ends.
+type Published = Arc<RwLock<Option<String>>>;
+
 /// Run until a shutdown signal. `reload` re-reads the settings on SIGHUP.
 pub async fn run(
     mut settings: Settings,
     reload: impl Fn() -> Result<Settings, CouldNotRun>,
     mut signals: mpsc::Receiver<Signal>,
 ) -> Result<Report, CouldNotRun> {
-    let metrics_text = Arc::new(RwLock::new(String::new()));
+    let published: Published = Arc::new(RwLock::new(None));
     if let Some(addr) = settings.agent.listen.clone() {
-        serve_metrics(&addr, metrics_text.clone()).await?;
+        serve_metrics(&addr, published.clone()).await?;
     }
-    let mut last_rotation: BTreeMap<String, (i64, String, String)> = BTreeMap::new();
+    // Until a cycle of this process ends, the previous metrics are the file an earlier run wrote:
+    // they carry its per-runner series and last success across a restart.
+    let mut previous = settings
+        .metrics_file
+        .as_ref()
+        .and_then(|p| fs_err::read_to_string(p).ok())
+        .unwrap_or_default();
     let mut failures: u32 = 0;
     let mut last_report = Report::new("agent", settings.runner_config.display().to_string(), None);
     tracing::info!(
@@ -70,6 +80,7 @@ pub async fn run(
             wait: true,
         };
         let current = settings.clone();
+        let started = Instant::now();
         let cycle = async move { crate::rotate::rotate(&current, &opts).await };
         tokio::pin!(cycle);
         let mut shutting_down = false;
@@ -93,29 +104,21 @@ pub async fn run(
                 }
             }
         };
+        let store = settings.status_store();
         let next = match result {
             Some(Ok(report)) => {
-                let now = report.generated_at.timestamp();
-                for r in &report.runners {
-                    if matches!(r.outcome, Some(Outcome::Done | Outcome::Failed)) {
-                        last_rotation.insert(
-                            r.name.clone(),
-                            (
-                                now,
-                                r.action.map_or("none", |a| a.as_str()).to_string(),
-                                r.outcome.map_or("", |o| o.as_str()).to_string(),
-                            ),
-                        );
-                    }
-                }
-                let text = metrics::render(&report, &last_rotation);
-                *metrics_text.write().await = text.clone();
-                if let Some(path) = &settings.metrics_file {
-                    if let Err(e) = crate::fs::write_private(path, text.as_bytes(), 0o644) {
-                        tracing::error!(path = %path.display(), error = %e, "could not write the metrics file");
-                    }
-                }
                 let status = report.exit_status();
+                previous = status::finish(
+                    Some(&store),
+                    &Ending {
+                        report: Some(&report),
+                        exit_code: status.code(),
+                        duration: started.elapsed(),
+                        save: true,
+                    },
+                    &previous,
+                );
+                publish(&settings, &published, &previous).await;
                 tracing::info!(
                     status = status.code(),
                     runners = report.runners.len(),
@@ -135,6 +138,17 @@ pub async fn run(
             Some(Err(e)) => {
                 failures += 1;
                 tracing::error!(error = %e.message, fix = %e.fix, "cycle could not run");
+                previous = status::finish(
+                    Some(&store),
+                    &Ending {
+                        report: None,
+                        exit_code: ExitStatus::CouldNotRun.code(),
+                        duration: started.elapsed(),
+                        save: true,
+                    },
+                    &previous,
+                );
+                publish(&settings, &published, &previous).await;
                 backoff(failures, settings.agent.interval)
             }
             None => return Ok(last_report),
@@ -163,6 +177,16 @@ pub async fn run(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Serve a cycle's metrics on `/metrics` and write them to the metrics file.
+async fn publish(settings: &Settings, published: &Published, text: &str) {
+    *published.write().await = Some(text.to_string());
+    if let Some(path) = &settings.metrics_file {
+        if let Err(e) = crate::fs::write_private(path, text.as_bytes(), 0o644) {
+            tracing::error!(path = %path.display(), error = %e, "could not write the metrics file; check that its directory exists and is writable");
         }
     }
 }
@@ -202,7 +226,7 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
 }
 
 /// A minimal `/metrics` listener: GET /metrics answers the last cycle's text.
-async fn serve_metrics(addr: &str, text: Arc<RwLock<String>>) -> Result<(), CouldNotRun> {
+async fn serve_metrics(addr: &str, text: Published) -> Result<(), CouldNotRun> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| CouldNotRun {
@@ -226,7 +250,7 @@ async fn serve_metrics(addr: &str, text: Arc<RwLock<String>>) -> Result<(), Coul
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let ok = request.starts_with("GET /metrics");
                 let body = if ok {
-                    text.read().await.clone()
+                    text.read().await.clone().unwrap_or_default()
                 } else {
                     "not found\n".to_string()
                 };

@@ -2,10 +2,56 @@
 //! `status`, the offline `list`, journald priorities, the agent's `/metrics` server, the lock
 //! message and the packaged units. Each test drives the real binary against the simulator.
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::harness::TestEnv;
+use gitlab_sim::FaultKind;
+
+use crate::harness::{Entry, TestEnv};
+
+/// Every sample of a Prometheus text exposition as (name, labels, value), read by a strict
+/// independent parser (openmetrics-parser); a rejected text fails the test.
+fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(text)
+        .unwrap_or_else(|e| panic!("the Prometheus parser rejected the metrics ({e:?}):\n{text}"));
+    let mut out = Vec::new();
+    for (name, family) in &exposition.families {
+        for sample in family.iter_samples() {
+            let labels: BTreeMap<String, String> = sample
+                .get_labelset()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let value = match sample.value {
+                openmetrics_parser::PrometheusValue::Gauge(g) => g.as_f64(),
+                openmetrics_parser::PrometheusValue::Counter(ref c) => c.value.as_f64(),
+                openmetrics_parser::PrometheusValue::Unknown(u) => u.as_f64(),
+                ref other => panic!("unexpected sample type {other:?}"),
+            };
+            out.push((name.clone(), labels, value));
+        }
+    }
+    out
+}
+
+/// The value of the one sample of `name` whose labels include all of `labels`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let all = samples(text);
+    let found: Vec<f64> = all
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert!(found.len() <= 1, "{name} {labels:?} is not unique:\n{text}");
+    found.first().copied()
+}
 
 fn read(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap()
@@ -19,14 +65,174 @@ fn is_rfc3339_seconds_z(v: &serde_json::Value) -> bool {
         && s.as_bytes()[10] == b'T'
 }
 
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+#[test]
+fn three_runners_with_one_name_are_three_series_and_the_broken_one_shows() {
+    let mut env = TestEnv::new();
+    let mut a = env.healthy("ci-host-01");
+    let mut b = env.revoked("ci-host-01");
+    let mut c = env.healthy("ci-host-01");
+    for e in [&mut a, &mut b, &mut c] {
+        e.name = "ci-host-01".into();
     }
-    false
+    env.write_config(&[a.clone(), b.clone(), c.clone()]);
+    let metrics = env.path("m.prom");
+    let m = metrics.to_str().unwrap();
+
+    let run = env.run(&["diagnose", "--metrics-file", m]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let text = read(&metrics);
+    env.assert_no_secrets(&text, "metrics");
+    let healthy = |text: &str, e: &Entry| {
+        value(
+            text,
+            "runner_medic_runner_healthy",
+            &[
+                ("runner_id", &e.id.unwrap().to_string()),
+                ("name", "ci-host-01"),
+            ],
+        )
+    };
+    assert_eq!(healthy(&text, &a), Some(1.0), "{text}");
+    assert_eq!(healthy(&text, &b), Some(0.0), "{text}");
+    assert_eq!(healthy(&text, &c), Some(1.0), "{text}");
+    let b_id = b.id.unwrap().to_string();
+    assert_eq!(
+        value(
+            &text,
+            "runner_medic_runner_status",
+            &[("runner_id", &b_id), ("status", "broken")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "runner_medic_last_run_exit_code", &[]),
+        Some(1.0)
+    );
+    assert!(value(&text, "runner_medic_last_run_timestamp_seconds", &[]).is_some());
+    assert!(value(&text, "runner_medic_run_duration_seconds", &[]).is_some());
+    assert_eq!(
+        value(&text, "runner_medic_last_success_timestamp_seconds", &[]),
+        None,
+        "no run has succeeded yet"
+    );
+    // Alerting series carry no label whose value comes and goes.
+    for (name, labels, _) in samples(&text) {
+        if name == "runner_medic_findings" || name == "runner_medic_runner_healthy" {
+            assert!(!labels.contains_key("severity"), "{name} {labels:?}");
+        }
+    }
+
+    // A run that cannot even read its settings (exit 2) still writes the run-level series,
+    // and the broken runner stays visible.
+    env.extra_settings = "not_a_key = 1\n".into();
+    let run = env.run(&["diagnose", "--metrics-file", m]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let text = read(&metrics);
+    assert_eq!(
+        value(&text, "runner_medic_last_run_exit_code", &[]),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(healthy(&text, &b), Some(0.0), "{text}");
+
+    // Repaired: exit 0 records a success ...
+    env.extra_settings.clear();
+    let run = env.run(&["rotate", "--metrics-file", m]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = read(&metrics);
+    let success = value(&text, "runner_medic_last_success_timestamp_seconds", &[])
+        .expect("a success after exit 0");
+    assert_eq!(
+        value(&text, "runner_medic_last_run_exit_code", &[]),
+        Some(0.0)
+    );
+    assert_eq!(healthy(&text, &b), Some(1.0), "{text}");
+    // ... which a failed run keeps.
+    env.extra_settings = "not_a_key = 1\n".into();
+    let run = env.run(&["diagnose", "--metrics-file", m]);
+    assert_eq!(run.code, 2);
+    let text = read(&metrics);
+    assert_eq!(
+        value(&text, "runner_medic_last_success_timestamp_seconds", &[]),
+        Some(success),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "runner_medic_last_run_exit_code", &[]),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn a_failed_rotation_stays_visible_until_that_runners_next_rotation() {
+    let env = TestEnv::new();
+    let ok = env.healthy("ok");
+    let bad = env.revoked("bad");
+    env.write_config(&[ok, bad.clone()]);
+    env.sim.state().inject(
+        "POST /api/v4/runners/:id/reset_authentication_token",
+        FaultKind::Status(500),
+        None,
+    );
+    let metrics = env.path("m.prom");
+    let m = metrics.to_str().unwrap();
+    let id = bad.id.unwrap().to_string();
+    let labels = [("runner_id", id.as_str()), ("name", "bad")];
+
+    let run = env.run(&["rotate", "--metrics-file", m, "--output", "json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.runner("bad")["outcome"], "failed", "{}", run.stdout);
+    let text = read(&metrics);
+    assert_eq!(
+        value(&text, "runner_medic_last_rotation_success", &labels),
+        Some(0.0),
+        "{text}"
+    );
+    let failed_at = value(
+        &text,
+        "runner_medic_last_rotation_timestamp_seconds",
+        &labels,
+    );
+    assert!(failed_at.is_some());
+
+    // A run that rotates nothing keeps the failure on record.
+    let run = env.run(&["diagnose", "--metrics-file", m]);
+    assert_eq!(run.code, 1);
+    let text = read(&metrics);
+    assert_eq!(
+        value(&text, "runner_medic_last_rotation_success", &labels),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "runner_medic_last_rotation_timestamp_seconds",
+            &labels
+        ),
+        failed_at
+    );
+
+    // The next rotation of that runner replaces it.
+    env.sim.state().faults.clear();
+    let run = env.run(&["rotate", "--metrics-file", m]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = read(&metrics);
+    assert_eq!(
+        value(&text, "runner_medic_last_rotation_success", &labels),
+        Some(1.0),
+        "{text}"
+    );
+    // The healthy runner was never rotated: no rotation series for it.
+    assert_eq!(
+        value(
+            &text,
+            "runner_medic_last_rotation_success",
+            &[("name", "ok")]
+        ),
+        None,
+        "{text}"
+    );
 }
 
 #[test]
@@ -89,6 +295,16 @@ fn every_runner_has_a_status_consistent_with_the_exit_status_and_timestamps_are_
         .iter()
         .any(|r| r["status"] == "broken" || r["status"] == "needs_person");
     assert_eq!(broken, run.code == 1);
+}
+
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 #[test]
