@@ -106,6 +106,9 @@ pub enum Command {
     Rotate(RotateArgs),
     /// Stay running: diagnose + rotate every interval, with random jitter
     Agent(AgentArgs),
+    /// Show every runner of config.toml: name, id, host, masked token, expiry, last recorded
+    /// status; offline: sends no request and changes nothing
+    List,
     /// The whole cycle against an embedded simulated GitLab in a temporary directory
     Demo(DemoArgs),
     /// Print shell completions

@@ -183,6 +183,21 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
             return code;
         }
     };
+    if matches!(cli.command, Command::List) {
+        return match commands::list::run(&settings) {
+            Ok(listing) => {
+                match settings.output {
+                    OutputFormat::Json => print(&format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&listing).expect("the listing serialises")
+                    )),
+                    OutputFormat::Human => print(&commands::list::render_human(&listing)),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => report_error(&e),
+        };
+    }
     let dry_run = matches!(&cli.command, Command::Rotate(a) if a.dry_run);
     let result: Result<Report, CouldNotRun> = match &cli.command {
         Command::Diagnose(_) => Ok(commands::diagnose::run(&settings).await),
@@ -198,7 +213,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
                 move || Settings::resolve(&global, &env2, &overrides).map_err(CouldNotRun::from);
             commands::agent::run(settings.clone(), reload, rx).await
         }
-        Command::Demo(_) | Command::Completions { .. } | Command::Man => {
+        Command::Demo(_) | Command::Completions { .. } | Command::Man | Command::List => {
             unreachable!("handled above")
         }
     };

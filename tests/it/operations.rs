@@ -297,6 +297,109 @@ fn every_runner_has_a_status_consistent_with_the_exit_status_and_timestamps_are_
     assert_eq!(broken, run.code == 1);
 }
 
+#[test]
+fn list_is_offline_and_shows_the_last_recorded_state() {
+    let env = TestEnv::new();
+    let fine = env.healthy("fine");
+    let old = env.expired("old");
+    let gone = env.deleted("gone");
+    let mut text = env.write_config(&[fine.clone(), old.clone(), gone.clone()]);
+    text.push_str(&format!(
+        "\n[[runners]]\n  name = \"tokenless\"\n  url = \"{}\"\n  executor = \"shell\"\n",
+        env.url()
+    ));
+    env.write_config_text(&text);
+
+    let list = |env: &TestEnv| {
+        let before = env.sim.state().log.len();
+        let config_before = env.config_text();
+        let human = env.run(&["list"]);
+        let json = env.run(&["list", "--output", "json"]);
+        assert_eq!(env.sim.state().log.len(), before, "list sent a request");
+        assert_eq!(env.config_text(), config_before, "list changed config.toml");
+        assert_eq!(human.code, 0, "{}", human.stderr);
+        assert_eq!(json.code, 0, "{}", json.stderr);
+        (human, json)
+    };
+    let (human, json) = list(&env);
+    let doc = json.json();
+    assert_eq!(doc["version"], 1);
+    assert_eq!(doc["command"], "list");
+    assert_eq!(doc["runner_config"], env.config.display().to_string());
+    let runners = doc["runners"].as_array().unwrap();
+    assert_eq!(runners.len(), 4);
+    for r in runners {
+        let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        for key in [
+            "name",
+            "id",
+            "url",
+            "token",
+            "token_expires_at",
+            "last_checked_at",
+            "last_status",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {r}");
+        }
+        assert!(r["last_checked_at"].is_null() && r["last_status"].is_null());
+    }
+    let by_name = |doc: &serde_json::Value, name: &str| {
+        doc["runners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_name(&doc, "fine")["id"], fine.id.unwrap());
+    let masked = by_name(&doc, "fine")["token"].as_str().unwrap().to_string();
+    assert!(
+        masked.contains('…') && masked.starts_with("glrt-"),
+        "{masked}"
+    );
+    assert!(by_name(&doc, "tokenless")["token"].is_null());
+    assert!(is_rfc3339_seconds_z(
+        &by_name(&doc, "old")["token_expires_at"]
+    ));
+    let host = url::Url::parse(&env.url()).unwrap();
+    let host = format!("{}:{}", host.host_str().unwrap(), host.port().unwrap());
+    let lines: Vec<&str> = human.stdout.lines().collect();
+    for name in ["fine", "old", "gone", "tokenless"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{}", human.stdout));
+        assert!(line.contains("never checked"), "{line}");
+        if name != "tokenless" {
+            assert!(line.contains(&host), "{line}");
+        }
+    }
+    assert!(human.stdout.contains(&masked));
+
+    let diagnose = env.run(&["diagnose"]);
+    assert_eq!(diagnose.code, 1);
+    let (human, json) = list(&env);
+    let doc = json.json();
+    assert_eq!(by_name(&doc, "fine")["last_status"], "healthy");
+    assert_eq!(by_name(&doc, "old")["last_status"], "broken");
+    assert_eq!(by_name(&doc, "gone")["last_status"], "broken");
+    assert_eq!(by_name(&doc, "tokenless")["last_status"], "broken");
+    for name in ["fine", "old", "gone", "tokenless"] {
+        assert!(
+            is_rfc3339_seconds_z(&by_name(&doc, name)["last_checked_at"]),
+            "{name}: {}",
+            json.stdout
+        );
+    }
+    let fine_line = human
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("fine "))
+        .unwrap();
+    assert!(fine_line.ends_with("healthy"), "{fine_line}");
+}
+
 fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {
         if f() {
