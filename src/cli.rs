@@ -96,6 +96,10 @@ pub enum LogFormat {
     Human,
     Plain,
     Json,
+    /// Plain lines that start with their syslog priority (`<3>` error, `<4>` warning, `<6>`
+    /// info, `<7>` debug) and carry no timestamp: what journald and `logger --prio-prefix` read.
+    /// Chosen by itself when stderr is the journal (`JOURNAL_STREAM`).
+    Syslog,
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,6 +26,67 @@ fn environment() -> Environment {
     }
 }
 
+/// Whether stderr is connected to the journal: `JOURNAL_STREAM` holds the `dev:ino` of the
+/// stream systemd connected, and it names stderr only when fd 2 still is that stream
+/// (systemd.exec(5)); a child whose stderr was redirected inherits the variable but not the match.
+// `dev_t` and `ino_t` are u64 on Linux but not everywhere (macOS has an i32 `dev_t`).
+#[allow(clippy::useless_conversion)]
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsRawFd;
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        let (dev, ino) = v.split_once(':')?;
+        Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?))
+    }) else {
+        return false;
+    };
+    nix::sys::stat::fstat(std::io::stderr().as_raw_fd()).is_ok_and(|st| {
+        u64::try_from(st.st_dev).ok() == Some(dev) && u64::try_from(st.st_ino).ok() == Some(ino)
+    })
+}
+
+/// Set once logging starts: lines on stderr carry a syslog priority prefix.
+static PRIORITY_PREFIX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn prefixed() -> bool {
+    PRIORITY_PREFIX.get().copied().unwrap_or(false)
+}
+
+/// An event format that starts every line of an event with its sd-daemon(3) priority, for the
+/// journal and `logger --prio-prefix`: `<3>` error, `<4>` warning, `<6>` info, `<7>` debug and
+/// trace. Every line, so that a multi-line message keeps its level throughout.
+struct Prioritized<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Prioritized<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        let mut text = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut text),
+            event,
+        )?;
+        for line in text.lines() {
+            writeln!(writer, "<{priority}>{line}")?;
+        }
+        Ok(())
+    }
+}
+
 fn init_tracing(cli: &Cli, env: &Environment) {
     let default = match i16::from(cli.global.verbose) - i16::from(cli.global.quiet) {
         i16::MIN..=-2 => "error",
@@ -36,11 +97,16 @@ fn init_tracing(cli: &Cli, env: &Environment) {
     };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("runner_medic={default},warn")));
-    let format = cli.global.log_format.unwrap_or(if env.is_tty_stderr {
-        LogFormat::Human
-    } else {
-        LogFormat::Plain
-    });
+    let journal = stderr_is_journal();
+    let format = match cli.global.log_format {
+        // The journal stamps and levels each line itself: plain and human lines become
+        // prefixed ones there.
+        Some(LogFormat::Plain | LogFormat::Human) | None if journal => LogFormat::Syslog,
+        Some(f) => f,
+        None if env.is_tty_stderr => LogFormat::Human,
+        None => LogFormat::Plain,
+    };
+    let _ = PRIORITY_PREFIX.set(format == LogFormat::Syslog || journal);
     // A closed or full stderr must never stop a run midway (a rotation must finish once GitLab
     // has issued tokens): the subscriber's own report of a failed write would be an `eprintln!`,
     // which panics on a broken pipe, so it is turned off and log lines that cannot be written
@@ -50,8 +116,22 @@ fn init_tracing(cli: &Cli, env: &Environment) {
         .with_writer(std::io::stderr)
         .log_internal_errors(false);
     match format {
+        LogFormat::Json if journal => builder
+            .event_format(Prioritized(
+                tracing_subscriber::fmt::format().json().without_time(),
+            ))
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .init(),
         LogFormat::Json => builder.json().init(),
         LogFormat::Plain => builder.with_ansi(false).init(),
+        LogFormat::Syslog => builder
+            .with_ansi(false)
+            .event_format(Prioritized(
+                tracing_subscriber::fmt::format()
+                    .with_ansi(false)
+                    .without_time(),
+            ))
+            .init(),
         LogFormat::Human => builder
             .with_ansi(env.is_tty_stderr && std::env::var_os("NO_COLOR").is_none())
             .without_time()
@@ -61,7 +141,13 @@ fn init_tracing(cli: &Cli, env: &Environment) {
 
 /// Errors are rendered in one place: `error:`, then `fix:`.
 fn report_error(e: &CouldNotRun) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "error: {}\nfix: {}", e.message, e.fix);
+    let prefix = if prefixed() { "<3>" } else { "" };
+    let _ = writeln!(
+        std::io::stderr(),
+        "{prefix}error: {}\n{prefix}fix: {}",
+        e.message,
+        e.fix
+    );
     ExitCode::from(ExitStatus::CouldNotRun.code())
 }
 

@@ -3,6 +3,7 @@
 //! message and the packaged units. Each test drives the real binary against the simulator.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -398,6 +399,125 @@ fn list_is_offline_and_shows_the_last_recorded_state() {
         .find(|l| l.starts_with("fine "))
         .unwrap();
     assert!(fine_line.ends_with("healthy"), "{fine_line}");
+}
+
+/// Run with stderr going to a file; `journal` sets JOURNAL_STREAM to that file's dev:ino (or a
+/// wrong one). Returns (exit code, stderr text).
+fn run_with_stderr_file(env: &TestEnv, args: &[&str], journal: Option<bool>) -> (i32, String) {
+    let log = env.path(&format!("stderr-{}.log", rand_suffix()));
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let mut cmd = env.command(args);
+    cmd.env_remove("JOURNAL_STREAM")
+        .env_remove("RUNNER_MEDIC_LOG_FORMAT");
+    match journal {
+        Some(true) => {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
+        Some(false) => {
+            cmd.env(
+                "JOURNAL_STREAM",
+                format!("{}:{}", meta.dev(), meta.ino() + 1),
+            );
+        }
+        None => {}
+    }
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .status()
+        .unwrap();
+    let text = read(&log);
+    env.assert_no_secrets(&text, "stderr");
+    (out.code().unwrap_or(-1), text)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+fn looks_timestamped(line: &str) -> bool {
+    // `2026-11-25T13:37:24.123456Z  INFO …`: a date at the start of the line.
+    let b = line.as_bytes();
+    b.len() > 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[7] == b'-'
+}
+
+#[test]
+fn under_journald_every_log_line_has_its_priority_and_no_timestamp() {
+    let env = TestEnv::new();
+    env.write_config(&[env.healthy("fine"), env.revoked("dead")]);
+    let (code, text) =
+        run_with_stderr_file(&env, &["diagnose", "--log-format", "plain"], Some(true));
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let ok = ["<3>", "<4>", "<6>", "<7>"]
+            .iter()
+            .any(|p| line.starts_with(p));
+        assert!(ok, "no priority prefix: {line}\n{text}");
+        assert!(!looks_timestamped(&line[3..]), "timestamped: {line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<4>") && l.contains("run finished")),
+        "exit 1 is logged as a warning:\n{text}"
+    );
+    // A rotation logs at info (the audit line among them).
+    let (code, text) = run_with_stderr_file(&env, &["rotate", "--log-format", "plain"], Some(true));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("token rotated")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with('<') && !looks_timestamped(&l[3..])),
+        "{text}"
+    );
+
+    // An error that stops the run (exit 2) is `<3>`, its fix too.
+    let (code, text) = run_with_stderr_file(
+        &env,
+        &["diagnose", "--admin-token-file", "/nonexistent/token"],
+        Some(true),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        text.lines().any(|l| l.starts_with("<3>error: "))
+            && text.lines().any(|l| l.starts_with("<3>fix: ")),
+        "{text}"
+    );
+
+    // JOURNAL_STREAM that names another stream (a redirected child): unchanged plain lines.
+    let (_, text) = run_with_stderr_file(&env, &["diagnose", "--log-format", "plain"], Some(false));
+    assert!(!text.lines().any(|l| l.starts_with('<')), "{text}");
+    assert!(text.lines().any(looks_timestamped), "{text}");
+    let (_, text) = run_with_stderr_file(&env, &["diagnose", "--log-format", "plain"], None);
+    assert!(!text.lines().any(|l| l.starts_with('<')), "{text}");
+
+    // The cron path: `--log-format syslog` into `logger --prio-prefix`, which keeps the levels;
+    // the exit status is logged with its level, since the pipe drops it.
+    let (code, text) = run_with_stderr_file(&env, &["diagnose", "--log-format", "syslog"], None);
+    assert_eq!(code, 0, "rotated above");
+    assert!(text.lines().all(|l| l.starts_with("<6>")), "{text}");
+    assert!(text.contains("exit_status=0"), "{text}");
+    let cron = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/cron.d/runner-medic"),
+    )
+    .unwrap();
+    let job = cron
+        .lines()
+        .find(|l| l.contains("runner-medic rotate"))
+        .unwrap();
+    assert!(
+        job.contains("--log-format syslog") && job.contains("logger --prio-prefix"),
+        "{job}"
+    );
 }
 
 fn eventually(mut f: impl FnMut() -> bool) -> bool {
