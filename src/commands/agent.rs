@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, RwLock};
 
 use super::CouldNotRun;
@@ -225,43 +224,103 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
     base.min(interval) + jitter(Duration::from_secs(5))
 }
 
-/// A minimal `/metrics` listener: GET /metrics answers the last cycle's text.
-async fn serve_metrics(addr: &str, text: Published) -> Result<(), CouldNotRun> {
+/// The most connections served at once; more wait to be accepted. A scraper needs one.
+const MAX_CONNECTIONS: usize = 32;
+
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `/metrics` listener, on hyper (HTTP/1.1): `GET` and `HEAD` of exactly `/metrics` answer
+/// the last cycle's metrics, `503` until the first cycle has ended (a scrape then is "down", not
+/// an empty success that would hide every series); any other path is `404`, another method `405`.
+async fn serve_metrics(addr: &str, published: Published) -> Result<(), CouldNotRun> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| CouldNotRun {
             message: format!("cannot listen on `{addr}`: {e}"),
-            fix: "choose a free address for `--listen`, e.g. 127.0.0.1:9852".into(),
+            fix:
+                "choose a free address for `listen` in [agent] (or `--listen`), e.g. 127.0.0.1:9852"
+                    .into(),
         })?;
     tracing::info!(addr, "serving /metrics");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
             };
-            let text = text.clone();
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accepting a /metrics connection failed");
+                    // Out of file descriptors, say: do not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let published = published.clone();
             tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let ok = request.starts_with("GET /metrics");
-                let body = if ok {
-                    text.read().await.clone().unwrap_or_default()
-                } else {
-                    "not found\n".to_string()
-                };
-                let status = if ok { "200 OK" } else { "404 Not Found" };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
+                let service = hyper::service::service_fn(move |request| {
+                    let published = published.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(&request, &published).await) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "a /metrics connection ended with an error");
+                }
+                drop(permit);
             });
         }
     });
     Ok(())
+}
+
+type Body = http_body_util::Full<hyper::body::Bytes>;
+
+fn plain(status: hyper::StatusCode, content_type: &str, body: String) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(Body::from(body));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// The answer to one request (hyper leaves the body out for `HEAD`, keeping its length).
+async fn answer<B>(request: &hyper::Request<B>, published: &Published) -> hyper::Response<Body> {
+    use hyper::{Method, StatusCode};
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if request.uri().path() != "/metrics" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: runner-medic serves only /metrics\n".into(),
+        );
+    }
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "method not allowed: use GET or HEAD\n".into(),
+        );
+        response.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return response;
+    }
+    match published.read().await.clone() {
+        Some(text) => plain(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text),
+        None => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "runner-medic agent is starting: the first check has not finished yet; /metrics answers once it has\n".into(),
+        ),
+    }
 }

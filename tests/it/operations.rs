@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use gitlab_sim::FaultKind;
@@ -520,6 +520,15 @@ fn under_journald_every_log_line_has_its_priority_and_no_timestamp() {
     );
 }
 
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {
         if f() {
@@ -528,6 +537,103 @@ fn eventually(mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+#[test]
+fn the_agent_serves_get_and_head_of_metrics_only_and_503_before_the_first_cycle() {
+    let env = TestEnv::new();
+    env.write_config(&[env.healthy("fine")]);
+    // Hold config.toml's lock, as a rotation in progress would: the agent's first cycle waits.
+    let held = nix::fcntl::Flock::lock(
+        std::fs::File::open(&env.config).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = env.path("agent.log");
+    let mut cmd = env.command(&[
+        "agent",
+        "--interval",
+        "1s",
+        "--jitter",
+        "0s",
+        "--listen",
+        &addr,
+    ]);
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    let _agent = Agent(cmd.spawn().unwrap());
+    let client = reqwest::blocking::Client::new();
+    let url = format!("http://{addr}/metrics");
+
+    let mut first = None;
+    assert!(
+        eventually(|| {
+            first = client.get(&url).send().ok();
+            first.is_some()
+        }),
+        "the listener comes up"
+    );
+    let first = first.unwrap();
+    assert_eq!(first.status(), 503);
+    assert!(first
+        .text()
+        .unwrap()
+        .contains("first check has not finished"));
+    assert!(
+        eventually(|| read(&log).contains("waiting for another runner-medic run to finish")),
+        "the held lock is reported:\n{}",
+        read(&log)
+    );
+
+    drop(held);
+    let mut body = String::new();
+    assert!(eventually(|| {
+        client
+            .get(&url)
+            .send()
+            .ok()
+            .filter(|r| r.status() == 200)
+            .and_then(|r| r.text().ok())
+            .is_some_and(|t| {
+                body = t;
+                true
+            })
+    }));
+    assert!(body.contains("runner_medic_runner_healthy"), "{body}");
+    samples(&body);
+    env.assert_no_secrets(&body, "/metrics");
+
+    let head = client.head(&url).send().unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(head.text().unwrap().is_empty());
+    assert_eq!(
+        client
+            .get(format!("http://{addr}/metrics?x=1"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    for path in ["/", "/metrics/", "/metricsx", "/other"] {
+        let r = client.get(format!("http://{addr}{path}")).send().unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    let post = client.post(&url).send().unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers().get("allow").unwrap(), "GET, HEAD");
 }
 
 #[test]
