@@ -670,3 +670,61 @@ fn the_lock_message_appears_only_when_a_lock_is_held() {
     assert_eq!(status.code(), Some(0), "{}", read(&log));
     env.assert_no_secrets(&read(&log), "stderr");
 }
+
+/// Flags that a settings key also sets: the packaged units and cron job leave them to
+/// settings.toml, so an operator's setting is never overridden by a unit file.
+const SETTING_FLAGS: [&str; 13] = [
+    "--metrics-file",
+    "--listen",
+    "--interval",
+    "--jitter",
+    "--runner-config",
+    "--state-dir",
+    "--gitlab-url",
+    "--admin-token-file",
+    "--renew-before",
+    "--strategy",
+    "--service-manager",
+    "--service-name",
+    "--no-restart",
+];
+
+#[test]
+fn packaged_units_pass_no_flag_a_setting_sets_and_the_packaged_settings_parse() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut commands = Vec::new();
+    for unit in ["runner-medic.service", "runner-medic-agent.service"] {
+        let text = std::fs::read_to_string(root.join("packaging/systemd").join(unit)).unwrap();
+        commands.extend(
+            text.lines()
+                .filter(|l| l.starts_with("ExecStart="))
+                .map(str::to_string),
+        );
+    }
+    let cron = std::fs::read_to_string(root.join("packaging/cron.d/runner-medic")).unwrap();
+    commands.extend(
+        cron.lines()
+            .filter(|l| l.contains("runner-medic rotate"))
+            .map(str::to_string),
+    );
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    for command in &commands {
+        for flag in SETTING_FLAGS {
+            assert!(
+                !command
+                    .split_whitespace()
+                    .any(|w| w == flag || w.starts_with(&format!("{flag}="))),
+                "{command} passes {flag}"
+            );
+        }
+    }
+    let text = std::fs::read_to_string(root.join("packaging/settings.toml")).unwrap();
+    let settings: runner_medic::settings::SettingsFile = toml::from_str(&text).unwrap();
+    assert_eq!(
+        settings.metrics_file.as_deref(),
+        Some(std::path::Path::new(
+            "/var/lib/node_exporter/textfile_collector/runner-medic.prom"
+        ))
+    );
+    assert_eq!(settings.agent.listen.as_deref(), Some("127.0.0.1:9852"));
+}
