@@ -728,3 +728,64 @@ fn packaged_units_pass_no_flag_a_setting_sets_and_the_packaged_settings_parse() 
     );
     assert_eq!(settings.agent.listen.as_deref(), Some("127.0.0.1:9852"));
 }
+
+#[test]
+fn the_alerting_rules_pass_promtool_and_use_only_series_runner_medic_writes() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/prometheus");
+    let promtool = |args: &[&str]| {
+        std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "promtool is missing ({e}): `apt-get install prometheus` (the test command `.ci/test` installs it)"
+                )
+            })
+    };
+    for args in [
+        ["check", "rules", "runner-medic.rules.yml"],
+        ["test", "rules", "runner-medic.rules.test.yml"],
+    ] {
+        let out = promtool(&args);
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The rules name only series that runner-medic really writes.
+    let mut env = TestEnv::new();
+    env.admin_token = env.sim.state().add_pat(
+        &["api"],
+        true,
+        Some(chrono::Utc::now().date_naive() + chrono::Duration::days(10)),
+    );
+    {
+        let mut s = env.sim.state();
+        s.settings.runner_token_expiration_interval = Some(90 * 86400);
+        s.settings.project_runner_token_expiration_interval = Some(90 * 86400);
+    }
+    env.write_config(&[env.healthy("fine"), env.expired("old")]);
+    let metrics = env.path("m.prom");
+    let run = env.run(&["rotate", "--metrics-file", metrics.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let written: Vec<String> = samples(&read(&metrics))
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    let rules = read(&dir.join("runner-medic.rules.yml"));
+    let mut named = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("runner_medic_") {
+            named += 1;
+            assert!(
+                written.iter().any(|w| w == word),
+                "the rules use `{word}`, which runner-medic does not write"
+            );
+        }
+    }
+    assert!(named >= 6);
+}
