@@ -5,6 +5,7 @@ mod human;
 pub mod metrics;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use human::render as render_human;
@@ -14,7 +15,7 @@ use crate::exit::ExitStatus;
 use crate::secret::Masked;
 
 /// `action` of a runner (contract).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     None,
@@ -36,11 +37,14 @@ impl Action {
     }
 }
 
-/// `status` of a runner (contract): the one word a person or an alert reads first. It is derived
-/// from findings, action and outcome by [`RunnerReport::status`], the same rule
-/// [`Report::exit_status`] applies, so that the exit status is 1 exactly when some runner is
-/// `broken` or `needs_person` (or a host-level error or a failed service restart exists).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+/// `status` of a runner (contract): the one word a person or an alert reads first. The exit
+/// status is 1 exactly when some runner is `broken` or `needs_person` (or a host-level error or
+/// a failed service restart exists).
+// Derived from findings, action and outcome by `RunnerReport::status`, the same rule
+// `Report::exit_status` applies.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RunnerStatus {
     Healthy,
@@ -87,6 +91,24 @@ impl RunnerStatus {
 pub mod rfc3339 {
     use chrono::{DateTime, SecondsFormat, Utc};
 
+    /// The schema of such a timestamp (a type only schemars sees).
+    pub struct Timestamp;
+
+    impl schemars::JsonSchema for Timestamp {
+        fn schema_name() -> std::borrow::Cow<'static, str> {
+            "Timestamp".into()
+        }
+
+        fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({
+                "type": "string",
+                "format": "date-time",
+                "description": "RFC 3339 in UTC, to the second: `2026-11-25T13:37:24Z`.",
+                "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
+            })
+        }
+    }
+
     pub fn format(at: DateTime<Utc>) -> String {
         at.to_rfc3339_opts(SecondsFormat::Secs, true)
     }
@@ -104,7 +126,7 @@ pub mod rfc3339 {
 }
 
 /// `outcome` of a runner's action (contract); `null` for diagnose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Planned,
@@ -124,15 +146,20 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct RunnerReport {
     pub name: String,
     pub id: Option<u64>,
     pub url: Option<String>,
     pub token: Option<Masked>,
+    /// When the token expires, as GitLab reports it (else as config.toml has it).
     #[serde(serialize_with = "rfc3339::option")]
+    #[schemars(with = "Option<rfc3339::Timestamp>")]
     pub token_expires_at: Option<DateTime<Utc>>,
-    /// Filled by [`Report::to_json`] from [`RunnerReport::status`]; never set by hand.
+    /// The runner at the end of the run (docs/reference.md, "JSON report").
+    // Filled by `Report::to_json` from `RunnerReport::status`; never set by hand.
+    #[schemars(with = "RunnerStatus")]
     pub status: Option<RunnerStatus>,
     pub findings: Vec<Finding>,
     pub action: Option<Action>,
@@ -188,7 +215,8 @@ impl RunnerReport {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ServiceReport {
     pub manager: String,
     pub name: String,
@@ -209,14 +237,18 @@ pub struct ServiceReport {
     pub start_seconds: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The report of `diagnose` and `rotate` (`--output json`), as docs/reference.md describes it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Report {
     pub version: u32,
     pub command: &'static str,
     pub dry_run: bool,
     pub runner_config: String,
     pub gitlab_url: Option<String>,
+    /// GitLab's clock (its `Date` header) during the run.
     #[serde(serialize_with = "rfc3339::option")]
+    #[schemars(with = "Option<rfc3339::Timestamp>")]
     pub server_time: Option<DateTime<Utc>>,
     pub clock_skew_seconds: Option<f64>,
     pub findings: Vec<Finding>,
@@ -234,6 +266,7 @@ pub struct Report {
         skip_serializing_if = "Option::is_none",
         serialize_with = "rfc3339::option"
     )]
+    #[schemars(with = "Option<rfc3339::Timestamp>")]
     pub admin_token_expires_at: Option<DateTime<Utc>>,
     /// Host time the report was made, for "expires in …" wording.
     #[serde(skip)]
@@ -289,6 +322,16 @@ impl Report {
             r.status = Some(r.status(self.command));
         }
         report
+    }
+
+    /// The JSON Schema of [`Report::to_json`]'s output (docs/report.schema.json).
+    pub fn json_schema() -> serde_json::Value {
+        // The schema of what runner-medic writes: fields it leaves out when empty are optional.
+        let schema = schemars::generate::SchemaSettings::draft2020_12()
+            .for_serialize()
+            .into_generator()
+            .into_root_schema_for::<Report>();
+        serde_json::to_value(schema).expect("a schema serialises")
     }
 
     pub fn to_json(&self) -> String {

@@ -789,3 +789,92 @@ fn the_alerting_rules_pass_promtool_and_use_only_series_runner_medic_writes() {
     }
     assert!(named >= 6);
 }
+
+#[test]
+fn the_json_schema_is_current_and_real_reports_validate() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report.schema.json");
+    let generated = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&runner_medic::report::Report::json_schema()).unwrap()
+    );
+    if std::env::var_os("RUNNER_MEDIC_UPDATE_SCHEMA").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/report.schema.json is not the schema of the report types; regenerate it with \
+         `RUNNER_MEDIC_UPDATE_SCHEMA=1 cargo test --test it json_schema` and commit it"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("docs/report.schema.json is no valid schema: {e}"));
+    let check = |run: &crate::harness::Run, what: &str| {
+        let report = run.json();
+        let errors: Vec<String> = validator
+            .iter_errors(&report)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{what}: the report does not match the schema:\n{}\n{}",
+            errors.join("\n"),
+            run.stdout
+        );
+    };
+
+    let mut env = TestEnv::new();
+    env.admin_token = env.sim.state().add_pat(
+        &["api"],
+        true,
+        Some(chrono::Utc::now().date_naive() + chrono::Duration::days(100)),
+    );
+    env.sim.state().settings.runner_token_expiration_interval = Some(90 * 86400);
+    env.write_config(&[
+        env.healthy("fine"),
+        env.expiring("soon", 2),
+        env.expired("old"),
+        env.revoked("dead"),
+        env.deleted("gone"),
+    ]);
+    env.sim.state().inject(
+        "POST /api/v4/runners/:id/reset_authentication_token",
+        FaultKind::Status(500),
+        Some(1_000),
+    );
+    let diagnose = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(diagnose.code, 1);
+    check(&diagnose, "diagnose");
+    assert!(diagnose.json()["admin_token_expires_at"].is_string());
+    let plan = env.run(&["rotate", "--dry-run", "--output", "json"]);
+    assert!(plan.json()["diff"].is_string());
+    check(&plan, "rotate --dry-run");
+    let failed = env.run(&["rotate", "--output", "json"]);
+    assert!(
+        failed.json()["runners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["error"].is_string()),
+        "{}",
+        failed.stdout
+    );
+    check(&failed, "rotate with failures");
+    env.sim.state().faults.clear();
+    let fixed = env.run(&["rotate", "--output", "json"]);
+    assert!(fixed.json()["backup"].is_string(), "{}", fixed.stdout);
+    check(&fixed, "rotate");
+
+    // The schema can fail: a report with an unknown field or a bad status does not match.
+    let mut bad = fixed.json();
+    bad["runners"][0]["status"] = "fine".into();
+    assert!(!validator.is_valid(&bad));
+    let mut bad = fixed.json();
+    bad["server_time"] = "2026-11-25T13:37:24.5+00:00".into();
+    assert!(!validator.is_valid(&bad));
+    let mut bad = fixed.json();
+    bad["surprise"] = 1.into();
+    assert!(!validator.is_valid(&bad));
+}
