@@ -201,7 +201,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, env: Environment) -> ExitCode {
-    let started = std::time::Instant::now();
+    let mut started = std::time::Instant::now();
     let overrides = match &cli.command {
         Command::Rotate(a) => Overrides {
             renew_before: a.renew_before.clone(),
@@ -288,7 +288,15 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
     let result: Result<Report, CouldNotRun> = match &cli.command {
         Command::Diagnose(_) => Ok(commands::diagnose::run(&settings).await),
         Command::Rotate(args) => {
-            commands::rotate::run(&settings, args, env.is_tty_stdout || env.is_tty_stderr).await
+            match commands::rotate::random_delay(args, env.is_tty_stdout || env.is_tty_stderr).await
+            {
+                Ok(()) => {
+                    // The run's duration is its work, not the fleet-spreading sleep.
+                    started = std::time::Instant::now();
+                    commands::rotate::run(&settings, args).await
+                }
+                Err(e) => Err(e),
+            }
         }
         Command::Agent(_) => {
             let (tx, rx) = tokio::sync::mpsc::channel(8);
