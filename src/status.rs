@@ -67,6 +67,19 @@ impl RunState {
         }
     }
 
+    /// What `list` shows for a config.toml entry: by id; for an entry without an `id` (older
+    /// gitlab-runner versions), the one record of that name, which may carry the id GitLab told.
+    pub fn for_entry(&self, id: Option<u64>, name: &str) -> Option<&RunnerState> {
+        if id.is_some() {
+            return self.runner(id, name);
+        }
+        let mut named = self.runners.iter().filter(|r| r.name == name);
+        match (named.next(), named.next()) {
+            (Some(only), None) => Some(only),
+            _ => self.runner(None, name),
+        }
+    }
+
     fn runner_mut(&mut self, id: Option<u64>, name: &str) -> &mut RunnerState {
         let found = match id {
             Some(id) => self.runners.iter().position(|r| r.id == Some(id)),

@@ -74,7 +74,7 @@ pub fn run(settings: &Settings) -> Result<Listing, CouldNotRun> {
         .runners()
         .into_iter()
         .map(|entry| {
-            let recorded = state.runner(entry.id, &entry.name);
+            let recorded = state.for_entry(entry.id, &entry.name);
             Listed {
                 id: entry.id,
                 url: entry.url.as_deref().map(shown_url),

@@ -304,7 +304,10 @@ fn list_is_offline_and_shows_the_last_recorded_state() {
     let fine = env.healthy("fine");
     let old = env.expired("old");
     let gone = env.deleted("gone");
-    let mut text = env.write_config(&[fine.clone(), old.clone(), gone.clone()]);
+    // An entry without `id` (older gitlab-runner): GitLab tells its id, the record keeps it.
+    let mut noid = env.healthy("noid");
+    noid.id = None;
+    let mut text = env.write_config(&[fine.clone(), old.clone(), gone.clone(), noid]);
     text.push_str(&format!(
         "\n[[runners]]\n  name = \"tokenless\"\n  url = \"{}\"\n  executor = \"shell\"\n",
         env.url()
@@ -328,7 +331,7 @@ fn list_is_offline_and_shows_the_last_recorded_state() {
     assert_eq!(doc["command"], "list");
     assert_eq!(doc["runner_config"], env.config.display().to_string());
     let runners = doc["runners"].as_array().unwrap();
-    assert_eq!(runners.len(), 4);
+    assert_eq!(runners.len(), 5);
     for r in runners {
         let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
         for key in [
@@ -366,7 +369,7 @@ fn list_is_offline_and_shows_the_last_recorded_state() {
     let host = url::Url::parse(&env.url()).unwrap();
     let host = format!("{}:{}", host.host_str().unwrap(), host.port().unwrap());
     let lines: Vec<&str> = human.stdout.lines().collect();
-    for name in ["fine", "old", "gone", "tokenless"] {
+    for name in ["fine", "old", "gone", "noid", "tokenless"] {
         let line = lines
             .iter()
             .find(|l| l.starts_with(&format!("{name} ")))
@@ -386,7 +389,9 @@ fn list_is_offline_and_shows_the_last_recorded_state() {
     assert_eq!(by_name(&doc, "old")["last_status"], "broken");
     assert_eq!(by_name(&doc, "gone")["last_status"], "broken");
     assert_eq!(by_name(&doc, "tokenless")["last_status"], "broken");
-    for name in ["fine", "old", "gone", "tokenless"] {
+    assert_eq!(by_name(&doc, "noid")["last_status"], "healthy");
+    assert!(by_name(&doc, "noid")["id"].is_null());
+    for name in ["fine", "old", "gone", "noid", "tokenless"] {
         assert!(
             is_rfc3339_seconds_z(&by_name(&doc, name)["last_checked_at"]),
             "{name}: {}",
