@@ -121,6 +121,10 @@ pub enum LogFormat {
     Human,
     Plain,
     Json,
+    /// Plain lines that start with their syslog priority (`<3>` error, `<4>` warning, `<6>`
+    /// info, `<7>` debug) and carry no timestamp: what journald and `logger --prio-prefix` read.
+    /// Chosen by itself when stderr is the journal (`JOURNAL_STREAM`).
+    Syslog,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +135,9 @@ pub enum Command {
     Rotate(RotateArgs),
     /// Stay running: diagnose + rotate every interval, with random jitter
     Agent(AgentArgs),
+    /// Show every runner of config.toml: name, id, host, masked token, expiry, last recorded
+    /// status; offline: sends no request and changes nothing
+    List,
     /// The whole cycle against an embedded simulated GitLab in a temporary directory
     Demo(DemoArgs),
     /// Print shell completions

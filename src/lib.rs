@@ -14,6 +14,7 @@
 //! - `report`: the report data and its human, JSON and metrics renderings.
 //! - `commands`: glue from settings to work to report, one module per command.
 //! - `exit`: the contract's exit status.
+//! - `status`: what runner-medic recorded of its last runs (state dir), for `list` and metrics.
 
 pub mod cli;
 pub mod commands;
@@ -29,3 +30,4 @@ pub mod runner_config;
 pub mod secret;
 pub mod service;
 pub mod settings;
+pub mod status;

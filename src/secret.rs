@@ -316,6 +316,20 @@ impl serde::Serialize for Masked {
     }
 }
 
+impl schemars::JsonSchema for Masked {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MaskedToken".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A token, masked: its known prefix, at most two characters, `…`, the last two (`glrt-ab…yz`). Never a full token.",
+            "pattern": "…"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -535,29 +535,16 @@ impl Settings {
             None => SettingsFile::default(),
         };
 
-        let home = env.home.clone().unwrap_or_else(|| PathBuf::from("."));
         let runner_config = global
             .runner_config
             .clone()
             .or(file.runner_config.clone())
-            .unwrap_or_else(|| {
-                if env.is_root {
-                    PathBuf::from("/etc/gitlab-runner/config.toml")
-                } else {
-                    home.join(".gitlab-runner/config.toml")
-                }
-            });
+            .unwrap_or_else(|| default_runner_config(env));
         let state_dir = global
             .state_dir
             .clone()
             .or(file.state_dir.clone())
-            .unwrap_or_else(|| {
-                if env.is_root {
-                    PathBuf::from("/var/lib/runner-medic")
-                } else {
-                    home.join(".local/state/runner-medic")
-                }
-            });
+            .unwrap_or_else(|| default_state_dir(env));
         let gitlab_url = global
             .gitlab_url
             .clone()
@@ -716,9 +703,12 @@ impl Settings {
     /// The lock, journal and backups of one config.toml live under a key derived from its path,
     /// so several config.toml files on one host never share them.
     pub fn config_key(&self) -> String {
-        let real = fs_err::canonicalize(&self.runner_config)
-            .unwrap_or_else(|_| self.runner_config.clone());
-        crate::fs::sha256_hex(real.to_string_lossy().as_bytes())[..16].to_string()
+        config_key_of(&self.runner_config)
+    }
+
+    /// The recorded state of runs on this config.toml (`list`, metrics).
+    pub fn status_store(&self) -> crate::status::Store {
+        crate::status::Store::new(&self.state_dir, &self.config_key())
     }
 
     /// Where the locks of config.toml files live: one place for every run on this host, whatever
@@ -742,6 +732,74 @@ impl Settings {
 
     pub fn backup_dir(&self) -> PathBuf {
         self.state_dir.join("backups").join(self.config_key())
+    }
+}
+
+fn home(env: &Environment) -> PathBuf {
+    env.home.clone().unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn default_runner_config(env: &Environment) -> PathBuf {
+    if env.is_root {
+        PathBuf::from("/etc/gitlab-runner/config.toml")
+    } else {
+        home(env).join(".gitlab-runner/config.toml")
+    }
+}
+
+fn default_state_dir(env: &Environment) -> PathBuf {
+    if env.is_root {
+        PathBuf::from("/var/lib/runner-medic")
+    } else {
+        home(env).join(".local/state/runner-medic")
+    }
+}
+
+/// The key of a config.toml path (see [`Settings::config_key`]).
+pub fn config_key_of(runner_config: &Path) -> String {
+    let real = fs_err::canonicalize(runner_config).unwrap_or_else(|_| runner_config.to_path_buf());
+    crate::fs::sha256_hex(real.to_string_lossy().as_bytes())[..16].to_string()
+}
+
+/// Where a run whose settings could not be resolved still records its end: the metrics file
+/// and the state store, read from the flags and, leniently, from whatever of the settings file
+/// parses. A run that exits 2 on a bad setting thus still shows in the metrics.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    pub metrics_file: Option<PathBuf>,
+    pub store: crate::status::Store,
+}
+
+impl Fallback {
+    pub fn resolve(global: &GlobalArgs, env: &Environment) -> Self {
+        let default_settings = PathBuf::from("/etc/runner-medic/settings.toml");
+        let table: toml::Table = global
+            .settings
+            .clone()
+            .or_else(|| default_settings.exists().then_some(default_settings))
+            .and_then(|p| fs_err::read_to_string(p).ok())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_default();
+        let path = |key: &str| {
+            table
+                .get(key)
+                .and_then(toml::Value::as_str)
+                .map(PathBuf::from)
+        };
+        let runner_config = global
+            .runner_config
+            .clone()
+            .or_else(|| path("runner_config"))
+            .unwrap_or_else(|| default_runner_config(env));
+        let state_dir = global
+            .state_dir
+            .clone()
+            .or_else(|| path("state_dir"))
+            .unwrap_or_else(|| default_state_dir(env));
+        Self {
+            metrics_file: global.metrics_file.clone().or_else(|| path("metrics_file")),
+            store: crate::status::Store::new(&state_dir, &config_key_of(&runner_config)),
+        }
     }
 }
 

@@ -2,19 +2,19 @@
 //! jitter), backing off while GitLab is unreachable. A function of its inputs: signals arrive as
 //! [`Signal`] values on a channel (the OS edge is in `main`), so tests can drive it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, RwLock};
 
 use super::CouldNotRun;
 use crate::diagnose::FindingCode;
-use crate::report::{metrics, Outcome, Report};
+use crate::exit::ExitStatus;
+use crate::report::Report;
 use crate::rotate::{RotateOptions, Scope};
 use crate::settings::Settings;
+use crate::status::{self, Ending};
 
 /// What the process was told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,17 +45,26 @@ fn unreachable(report: &Report) -> bool {
         })
 }
 
+/// The metrics of the last finished cycle; `None` until the first cycle ends.
+type Published = Arc<RwLock<Option<String>>>;
+
 /// Run until a shutdown signal. `reload` re-reads the settings on SIGHUP.
 pub async fn run(
     mut settings: Settings,
     reload: impl Fn() -> Result<Settings, CouldNotRun>,
     mut signals: mpsc::Receiver<Signal>,
 ) -> Result<Report, CouldNotRun> {
-    let metrics_text = Arc::new(RwLock::new(String::new()));
+    let published: Published = Arc::new(RwLock::new(None));
     if let Some(addr) = settings.agent.listen.clone() {
-        serve_metrics(&addr, metrics_text.clone()).await?;
+        serve_metrics(&addr, published.clone()).await?;
     }
-    let mut last_rotation: BTreeMap<String, (i64, String, String)> = BTreeMap::new();
+    // Until a cycle of this process ends, the previous metrics are the file an earlier run wrote:
+    // they carry its per-runner series and last success across a restart.
+    let mut previous = settings
+        .metrics_file
+        .as_ref()
+        .and_then(|p| fs_err::read_to_string(p).ok())
+        .unwrap_or_default();
     let mut failures: u32 = 0;
     let mut last_report = Report::new("agent", settings.runner_config.display().to_string(), None);
     tracing::info!(
@@ -70,6 +79,7 @@ pub async fn run(
             wait: true,
         };
         let current = settings.clone();
+        let started = Instant::now();
         let cycle = async move { crate::rotate::rotate(&current, &opts).await };
         tokio::pin!(cycle);
         let mut shutting_down = false;
@@ -93,29 +103,21 @@ pub async fn run(
                 }
             }
         };
+        let store = settings.status_store();
         let next = match result {
             Some(Ok(report)) => {
-                let now = report.generated_at.timestamp();
-                for r in &report.runners {
-                    if matches!(r.outcome, Some(Outcome::Done | Outcome::Failed)) {
-                        last_rotation.insert(
-                            r.name.clone(),
-                            (
-                                now,
-                                r.action.map_or("none", |a| a.as_str()).to_string(),
-                                r.outcome.map_or("", |o| o.as_str()).to_string(),
-                            ),
-                        );
-                    }
-                }
-                let text = metrics::render(&report, &last_rotation);
-                *metrics_text.write().await = text.clone();
-                if let Some(path) = &settings.metrics_file {
-                    if let Err(e) = crate::fs::write_private(path, text.as_bytes(), 0o644) {
-                        tracing::error!(path = %path.display(), error = %e, "could not write the metrics file");
-                    }
-                }
                 let status = report.exit_status();
+                previous = status::finish(
+                    Some(&store),
+                    &Ending {
+                        report: Some(&report),
+                        exit_code: status.code(),
+                        duration: started.elapsed(),
+                        save: true,
+                    },
+                    &previous,
+                );
+                publish(&settings, &published, &previous).await;
                 tracing::info!(
                     status = status.code(),
                     runners = report.runners.len(),
@@ -135,6 +137,17 @@ pub async fn run(
             Some(Err(e)) => {
                 failures += 1;
                 tracing::error!(error = %e.message, fix = %e.fix, "cycle could not run");
+                previous = status::finish(
+                    Some(&store),
+                    &Ending {
+                        report: None,
+                        exit_code: ExitStatus::CouldNotRun.code(),
+                        duration: started.elapsed(),
+                        save: true,
+                    },
+                    &previous,
+                );
+                publish(&settings, &published, &previous).await;
                 backoff(failures, settings.agent.interval)
             }
             None => return Ok(last_report),
@@ -163,6 +176,16 @@ pub async fn run(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Serve a cycle's metrics on `/metrics` and write them to the metrics file.
+async fn publish(settings: &Settings, published: &Published, text: &str) {
+    *published.write().await = Some(text.to_string());
+    if let Some(path) = &settings.metrics_file {
+        if let Err(e) = crate::fs::write_private(path, text.as_bytes(), 0o644) {
+            tracing::error!(path = %path.display(), error = %e, "could not write the metrics file; check that its directory exists and is writable");
         }
     }
 }
@@ -201,43 +224,103 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
     base.min(interval) + jitter(Duration::from_secs(5))
 }
 
-/// A minimal `/metrics` listener: GET /metrics answers the last cycle's text.
-async fn serve_metrics(addr: &str, text: Arc<RwLock<String>>) -> Result<(), CouldNotRun> {
+/// The most connections served at once; more wait to be accepted. A scraper needs one.
+const MAX_CONNECTIONS: usize = 32;
+
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `/metrics` listener, on hyper (HTTP/1.1): `GET` and `HEAD` of exactly `/metrics` answer
+/// the last cycle's metrics, `503` until the first cycle has ended (a scrape then is "down", not
+/// an empty success that would hide every series); any other path is `404`, another method `405`.
+async fn serve_metrics(addr: &str, published: Published) -> Result<(), CouldNotRun> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| CouldNotRun {
             message: format!("cannot listen on `{addr}`: {e}"),
-            fix: "choose a free address for `--listen`, e.g. 127.0.0.1:9852".into(),
+            fix:
+                "choose a free address for `listen` in [agent] (or `--listen`), e.g. 127.0.0.1:9852"
+                    .into(),
         })?;
     tracing::info!(addr, "serving /metrics");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
             };
-            let text = text.clone();
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accepting a /metrics connection failed");
+                    // Out of file descriptors, say: do not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let published = published.clone();
             tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let ok = request.starts_with("GET /metrics");
-                let body = if ok {
-                    text.read().await.clone()
-                } else {
-                    "not found\n".to_string()
-                };
-                let status = if ok { "200 OK" } else { "404 Not Found" };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
+                let service = hyper::service::service_fn(move |request| {
+                    let published = published.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(&request, &published).await) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "a /metrics connection ended with an error");
+                }
+                drop(permit);
             });
         }
     });
     Ok(())
+}
+
+type Body = http_body_util::Full<hyper::body::Bytes>;
+
+fn plain(status: hyper::StatusCode, content_type: &str, body: String) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(Body::from(body));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// The answer to one request (hyper leaves the body out for `HEAD`, keeping its length).
+async fn answer<B>(request: &hyper::Request<B>, published: &Published) -> hyper::Response<Body> {
+    use hyper::{Method, StatusCode};
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if request.uri().path() != "/metrics" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: runner-medic serves only /metrics\n".into(),
+        );
+    }
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "method not allowed: use GET or HEAD\n".into(),
+        );
+        response.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return response;
+    }
+    match published.read().await.clone() {
+        Some(text) => plain(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text),
+        None => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "runner-medic agent is starting: the first check has not finished yet; /metrics answers once it has\n".into(),
+        ),
+    }
 }

@@ -5,6 +5,7 @@ pub mod agent;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod diagnose;
+pub mod list;
 pub mod rotate;
 
 /// The command could not run (exit 2), with the fix to show.

@@ -21,14 +21,11 @@ pub fn options(args: &RotateArgs) -> RotateOptions {
     }
 }
 
-pub async fn run(
-    settings: &Settings,
-    args: &RotateArgs,
-    interactive: bool,
-) -> Result<Report, CouldNotRun> {
+/// `--random-delay`: from cron (not on a terminal), sleep a random time up to the given one first,
+/// so a fleet's runs do not hit GitLab in the same second. Not part of the run's duration.
+pub async fn random_delay(args: &RotateArgs, interactive: bool) -> Result<(), CouldNotRun> {
     if let Some(delay) = &args.random_delay {
         let max = parse_duration("--random-delay", delay)?;
-        // From cron, spread a fleet's runs so they do not hit GitLab in the same second.
         if !interactive && !max.is_zero() {
             let wait = Duration::from_millis(
                 rand::thread_rng()
@@ -41,5 +38,9 @@ pub async fn run(
             tokio::time::sleep(wait).await;
         }
     }
+    Ok(())
+}
+
+pub async fn run(settings: &Settings, args: &RotateArgs) -> Result<Report, CouldNotRun> {
     Ok(crate::rotate::rotate(settings, &options(args)).await?)
 }

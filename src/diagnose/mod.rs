@@ -262,7 +262,10 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
                     clock.add(Some(*date), *local);
                 }
                 report.findings.extend(checked.findings);
-                report.admin_token_expires_at = checked.expires_at;
+                report.admin_token_expires_at = checked
+                    .expires_at
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .map(|t| t.and_utc());
                 checked.usable.then(|| Arc::new(api))
             }
             Err(e) => {
@@ -392,6 +395,7 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
             url: entry.url.clone(),
             token: entry.token.as_ref().map(crate::secret::RunnerToken::masked),
             token_expires_at: judged.expires_at,
+            status: None,
             findings,
             action: None,
             outcome: None,

@@ -5,6 +5,7 @@ mod human;
 pub mod metrics;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use human::render as render_human;
@@ -14,7 +15,7 @@ use crate::exit::ExitStatus;
 use crate::secret::Masked;
 
 /// `action` of a runner (contract).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     None,
@@ -39,8 +40,96 @@ impl Action {
     }
 }
 
+/// `status` of a runner (contract): the one word a person or an alert reads first. The exit
+/// status is 1 exactly when some runner is `broken` or `needs_person` (or a host-level error or
+/// a failed service restart exists).
+// Derived from findings, action and outcome by `RunnerReport::status`, the same rule
+// `Report::exit_status` applies.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerStatus {
+    Healthy,
+    Warning,
+    Broken,
+    Fixed,
+    Planned,
+    NeedsPerson,
+}
+
+impl RunnerStatus {
+    pub const ALL: [RunnerStatus; 6] = [
+        RunnerStatus::Healthy,
+        RunnerStatus::Warning,
+        RunnerStatus::Broken,
+        RunnerStatus::Fixed,
+        RunnerStatus::Planned,
+        RunnerStatus::NeedsPerson,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerStatus::Healthy => "healthy",
+            RunnerStatus::Warning => "warning",
+            RunnerStatus::Broken => "broken",
+            RunnerStatus::Fixed => "fixed",
+            RunnerStatus::Planned => "planned",
+            RunnerStatus::NeedsPerson => "needs_person",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Still broken at the end of the run: the runner makes the exit status 1.
+    pub fn is_broken(self) -> bool {
+        matches!(self, RunnerStatus::Broken | RunnerStatus::NeedsPerson)
+    }
+}
+
+/// Timestamps in JSON are RFC 3339 to the second in UTC (`2026-11-25T13:37:24Z`): what `date -d`,
+/// `jq`'s `fromdate` and every log pipeline parse without a format string.
+pub mod rfc3339 {
+    use chrono::{DateTime, SecondsFormat, Utc};
+
+    /// The schema of such a timestamp (a type only schemars sees).
+    pub struct Timestamp;
+
+    impl schemars::JsonSchema for Timestamp {
+        fn schema_name() -> std::borrow::Cow<'static, str> {
+            "Timestamp".into()
+        }
+
+        fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({
+                "type": "string",
+                "format": "date-time",
+                "description": "RFC 3339 in UTC, to the second: `2026-11-25T13:37:24Z`.",
+                "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
+            })
+        }
+    }
+
+    pub fn format(at: DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+
+    #[allow(clippy::ref_option)] // serde's `serialize_with` passes `&Option<T>`
+    pub fn option<S: serde::Serializer>(
+        at: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => s.serialize_str(&format(*at)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// `outcome` of a runner's action (contract); `null` for diagnose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Planned,
@@ -60,13 +149,21 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct RunnerReport {
     pub name: String,
     pub id: Option<u64>,
     pub url: Option<String>,
     pub token: Option<Masked>,
+    /// When the token expires, as GitLab reports it (else as config.toml has it).
+    #[serde(serialize_with = "rfc3339::option")]
+    #[schemars(with = "Option<rfc3339::Timestamp>")]
     pub token_expires_at: Option<DateTime<Utc>>,
+    /// The runner at the end of the run (docs/reference.md, "JSON report").
+    // Filled by `Report::to_json` from `RunnerReport::status`; never set by hand.
+    #[schemars(with = "RunnerStatus")]
+    pub status: Option<RunnerStatus>,
     pub findings: Vec<Finding>,
     pub action: Option<Action>,
     pub outcome: Option<Outcome>,
@@ -94,9 +191,40 @@ impl RunnerReport {
     pub fn worst(&self) -> Option<Severity> {
         self.findings.iter().map(|f| f.severity).max()
     }
+
+    /// The runner's status at the end of a run of `command` (see [`RunnerStatus`]).
+    pub fn status(&self, command: &str) -> RunnerStatus {
+        let worst = self.worst();
+        if command == "rotate" {
+            match (self.action, self.outcome) {
+                (_, Some(Outcome::Failed)) => RunnerStatus::Broken,
+                (Some(Action::Manual), _) => RunnerStatus::NeedsPerson,
+                (_, Some(Outcome::Done)) => RunnerStatus::Fixed,
+                (_, Some(Outcome::Planned)) => RunnerStatus::Planned,
+                _ if worst == Some(Severity::Error) => RunnerStatus::Broken,
+                _ if worst == Some(Severity::Warning) => RunnerStatus::Warning,
+                _ => RunnerStatus::Healthy,
+            }
+        } else {
+            match worst {
+                Some(Severity::Error) if self.action == Some(Action::Manual) => {
+                    RunnerStatus::NeedsPerson
+                }
+                Some(Severity::Error) => RunnerStatus::Broken,
+                Some(Severity::Warning) => RunnerStatus::Warning,
+                _ => RunnerStatus::Healthy,
+            }
+        }
+    }
+
+    /// The runner id as it stands after the run: a recreated runner's new id.
+    pub fn current_id(&self) -> Option<u64> {
+        self.new_id.or(self.id)
+    }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ServiceReport {
     pub manager: String,
     pub name: String,
@@ -121,13 +249,18 @@ pub struct ServiceReport {
     pub reloaded: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The report of `diagnose` and `rotate` (`--output json`), as docs/reference.md describes it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Report {
     pub version: u32,
     pub command: &'static str,
     pub dry_run: bool,
     pub runner_config: String,
     pub gitlab_url: Option<String>,
+    /// GitLab's clock (its `Date` header) during the run.
+    #[serde(serialize_with = "rfc3339::option")]
+    #[schemars(with = "Option<rfc3339::Timestamp>")]
     pub server_time: Option<DateTime<Utc>>,
     pub clock_skew_seconds: Option<f64>,
     pub findings: Vec<Finding>,
@@ -139,9 +272,14 @@ pub struct Report {
     /// The backup written before config.toml was replaced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<String>,
-    /// When the privileged token expires (from `GET /personal_access_tokens/self`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_token_expires_at: Option<chrono::NaiveDate>,
+    /// When the privileged token expires (from `GET /personal_access_tokens/self`): GitLab gives
+    /// a date and the token stops working at its start, 00:00:00 UTC.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339::option"
+    )]
+    #[schemars(with = "Option<rfc3339::Timestamp>")]
+    pub admin_token_expires_at: Option<DateTime<Utc>>,
     /// Host time the report was made, for "expires in …" wording.
     #[serde(skip)]
     pub generated_at: DateTime<Utc>,
@@ -171,27 +309,16 @@ impl Report {
         self.findings.iter().any(|f| f.severity == Severity::Error)
     }
 
-    /// Exit status per the contract.
+    /// Exit status per the contract: 1 when a host-level error exists, some runner's
+    /// [`RunnerStatus`] is still broken, or (rotate) the service could not be restarted.
     pub fn exit_status(&self) -> ExitStatus {
-        let broken = match self.command {
-            "rotate" => {
-                self.any_error_finding()
-                    || self.runners.iter().any(|r| {
-                        matches!(r.outcome, Some(Outcome::Failed))
-                            || matches!(r.action, Some(Action::Manual))
-                            || (matches!(r.outcome, Some(Outcome::Skipped) | None)
-                                && r.worst() == Some(Severity::Error))
-                    })
-                    || self.service.as_ref().is_some_and(|s| s.error.is_some())
-            }
-            _ => {
-                self.any_error_finding()
-                    || self
-                        .runners
-                        .iter()
-                        .any(|r| r.worst() == Some(Severity::Error))
-            }
-        };
+        let broken = self.any_error_finding()
+            || self
+                .runners
+                .iter()
+                .any(|r| r.status(self.command).is_broken())
+            || (self.command == "rotate"
+                && self.service.as_ref().is_some_and(|s| s.error.is_some()));
         if broken {
             ExitStatus::StillBroken
         } else {
@@ -199,8 +326,28 @@ impl Report {
         }
     }
 
+    /// The report with every runner's `status` filled in, as JSON renders it.
+    #[must_use]
+    pub fn with_status(&self) -> Report {
+        let mut report = self.clone();
+        for r in &mut report.runners {
+            r.status = Some(r.status(self.command));
+        }
+        report
+    }
+
+    /// The JSON Schema of [`Report::to_json`]'s output (docs/report.schema.json).
+    pub fn json_schema() -> serde_json::Value {
+        // The schema of what runner-medic writes: fields it leaves out when empty are optional.
+        let schema = schemars::generate::SchemaSettings::draft2020_12()
+            .for_serialize()
+            .into_generator()
+            .into_root_schema_for::<Report>();
+        serde_json::to_value(schema).expect("a schema serialises")
+    }
+
     pub fn to_json(&self) -> String {
         // Serialising plain data cannot fail.
-        serde_json::to_string_pretty(self).expect("report serialises")
+        serde_json::to_string_pretty(&self.with_status()).expect("report serialises")
     }
 }

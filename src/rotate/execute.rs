@@ -84,26 +84,30 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             fix: "create it (mode 0700) or choose another with `--state-dir`".into(),
         })?;
         let lock_dir = settings.lock_dir();
-        if opts.wait {
-            tracing::info!(locks = %lock_dir.display(), "waiting for another runner-medic run to finish");
-        }
-        let locks =
-            fs::lock_file(&settings.runner_config, &lock_dir, opts.wait).map_err(|e| match e {
-                fs::LockError::Held { .. } => CouldNotRun {
-                    message: format!(
-                        "{e}; it is rotating `{}` now",
-                        settings.runner_config.display()
-                    ),
-                    fix: "wait for it to finish, or run again with `--wait`".into(),
-                },
-                fs::LockError::Io(_) => CouldNotRun {
-                    message: format!("cannot take the lock in `{}`: {e}", lock_dir.display()),
-                    fix: format!(
-                        "make `{}` a writable directory owned by this user",
-                        lock_dir.display()
-                    ),
-                },
-            })?;
+        // Try without blocking first: "waiting" is said only when another run holds the lock.
+        let attempt = match fs::lock_file(&settings.runner_config, &lock_dir, false) {
+            Err(fs::LockError::Held { path }) if opts.wait => {
+                tracing::info!(lock = %path.display(), "waiting for another runner-medic run to finish");
+                fs::lock_file(&settings.runner_config, &lock_dir, true)
+            }
+            other => other,
+        };
+        let locks = attempt.map_err(|e| match e {
+            fs::LockError::Held { .. } => CouldNotRun {
+                message: format!(
+                    "{e}; it is rotating `{}` now",
+                    settings.runner_config.display()
+                ),
+                fix: "wait for it to finish, or run again with `--wait`".into(),
+            },
+            fs::LockError::Io(_) => CouldNotRun {
+                message: format!("cannot take the lock in `{}`: {e}", lock_dir.display()),
+                fix: format!(
+                    "make `{}` a writable directory owned by this user",
+                    lock_dir.display()
+                ),
+            },
+        })?;
         // Temp files a killed run left behind can hold tokens; with the lock held they are no
         // live run's.
         let real = fs_err::canonicalize(&settings.runner_config)

@@ -181,7 +181,9 @@ fn metrics_file_parses_and_has_the_documented_series() {
         .settings
         .project_runner_token_expiration_interval = Some(90 * 86400);
     let soon = env.expiring("soon", 2);
-    env.write_config(&[env.healthy("fine"), env.expired("old"), soon]);
+    let old = env.expired("old");
+    let old_id = old.id.unwrap();
+    env.write_config(&[env.healthy("fine"), old, soon]);
     let metrics = env.path("m.prom");
     let run = env.run(&["rotate", "--metrics-file", metrics.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -194,22 +196,41 @@ fn metrics_file_parses_and_has_the_documented_series() {
         "runner_medic_token_expiry_timestamp_seconds",
         "runner_medic_findings",
         "runner_medic_last_rotation_timestamp_seconds",
+        "runner_medic_last_run_timestamp_seconds",
+        "runner_medic_last_success_timestamp_seconds",
+        "runner_medic_last_run_exit_code",
+        "runner_medic_run_duration_seconds",
     ] {
         assert!(
             names.iter().any(|n| n == series),
             "{series} missing from:\n{text}"
         );
     }
+    let old = format!("runner_id=\"{}\",name=\"old\"", old_id);
     assert!(
-        text.contains("runner_medic_runner_healthy{runner=\"old\"} 1"),
+        text.contains(&format!("runner_medic_runner_healthy{{{old}}} 1")),
         "{text}"
     );
-    assert!(text.contains("runner_medic_last_rotation_timestamp_seconds{runner=\"old\",action=\"reset\",outcome=\"done\"}"), "{text}");
-    assert!(text.contains("runner_medic_findings{code=\"token_expired\",severity=\"error\"} 1"));
+    assert!(
+        text.contains(&format!(
+            "runner_medic_runner_status{{{old},status=\"fixed\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("runner_medic_last_rotation_success{{{old}}} 1")),
+        "{text}"
+    );
+    assert!(text.contains("runner_medic_findings{code=\"token_expired\"} 1"));
+    assert!(text.contains("runner_medic_last_run_exit_code 0"), "{text}");
     // The rotated runner's expiry is the new token's (about 90 days out).
     let line = text
         .lines()
-        .find(|l| l.starts_with("runner_medic_token_expiry_timestamp_seconds{runner=\"old\"}"))
+        .find(|l| {
+            l.starts_with(&format!(
+                "runner_medic_token_expiry_timestamp_seconds{{{old}}}"
+            ))
+        })
         .unwrap();
     let at: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(at > chrono::Utc::now().timestamp() + 80 * 86400, "{line}");

@@ -15,6 +15,7 @@ mod fidelity;
 mod fleet;
 mod gitlab_client;
 mod hostile;
+mod operations;
 mod packaging;
 mod reliability;
 mod reload;
