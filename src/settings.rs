@@ -103,6 +103,9 @@ pub struct Settings {
     pub strategy: Strategy,
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    /// Where `<host>.crt` and `<host>.auth.{crt,key}` are looked for, first to last:
+    /// gitlab-runner's certificate directory, then `certs/` beside the config.toml in use.
+    pub certs_dirs: Vec<PathBuf>,
     pub concurrency: usize,
     pub delete_replaced: bool,
     pub keep_backups: usize,
@@ -455,6 +458,19 @@ impl Settings {
             )
         })?;
         let (interval, jitter) = agent_timing(overrides, &file.agent, env.fast_retry)?;
+        // gitlab-runner's own directory (`getDefaultCertificateDirectory`, gitlab-org/gitlab-runner
+        // `commands/config.go`) first: what it uses wins. `certs/` beside a config.toml given with
+        // `--config` elsewhere is not read by gitlab-runner; runner-medic also looks there.
+        let mut certs_dirs: Vec<PathBuf> =
+            crate::gitlab::tls::gitlab_runner_certs_dir(env.is_root, env.home.as_deref())
+                .into_iter()
+                .collect();
+        if let Some(dir) = runner_config.parent() {
+            let beside = dir.join("certs");
+            if !certs_dirs.contains(&beside) {
+                certs_dirs.push(beside);
+            }
+        }
         Ok(Self {
             runner_config,
             settings_file: settings_path,
@@ -474,6 +490,7 @@ impl Settings {
                 Duration::from_secs(30),
             )?,
             retry,
+            certs_dirs,
             concurrency: file.concurrency.unwrap_or(16).clamp(1, 256),
             delete_replaced: file.delete_replaced.unwrap_or(true),
             keep_backups: file.keep_backups.unwrap_or(10).max(1),

@@ -77,6 +77,7 @@ pub fn client_options(
         retry: settings.retry.clone(),
         tls,
         system_id,
+        certs_dirs: settings.certs_dirs.clone(),
     }
 }
 

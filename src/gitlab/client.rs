@@ -60,6 +60,9 @@ pub struct ClientOptions {
     /// gitlab-runner's system id (`.runner_system_id`), sent with verify so GitLab does not
     /// create a stray `<legacy>` runner manager (reference §2.1).
     pub system_id: Option<String>,
+    /// Where `<host>.crt`, `<host>.auth.crt` and `<host>.auth.key` are looked for when the entry
+    /// names no file of its own, first to last (gitlab-runner's certificate directory first).
+    pub certs_dirs: Vec<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -69,6 +72,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             tls: TlsFiles::default(),
             system_id: None,
+            certs_dirs: Vec::new(),
         }
     }
 }
@@ -102,26 +106,13 @@ impl Http {
             // Never follow a redirect: it could carry a token to another host.
             .redirect(reqwest::redirect::Policy::none())
             .use_rustls_tls();
-        if let Some(ca) = &opts.tls.ca_file {
-            let pem = fs_err::read(ca).map_err(|e| Error::Setup(format!("tls-ca-file: {e}")))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::Setup(format!(
-                    "tls-ca-file `{}` holds no PEM certificate: {e}",
-                    ca.display()
-                ))
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if let (Some(cert), Some(key)) = (&opts.tls.cert_file, &opts.tls.key_file) {
-            let mut pem =
-                fs_err::read(cert).map_err(|e| Error::Setup(format!("tls-cert-file: {e}")))?;
-            pem.extend(fs_err::read(key).map_err(|e| Error::Setup(format!("tls-key-file: {e}")))?);
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| Error::Setup(format!("tls-cert-file/tls-key-file: {e}")))?;
-            builder = builder.identity(identity);
-        }
+        // The trust gitlab-runner would use for this URL (see `tls.rs`).
+        let files = super::tls::resolve(
+            &opts.tls,
+            base.host_str().unwrap_or_default(),
+            &opts.certs_dirs,
+        );
+        builder = builder.use_preconfigured_tls(super::tls::client_config(&files)?);
         let client = builder
             .build()
             .map_err(|e| Error::Setup(format!("HTTP client: {e}")))?;

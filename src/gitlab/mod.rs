@@ -9,6 +9,7 @@ mod api;
 mod client;
 mod error;
 mod retry;
+pub mod tls;
 
 pub use api::{
     AppSettings, CreateRunner, PatInfo, RunnerDetails, RunnerSummary, TokenGrant, Verified,

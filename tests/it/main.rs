@@ -18,3 +18,4 @@ mod packaging;
 mod reliability;
 mod rotate;
 mod service;
+mod trust;

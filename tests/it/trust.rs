@@ -1,0 +1,154 @@
+//! Trust and permissions the way gitlab-runner and GitLab have them: TLS files and the
+//! certificate directory, access-token scopes per action, owners who are not administrators,
+//! recreated runners that keep their projects and note, rate limits, TOML 1.1. Each test drives
+//! the real binary against the simulator.
+
+use gitlab_sim::{Options, TrustSetup};
+
+use crate::harness::{Entry, TestEnv};
+
+fn tls_env(trust: TrustSetup, client_cert: bool) -> TestEnv {
+    TestEnv::with_options(Options {
+        tls: true,
+        client_cert,
+        trust,
+        ..Options::default()
+    })
+}
+
+/// `<dir of config.toml>/certs/<name>`, created.
+fn certs_file(env: &TestEnv, name: &str, from: &std::path::Path) {
+    let dir = env.path("certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(from, dir.join(name)).unwrap();
+}
+
+/// `openssl req -x509` makes a self-signed certificate with `CA:TRUE`; Go accepts it as
+/// `tls-ca-file` because the server's certificate is in the pool itself. rustls alone refuses
+/// it (`CaUsedAsEndEntity`); runner-medic accepts it as gitlab-runner does.
+#[test]
+fn a_self_signed_ca_certificate_as_tls_ca_file_is_trusted_as_gitlab_runner_trusts_it() {
+    let mut env = tls_env(TrustSetup::SelfSignedCa, false);
+    let pem = env.sim.ca_pem_path().unwrap().display().to_string();
+    // Without it: not trusted.
+    env.write_config(&[env.healthy("plain")]);
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert!(
+        run.codes("plain").contains(&"tls_failure".to_string()),
+        "{}",
+        run.stdout
+    );
+    let expired = Entry {
+        extra: format!("  tls-ca-file = \"{pem}\"\n"),
+        ..env.expired("self-signed")
+    };
+    env.write_config(std::slice::from_ref(&expired));
+    env.extra_settings = String::new();
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.runner("self-signed")["action"], "reset");
+    assert_eq!(run.runner("self-signed")["outcome"], "done");
+    assert!(env.token_works(&env.config_token("self-signed")));
+    assert_ne!(env.config_token("self-signed"), expired.token);
+}
+
+/// The leaf alone (what `openssl s_client -showcerts` prints first) as `<host>.crt` in the
+/// `certs/` directory beside config.toml, with no `tls-ca-file`: trusted by exact match.
+#[test]
+fn a_leaf_alone_as_host_crt_in_the_certs_dir_is_trusted() {
+    let env = tls_env(TrustSetup::LeafOnly, false);
+    certs_file(&env, "localhost.crt", env.sim.ca_pem_path().unwrap());
+    let healthy = env.healthy("leaf-ok");
+    let expired = env.expired("leaf-exp");
+    env.write_config(&[healthy, expired.clone()]);
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert!(run.codes("leaf-ok").is_empty(), "{}", run.stdout);
+    assert_eq!(
+        run.codes("leaf-exp"),
+        vec!["token_expired"],
+        "{}",
+        run.stdout
+    );
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(env.token_works(&env.config_token("leaf-exp")));
+    assert_ne!(env.config_token("leaf-exp"), expired.token);
+}
+
+/// Go's exact match still checks the host name (`Certificate.Verify` calls `VerifyHostname`
+/// before it looks the certificate up in the pool): the self-signed certificate names
+/// `localhost` only, so `https://127.0.0.1` is refused even though it is in the trust file.
+#[test]
+fn the_exact_match_still_checks_the_host_name() {
+    let mut env = tls_env(TrustSetup::SelfSignedCa, false);
+    env.use_admin = false;
+    let pem = env.sim.ca_pem_path().unwrap().display().to_string();
+    let by_ip = Entry {
+        url: format!("https://127.0.0.1:{}", env.sim.addr().port()),
+        extra: format!("  tls-ca-file = \"{pem}\"\n"),
+        ..env.healthy("by-ip")
+    };
+    let by_name = Entry {
+        extra: format!("  tls-ca-file = \"{pem}\"\n"),
+        ..env.healthy("by-name")
+    };
+    env.write_config(&[by_ip, by_name]);
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(run.codes("by-ip"), vec!["tls_failure"], "{}", run.stdout);
+    assert!(run.codes("by-name").is_empty(), "{}", run.stdout);
+}
+
+/// gitlab-runner skips a `tls-ca-file` that does not exist and uses the system's CAs
+/// (`addTLSCA`); runner-medic does the same with a warning, where it used to give up.
+#[test]
+fn a_missing_tls_ca_file_is_a_warning_and_the_system_cas_are_used() {
+    let env = TestEnv::new();
+    let missing = env.path("no-such-ca.pem").display().to_string();
+    let expired = Entry {
+        extra: format!("  tls-ca-file = \"{missing}\"\n"),
+        ..env.expired("no-ca")
+    };
+    env.write_config(std::slice::from_ref(&expired));
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(
+        run.codes("no-ca"),
+        vec!["tls_file_unusable", "token_expired"],
+        "{}",
+        run.stdout
+    );
+    let f = &run.runner("no-ca")["findings"][0];
+    assert_eq!(f["severity"], "warning");
+    assert!(
+        f["message"].as_str().unwrap().contains("does not exist"),
+        "{f}"
+    );
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(env.token_works(&env.config_token("no-ca")));
+}
+
+/// Mutual TLS with `<host>.crt`, `<host>.auth.crt` and `<host>.auth.key` from the certificate
+/// directory (gitlab-runner `newClient`, `findCertificate`), for runner and privileged calls.
+#[test]
+fn the_client_certificate_comes_from_the_certs_dir() {
+    let env = tls_env(TrustSetup::PrivateCa, true);
+    let (cert, key) = env.sim.client_cert_paths().unwrap();
+    let (cert, key) = (cert.to_path_buf(), key.to_path_buf());
+    // Without the client certificate the handshake fails.
+    certs_file(&env, "localhost.crt", env.sim.ca_pem_path().unwrap());
+    env.write_config(&[env.healthy("mtls-probe")]);
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert!(
+        run.codes("mtls-probe").contains(&"tls_failure".to_string()),
+        "{}",
+        run.stdout
+    );
+    certs_file(&env, "localhost.auth.crt", &cert);
+    certs_file(&env, "localhost.auth.key", &key);
+    let expired = env.expired("mtls");
+    env.write_config(std::slice::from_ref(&expired));
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.runner("mtls")["outcome"], "done");
+    assert!(env.token_works(&env.config_token("mtls")));
+}
