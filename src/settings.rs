@@ -42,6 +42,7 @@ pub struct SettingsFile {
     pub strategy: Option<Strategy>,
     pub request_timeout: Option<String>,
     pub retry_attempts: Option<u32>,
+    pub retry_budget: Option<String>,
     pub concurrency: Option<usize>,
     pub delete_replaced: Option<bool>,
     pub keep_backups: Option<usize>,
@@ -441,6 +442,9 @@ impl Settings {
         let mut retry = RetryPolicy::default();
         if let Some(n) = file.retry_attempts {
             retry.max_attempts = n.max(1);
+        }
+        if let Some(b) = &file.retry_budget {
+            retry.budget = crate::gitlab::RetryBudget::new(parse_duration("retry_budget", b)?);
         }
         if env.fast_retry {
             retry.base_delay = Duration::from_millis(5);

@@ -95,6 +95,8 @@ struct Http {
     client: reqwest::Client,
     base: Url,
     opts: ClientOptions,
+    /// No request before this moment: the rate-limit quota is used up until then.
+    not_before: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Http {
@@ -121,7 +123,12 @@ impl Http {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Ok(Self { client, base, opts })
+        Ok(Self {
+            client,
+            base,
+            opts,
+            not_before: std::sync::Mutex::new(None),
+        })
     }
 
     fn url(&self, path: &str) -> Result<Url, Error> {
@@ -152,6 +159,7 @@ impl Http {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
+            self.wait_for_quota().await;
             let mut req = self.client.request(method.clone(), url.clone());
             if let Some(token) = private_token {
                 req = req.header("PRIVATE-TOKEN", token.expose_secret());
@@ -163,12 +171,8 @@ impl Http {
                 Ok(resp) => {
                     let status = resp.status();
                     let date = server_date(resp.headers());
-                    let retry_after = resp
-                        .headers()
-                        .get("Retry-After")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    let retry_after = asked_wait(resp.headers(), status.as_u16(), date);
+                    self.pace(resp.headers(), status.as_u16(), date);
                     let next_page = resp
                         .headers()
                         .get("X-Next-Page")
@@ -201,13 +205,59 @@ impl Http {
                 }
                 Err(e) => classify(&e, &shown, &host, self.opts.timeout),
             };
+            let rate_limited = err.status() == Some(429);
             match self.opts.retry.next_delay(attempt, &err, kind) {
-                Some(delay) if started.elapsed() + delay <= self.opts.retry.max_total => {
+                // A 429's wait is bounded by the run's budget only; other retries also by
+                // `max_total` per request.
+                Some(delay)
+                    if (rate_limited || started.elapsed() + delay <= self.opts.retry.max_total)
+                        && self.opts.retry.budget.take(delay) =>
+                {
                     tracing::debug!(url = %shown, attempt, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error = %err, "retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
+                Some(delay) if rate_limited => {
+                    tracing::warn!(url = %shown, wait_s = delay.as_secs(), budget_left_s = self.opts.retry.budget.left().as_secs(), "GitLab asks to wait longer than this run's retry budget has left; giving up on this request");
+                    return Err(err);
+                }
                 _ => return Err(err),
+            }
+        }
+    }
+
+    /// Remember when the quota resets after an answer that used it up (`RateLimit-Remaining: 0`),
+    /// so the next request waits for it instead of earning a 429.
+    fn pace(&self, headers: &reqwest::header::HeaderMap, status: u16, date: Option<DateTime<Utc>>) {
+        let remaining = headers
+            .get("RateLimit-Remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if status == 429 || remaining != Some(0) {
+            return;
+        }
+        if let Some(wait) = rate_limit_reset(headers, date) {
+            let mut at = self
+                .not_before
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *at = Some(Instant::now() + wait);
+        }
+    }
+
+    /// Wait for a quota that an earlier answer said was used up, if the budget allows.
+    async fn wait_for_quota(&self) {
+        let at = *self
+            .not_before
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(wait) = at.and_then(|at| at.checked_duration_since(Instant::now())) {
+            if self.opts.retry.budget.take(wait) {
+                tracing::debug!(
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "rate-limit quota used up; waiting for it to reset"
+                );
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -298,6 +348,60 @@ fn server_text(text: &str, secrets: &[&str]) -> String {
         out.push('…');
     }
     out
+}
+
+/// The wait a refusal asks for. On 429: until the quota resets (`RateLimit-ResetTime`, an HTTP
+/// date, as gitlab-runner reads first in `network/retry_requester.go`; or `RateLimit-Reset`, Unix
+/// seconds), else `Retry-After`. On other statuses only `Retry-After` (GitLab sends `RateLimit-*`
+/// on every answer, which says nothing about a 503). Reference §4.2, §4.3.
+fn asked_wait(
+    headers: &reqwest::header::HeaderMap,
+    status: u16,
+    date: Option<DateTime<Utc>>,
+) -> Option<Duration> {
+    if status == 429 {
+        if let Some(wait) = rate_limit_reset(headers, date) {
+            return Some(wait);
+        }
+    }
+    let text = headers.get("Retry-After")?.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    // `Retry-After` may also be an HTTP date (RFC 9110 §10.2.3).
+    let at = DateTime::parse_from_rfc2822(text).ok()?.with_timezone(&Utc);
+    Some(until(at, date))
+}
+
+/// When the rate-limit quota resets, as a wait from now.
+fn rate_limit_reset(
+    headers: &reqwest::header::HeaderMap,
+    date: Option<DateTime<Utc>>,
+) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let at = text("RateLimit-ResetTime")
+        .and_then(|t| DateTime::parse_from_rfc2822(t).ok())
+        .map(|d| d.with_timezone(&Utc))
+        .or_else(|| {
+            text("RateLimit-Reset")
+                .and_then(|t| t.parse::<i64>().ok())
+                .and_then(|secs| DateTime::from_timestamp(secs, 0))
+        })?;
+    Some(until(at, date))
+}
+
+/// From now until `at`, measured on the server's clock (its `Date`) when known: the host's
+/// clock may be off. `Date` and the reset are whole seconds, so one second is added: coming back
+/// early only earns another 429.
+fn until(at: DateTime<Utc>, date: Option<DateTime<Utc>>) -> Duration {
+    let now = date.unwrap_or_else(Utc::now);
+    let secs = (at - now).num_seconds().max(0);
+    Duration::from_secs(secs.unsigned_abs() + 1)
 }
 
 fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
@@ -615,5 +719,60 @@ impl AdminApi {
             value: grant(reply.value),
             server_date: reply.server_date,
         })
+    }
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn waits_are_read_as_gitlab_sends_them() {
+        let date = DateTime::parse_from_rfc2822("Tue, 05 Jan 2021 10:59:30 GMT")
+            .unwrap()
+            .with_timezone(&Utc);
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
+        // RateLimit-ResetTime first, then RateLimit-Reset (Unix time), measured from `Date`.
+        let both = headers(&[
+            ("RateLimit-ResetTime", "Tue, 05 Jan 2021 11:00:00 GMT"),
+            ("RateLimit-Reset", "1609844460"),
+            ("Retry-After", "5"),
+        ]);
+        assert_eq!(secs(asked_wait(&both, 429, Some(date))), Some(31));
+        let reset = headers(&[("RateLimit-Reset", "1609844400")]);
+        assert_eq!(secs(asked_wait(&reset, 429, Some(date))), Some(31));
+        // A reset in the past: come back in a second.
+        assert_eq!(
+            secs(asked_wait(
+                &reset,
+                429,
+                Some(date + chrono::Duration::hours(1))
+            )),
+            Some(1)
+        );
+        // Not on other statuses: there only Retry-After counts.
+        assert_eq!(secs(asked_wait(&both, 503, Some(date))), Some(5));
+        assert_eq!(secs(asked_wait(&reset, 503, Some(date))), None);
+        // Retry-After as an HTTP date.
+        let at = headers(&[("Retry-After", "Tue, 05 Jan 2021 11:00:00 GMT")]);
+        assert_eq!(secs(asked_wait(&at, 429, Some(date))), Some(31));
+        assert_eq!(secs(asked_wait(&headers(&[]), 429, Some(date))), None);
+        assert_eq!(
+            secs(asked_wait(
+                &headers(&[("Retry-After", "soon")]),
+                429,
+                Some(date)
+            )),
+            None
+        );
     }
 }

@@ -19,4 +19,4 @@ pub use client::{
     MAX_PAGES, SERVER_TEXT_CHARS,
 };
 pub use error::Error;
-pub use retry::RetryPolicy;
+pub use retry::{RetryBudget, RetryPolicy, MAX_RATE_LIMITED_ATTEMPTS};

@@ -26,6 +26,7 @@ fn fast() -> ClientOptions {
             base_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(20),
             max_total: Duration::from_secs(10),
+            ..RetryPolicy::default()
         },
         ..ClientOptions::default()
     }

@@ -37,6 +37,7 @@ fn admin(sim: &Simulator) -> AdminApi {
                 base_delay: Duration::from_millis(5),
                 max_delay: Duration::from_millis(20),
                 max_total: Duration::from_secs(30),
+                ..RetryPolicy::default()
             },
             ..ClientOptions::default()
         },

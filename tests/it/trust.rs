@@ -152,3 +152,80 @@ fn the_client_certificate_comes_from_the_certs_dir() {
     assert_eq!(run.runner("mtls")["outcome"], "done");
     assert!(env.token_works(&env.config_token("mtls")));
 }
+
+/// A Rack::Attack throttle that sends `RateLimit-*` but no `Retry-After`: runner-medic waits
+/// for `RateLimit-Reset` (and paces itself on `RateLimit-Remaining: 0`) instead of burning its
+/// few quick retries, and the rotation completes.
+#[test]
+fn a_throttle_with_ratelimit_headers_and_no_retry_after_is_waited_out() {
+    let env = TestEnv::new();
+    let a = env.expired("thr-a");
+    let b = env.revoked("thr-b");
+    env.write_config(&[a, b]);
+    env.sim.state().throttle = Some(gitlab_sim::Throttle::new(4, 2, false));
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(env.token_works(&env.config_token("thr-a")));
+    assert!(env.token_works(&env.config_token("thr-b")));
+    let s = env.sim.state();
+    // The run needed more than one window's quota: it crossed a reset.
+    let answered = s.log.iter().filter(|e| e.status != 429).count();
+    assert!(answered > 4, "{answered} requests answered");
+}
+
+/// 429 with no header at all (GitLab.com has sent those, gitlab-org/gitlab#365728): backoff,
+/// and more tries than `retry_attempts`, as long as the retry budget lasts.
+#[test]
+fn a_bare_429_is_backed_off_past_the_attempt_limit() {
+    let mut env = TestEnv::new();
+    env.extra_settings = "retry_attempts = 3\n".into();
+    let e = env.expired("bare");
+    env.write_config(std::slice::from_ref(&e));
+    env.sim.state().inject(
+        "POST /api/v4/runners/:id/reset_authentication_token",
+        gitlab_sim::FaultKind::RateLimitedBare,
+        Some(6),
+    );
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.runner("bare")["outcome"], "done");
+    assert!(env.token_works(&env.config_token("bare")));
+    assert_eq!(
+        env.sim
+            .state()
+            .requests_to("POST", "/api/v4/runners/:id/reset_authentication_token"),
+        7
+    );
+}
+
+/// A wait longer than what is left of the run's retry budget is not slept: the request gives up
+/// at once and the report says GitLab rate-limited it.
+#[test]
+fn a_wait_past_the_retry_budget_gives_up_at_once() {
+    let mut env = TestEnv::new();
+    env.extra_settings = "retry_budget = \"2s\"\n".into();
+    let e = env.expired("long-wait");
+    env.write_config(std::slice::from_ref(&e));
+    env.sim.state().inject(
+        "POST /api/v4/runners/:id/reset_authentication_token",
+        gitlab_sim::FaultKind::RateLimited {
+            retry_after_secs: 3600,
+        },
+        None,
+    );
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.runner("long-wait")["outcome"], "failed");
+    assert!(run.stdout.contains("429"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("retry budget"),
+        "the log says why it gave up: {}",
+        run.stderr
+    );
+    assert_eq!(
+        env.sim
+            .state()
+            .requests_to("POST", "/api/v4/runners/:id/reset_authentication_token"),
+        1
+    );
+}

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use state::{
-    AppSettings, Fault, FaultKind, LogEntry, NewRunner, Pat, Runner, RunnerType, State,
+    AppSettings, Fault, FaultKind, LogEntry, NewRunner, Pat, Runner, RunnerType, State, Throttle,
 };
 
 /// How to start a simulator.

@@ -103,6 +103,55 @@ pub struct AppSettings {
     pub project_runner_token_expiration_interval: Option<i64>,
 }
 
+/// A Rack::Attack throttle (GitLab `lib/gitlab/rack_attack.rb`, `throttle_authenticated_api`;
+/// docs `administration/settings/user_and_ip_rate_limits.md`; reference §4.2): at most `limit`
+/// requests per `period_secs` window. Every answer carries `RateLimit-Name`, `-Limit`,
+/// `-Observed`, `-Remaining`, `-Reset` (Unix time) and `-ResetTime` (HTTP date); a request past the
+/// limit is answered `429 Retry later`, with `Retry-After` only when `retry_after` is on (older
+/// versions and some paths send none).
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    pub limit: u32,
+    pub period_secs: i64,
+    pub retry_after: bool,
+    pub window_start: Option<DateTime<Utc>>,
+    pub observed: u32,
+    /// Requests refused with 429 so far.
+    pub refused: u32,
+}
+
+impl Throttle {
+    pub fn new(limit: u32, period_secs: i64, retry_after: bool) -> Self {
+        Self {
+            limit,
+            period_secs,
+            retry_after,
+            window_start: None,
+            observed: 0,
+            refused: 0,
+        }
+    }
+
+    /// Count a request at `now`: `(allowed, observed, reset)`.
+    pub fn count(&mut self, now: DateTime<Utc>) -> (bool, u32, DateTime<Utc>) {
+        let period = chrono::Duration::seconds(self.period_secs);
+        let start = match self.window_start {
+            Some(s) if now < s + period => s,
+            _ => {
+                self.observed = 0;
+                self.window_start = Some(now);
+                now
+            }
+        };
+        self.observed += 1;
+        let allowed = self.observed <= self.limit;
+        if !allowed {
+            self.refused += 1;
+        }
+        (allowed, self.observed, start + period)
+    }
+}
+
 /// A fault to inject on an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FaultKind {
@@ -110,6 +159,9 @@ pub enum FaultKind {
     Status(u16),
     /// 429 with `Retry-After: n`.
     RateLimited { retry_after_secs: u64 },
+    /// 429 `Retry later` with no header at all, as GitLab.com has answered
+    /// (gitlab-org/gitlab#365728; reference §4.2).
+    RateLimitedBare,
     /// Drop the connection (RST) without an answer.
     Reset,
     /// Hold the request this long before answering 504.
@@ -206,6 +258,8 @@ pub struct State {
     /// `lib/api/ci/helpers/runner.rb`, `lib/api/ci/runner.rb` (`http_codes [422, 'Runner is
     /// orphaned']`), `spec/requests/api/ci/runner/runners_verify_post_spec.rb`.
     pub reject_orphaned_runners: bool,
+    /// Rate limiting of every request (see [`Throttle`]); off by default.
+    pub throttle: Option<Throttle>,
     next_id: u64,
 }
 
@@ -225,6 +279,7 @@ impl State {
             record_has_token_expiry: false,
             orphaned: BTreeSet::new(),
             reject_orphaned_runners: false,
+            throttle: None,
             next_id: 1000,
         }
     }
