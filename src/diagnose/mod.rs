@@ -17,6 +17,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
+pub use admin::AdminAccess;
 pub use finding::{Finding, FindingCode, Severity};
 pub use judge::{describe_in as describe_expiry, renew_window, Judged, TokenState};
 pub use url::{has_legacy_ci_suffix, normalize_url, parse_runner_url, url_key};
@@ -58,6 +59,8 @@ pub struct Diagnosis {
     pub facts: Vec<RunnerFacts>,
     /// GitLab's time minus the host's, when known.
     pub skew: Option<chrono::Duration>,
+    /// What the privileged token may do, when it was checked and works.
+    pub admin_access: Option<AdminAccess>,
 }
 
 impl Diagnosis {
@@ -222,6 +225,7 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
                 config: None,
                 facts: Vec::new(),
                 skew: None,
+                admin_access: None,
             };
         }
     };
@@ -240,6 +244,7 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
     let mut clock = Clock::default();
 
     // The privileged credential first: its answers also tell the server's clock.
+    let mut admin_access = None;
     let admin = match &settings.admin {
         Some(cred) => match admin_api(settings, cred, &entries) {
             Ok(api) => {
@@ -249,6 +254,7 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
                 }
                 report.findings.extend(checked.findings);
                 report.admin_token_expires_at = checked.expires_at;
+                admin_access.clone_from(&checked.access);
                 checked.usable.then(|| Arc::new(api))
             }
             Err(e) => {
@@ -346,5 +352,6 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
         config: Some(config),
         facts,
         skew,
+        admin_access,
     }
 }

@@ -598,15 +598,60 @@ impl AdminApi {
         &self,
         runner_type: Option<&str>,
     ) -> Result<Vec<RunnerSummary>, Error> {
+        self.list_runners("api/v4/runners/all", runner_type).await
+    }
+
+    /// `GET /groups/:id/runners`: the group's runners and the instance runners, for the group's
+    /// Owners too (GitLab `lib/api/ci/runners.rb`, `group_or_instance_wide`).
+    pub async fn group_runners(
+        &self,
+        group: u64,
+        runner_type: Option<&str>,
+    ) -> Result<Vec<RunnerSummary>, Error> {
+        self.list_runners(&format!("api/v4/groups/{group}/runners"), runner_type)
+            .await
+    }
+
+    /// `GET /projects/:id/runners`: the project's runners and the instance runners, for its
+    /// Maintainers too (`owned_or_instance_wide`).
+    pub async fn project_runners(
+        &self,
+        project: u64,
+        runner_type: Option<&str>,
+    ) -> Result<Vec<RunnerSummary>, Error> {
+        self.list_runners(&format!("api/v4/projects/{project}/runners"), runner_type)
+            .await
+    }
+
+    /// `POST /projects/:id/runners`: assign a project runner to one more project (needs the
+    /// `api` scope).
+    pub async fn assign_to_project(&self, project: u64, runner: u64) -> Result<(), Error> {
+        self.http
+            .send(
+                Method::POST,
+                &format!("api/v4/projects/{project}/runners"),
+                Some(&self.token),
+                Some(json!({ "runner_id": runner })),
+                Idempotency::Safe,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn list_runners(
+        &self,
+        base: &str,
+        runner_type: Option<&str>,
+    ) -> Result<Vec<RunnerSummary>, Error> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        let list = self.http.shown("api/v4/runners/all");
+        let list = self.http.shown(base);
         let fail = |reason: String| Error::Pagination {
             url: list.clone(),
             reason,
         };
         for page in 1..=MAX_PAGES {
-            let mut path = format!("api/v4/runners/all?per_page={PER_PAGE}&page={page}");
+            let mut path = format!("{base}?per_page={PER_PAGE}&page={page}");
             if let Some(t) = runner_type {
                 let _ = write!(path, "&type={t}");
             }
@@ -704,7 +749,10 @@ impl AdminApi {
     /// `POST /user/runners` (§3.1). Never retried after an uncertain outcome; rotate looks for
     /// the creation by its `maintenance_note` tag first.
     pub async fn create_runner(&self, params: &CreateRunner) -> Result<Reply<TokenGrant>, Error> {
-        let body = serde_json::to_value(params).map_err(|e| Error::Setup(e.to_string()))?;
+        let mut body = serde_json::to_value(params).map_err(|e| Error::Setup(e.to_string()))?;
+        if let Some(map) = body.as_object_mut() {
+            map.remove("more_project_ids");
+        }
         let reply: Reply<RawGrant> = self
             .http
             .call(

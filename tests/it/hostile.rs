@@ -198,6 +198,8 @@ fn legacy_admin(env: &mut TestEnv) -> String {
         expires_at: None,
         revoked: false,
         admin: true,
+        groups: vec![],
+        projects: vec![],
     });
     drop(s);
     env.admin_token = token.clone();

@@ -229,3 +229,151 @@ fn a_wait_past_the_retry_budget_gives_up_at_once() {
         1
     );
 }
+
+fn reason(run: &crate::harness::Run, name: &str) -> String {
+    run.runner(name)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// GitLab takes `manage_runner` for a reset by id and `create_runner` for a creation
+/// (`lib/api/ci/runners.rb`, `lib/api/user_runners.rb`): a token with one of them still does
+/// that half, and only the other runner is `manual`, naming the missing scope.
+#[test]
+fn scopes_are_checked_per_action() {
+    for (scopes, works, manual, missing) in [
+        (
+            &["create_runner", "read_api"][..],
+            "del",
+            "rev",
+            "manage_runner",
+        ),
+        (&["manage_runner"][..], "rev", "del", "create_runner"),
+    ] {
+        let mut env = TestEnv::new();
+        env.admin_token = env.sim.state().add_pat(scopes, true, None);
+        env.extra_settings =
+            "[templates.del]\nrunner_type = \"instance_type\"\ndescription = \"del\"\n".into();
+        let rev = env.revoked("rev");
+        let del = env.deleted("del");
+        env.write_config(&[rev.clone(), del.clone()]);
+        let run = env.run(&["rotate", "--output", "json"]);
+        let what = format!("{scopes:?}: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(run.runner(works)["outcome"], "done", "{what}");
+        assert!(env.token_works(&env.config_token(works)), "{what}");
+        assert_eq!(run.runner(manual)["action"], "manual", "{what}");
+        let why = reason(&run, manual);
+        assert!(why.contains(missing), "{what}");
+        let token = if manual == "rev" {
+            &rev.token
+        } else {
+            &del.token
+        };
+        assert_eq!(&env.config_token(manual), token, "{what}");
+        let top = run.json()["findings"].clone();
+        let f = top
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["code"] == "admin_token_scope_missing")
+            .unwrap_or_else(|| panic!("{what}"));
+        assert_eq!(f["severity"], "warning", "{what}");
+    }
+}
+
+/// With Admin Mode on, an administrator's token acts as one only with the `admin_mode` scope:
+/// resetting an instance runner is `manual` until the token has it.
+#[test]
+fn admin_mode_needs_the_admin_mode_scope_for_instance_runners() {
+    let mut env = TestEnv::new();
+    env.sim.state().admin_mode = true;
+    let e = env.runner("inst", gitlab_sim::RunnerType::InstanceType);
+    env.sim.state().reset_token(e.id.unwrap());
+    env.write_config(std::slice::from_ref(&e));
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.runner("inst")["action"], "manual", "{}", run.stdout);
+    assert!(
+        reason(&run, "inst").contains("admin_mode"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(env.config_token("inst"), e.token);
+    assert_eq!(
+        env.sim
+            .state()
+            .requests_to("POST", "/api/v4/runners/:id/reset_authentication_token"),
+        0
+    );
+    env.admin_token = env.sim.state().add_pat(&["api", "admin_mode"], true, None);
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.runner("inst")["outcome"], "done");
+    assert!(env.token_works(&env.config_token("inst")));
+}
+
+/// A group's Owner (no administrator) settles a creation whose answer was lost: the runner is
+/// looked up in `GET /groups/:id/runners`, not in the administrators' `GET /runners/all`.
+#[test]
+fn a_group_owner_settles_an_interrupted_creation() {
+    let mut env = TestEnv::new();
+    env.admin_token = env.sim.state().add_owner_pat(&["api"], &[7], &[]);
+    env.extra_settings =
+        "[templates.grp]\nrunner_type = \"group_type\"\ngroup_id = 7\ndescription = \"grp\"\n"
+            .into();
+    env.write_config(&[env.deleted("grp")]);
+    // The creation happens; its answer is lost.
+    env.sim.state().inject_after(
+        "POST /api/v4/user/runners",
+        gitlab_sim::FaultKind::Status(502),
+        Some(1),
+    );
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.runner("grp")["outcome"], "done");
+    let s = env.sim.state();
+    assert_eq!(
+        s.requests_to("POST", "/api/v4/user/runners"),
+        1,
+        "created once"
+    );
+    assert!(s.requests_to("GET", "/api/v4/groups/:id/runners") >= 1);
+    assert_eq!(s.requests_to("GET", "/api/v4/runners/all"), 0);
+    let grp: Vec<_> = s
+        .runners
+        .values()
+        .filter(|r| r.description == "grp")
+        .collect();
+    assert_eq!(grp.len(), 1);
+    drop(s);
+    assert!(env.token_works(&env.config_token("grp")));
+}
+
+/// A recreated project runner is assigned to every project the old one had, and keeps its
+/// maintenance note with runner-medic's line after it.
+#[test]
+fn a_recreated_project_runner_keeps_its_projects_and_note() {
+    let env = TestEnv::new();
+    let old = env.revoked("multi");
+    {
+        let mut s = env.sim.state();
+        let r = s.runners.get_mut(&old.id.unwrap()).unwrap();
+        r.more_projects = vec![43, 44];
+        r.maintenance_note = Some("owned by the build team; call #ci".into());
+    }
+    env.write_config(std::slice::from_ref(&old));
+    let run = env.run(&["rotate", "--strategy", "recreate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let new_id = env.config_id("multi").unwrap() as u64;
+    let s = env.sim.state();
+    assert!(!s.runners.contains_key(&old.id.unwrap()));
+    let created = &s.runners[&new_id];
+    assert_eq!(s.runner_projects(new_id), vec![42, 43, 44]);
+    let note = created.maintenance_note.as_deref().unwrap();
+    assert!(
+        note.starts_with("owned by the build team; call #ci\n"),
+        "{note}"
+    );
+    assert!(note.contains("created by runner-medic"), "{note}");
+    assert_eq!(s.requests_to("POST", "/api/v4/projects/:id/runners"), 2);
+}

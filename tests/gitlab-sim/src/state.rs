@@ -43,7 +43,10 @@ pub struct Runner {
     pub id: u64,
     pub runner_type: RunnerType,
     pub group_id: Option<u64>,
+    /// The owner project of a project runner (the first in `projects`).
     pub project_id: Option<u64>,
+    /// Further projects a project runner is assigned to (`POST /projects/:id/runners`).
+    pub more_projects: Vec<u64>,
     pub description: String,
     pub tag_list: Vec<String>,
     pub run_untagged: bool,
@@ -93,6 +96,10 @@ pub struct Pat {
     pub revoked: bool,
     /// The owning user is an administrator.
     pub admin: bool,
+    /// Groups the owning user is an Owner of (non-administrators).
+    pub groups: Vec<u64>,
+    /// Projects the owning user is a Maintainer or Owner of (non-administrators).
+    pub projects: Vec<u64>,
 }
 
 /// The three runner token expiration intervals of `GET /application/settings` (seconds).
@@ -258,6 +265,11 @@ pub struct State {
     /// `lib/api/ci/helpers/runner.rb`, `lib/api/ci/runner.rb` (`http_codes [422, 'Runner is
     /// orphaned']`), `spec/requests/api/ci/runner/runners_verify_post_spec.rb`.
     pub reject_orphaned_runners: bool,
+    /// Admin Mode (*Admin area > Settings > General > Sign-in restrictions*): an administrator's
+    /// access token acts as an administrator only when it has the `admin_mode` scope (GitLab
+    /// `lib/gitlab/auth/current_user_mode.rb`, `lib/api/api_guard.rb`; reference §3 "Scopes").
+    /// Off by default.
+    pub admin_mode: bool,
     /// Rate limiting of every request (see [`Throttle`]); off by default.
     pub throttle: Option<Throttle>,
     next_id: u64,
@@ -279,6 +291,7 @@ impl State {
             record_has_token_expiry: false,
             orphaned: BTreeSet::new(),
             reject_orphaned_runners: false,
+            admin_mode: false,
             throttle: None,
             next_id: 1000,
         }
@@ -325,6 +338,7 @@ impl State {
                 runner_type: new.runner_type,
                 group_id,
                 project_id,
+                more_projects: Vec::new(),
                 description: new.description,
                 tag_list: new.tag_list,
                 run_untagged: true,
@@ -365,8 +379,29 @@ impl State {
             expires_at,
             revoked: false,
             admin,
+            groups: Vec::new(),
+            projects: Vec::new(),
         });
         token
+    }
+
+    /// An access token of a user who is no administrator but owns these groups and projects.
+    pub fn add_owner_pat(&mut self, scopes: &[&str], groups: &[u64], projects: &[u64]) -> String {
+        let token = self.add_pat(scopes, false, None);
+        let pat = self.pats.last_mut().expect("just added");
+        pat.groups = groups.to_vec();
+        pat.projects = projects.to_vec();
+        token
+    }
+
+    /// The projects of a runner: its owner project first, then the others.
+    pub fn runner_projects(&self, id: u64) -> Vec<u64> {
+        self.runners.get(&id).map_or_else(Vec::new, |r| {
+            r.project_id
+                .into_iter()
+                .chain(r.more_projects.iter().copied())
+                .collect()
+        })
     }
 
     /// The runner whose current, unexpired token this is (`Ci::Runner.find_by_token` leaves out
