@@ -377,3 +377,34 @@ fn a_recreated_project_runner_keeps_its_projects_and_note() {
     assert!(note.contains("created by runner-medic"), "{note}");
     assert_eq!(s.requests_to("POST", "/api/v4/projects/:id/runners"), 2);
 }
+
+/// gitlab-runner (BurntSushi/toml) reads TOML 1.1; toml_edit 0.22 reads TOML 1.0. A config.toml
+/// that uses a TOML 1.1 addition is named as such, with line and column, and nothing changes:
+/// no request that changes GitLab, no write.
+#[test]
+fn a_toml_1_1_config_is_named_and_left_alone() {
+    let env = TestEnv::new();
+    let e = env.expired("t11");
+    env.write_config(std::slice::from_ref(&e));
+    let mut text = env.config_text();
+    text.push_str("  [runners.custom_build_dir]\n  env = { A = \"1\",\n          B = \"2\", }\n");
+    env.write_config_text(&text);
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    let f = &run.json()["findings"][0];
+    assert_eq!(f["code"], "config_invalid", "{f}");
+    let message = f["message"].as_str().unwrap();
+    assert!(message.contains("TOML 1.1"), "{message}");
+    assert!(message.contains("inline table"), "{message}");
+    // The newline after `A = "1",` is where TOML 1.0 stops.
+    let line = text.lines().position(|l| l.contains("env = {")).unwrap() + 1;
+    assert!(
+        message.contains(&format!("config.toml:{line}:")),
+        "{message}"
+    );
+    assert_eq!(f["line"], line as u64, "{f}");
+    assert!(f["column"].as_u64().is_some());
+    assert!(f["fix"].as_str().unwrap().contains("TOML 1.0"), "{f}");
+    assert_eq!(env.config_text(), text);
+    assert!(env.changing_requests().is_empty());
+}
