@@ -42,6 +42,7 @@ pub struct SettingsFile {
     pub strategy: Option<Strategy>,
     pub request_timeout: Option<String>,
     pub retry_attempts: Option<u32>,
+    pub retry_budget: Option<String>,
     pub concurrency: Option<usize>,
     pub delete_replaced: Option<bool>,
     pub keep_backups: Option<usize>,
@@ -129,6 +130,9 @@ pub struct Settings {
     pub strategy: Strategy,
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    /// Where `<host>.crt` and `<host>.auth.{crt,key}` are looked for, first to last:
+    /// gitlab-runner's certificate directory, then `certs/` beside the config.toml in use.
+    pub certs_dirs: Vec<PathBuf>,
     pub concurrency: usize,
     pub delete_replaced: bool,
     pub keep_backups: usize,
@@ -601,6 +605,9 @@ impl Settings {
         if let Some(n) = file.retry_attempts {
             retry.max_attempts = n.max(1);
         }
+        if let Some(b) = &file.retry_budget {
+            retry.budget = crate::gitlab::RetryBudget::new(parse_duration("retry_budget", b)?);
+        }
         if env.fast_retry {
             retry.base_delay = Duration::from_millis(5);
             retry.max_delay = Duration::from_millis(50);
@@ -617,6 +624,19 @@ impl Settings {
             )
         })?;
         let (interval, jitter) = agent_timing(overrides, &file.agent, env.fast_retry)?;
+        // gitlab-runner's own directory (`getDefaultCertificateDirectory`, gitlab-org/gitlab-runner
+        // `commands/config.go`) first: what it uses wins. `certs/` beside a config.toml given with
+        // `--config` elsewhere is not read by gitlab-runner; runner-medic also looks there.
+        let mut certs_dirs: Vec<PathBuf> =
+            crate::gitlab::tls::gitlab_runner_certs_dir(env.is_root, env.home.as_deref())
+                .into_iter()
+                .collect();
+        if let Some(dir) = runner_config.parent() {
+            let beside = dir.join("certs");
+            if !certs_dirs.contains(&beside) {
+                certs_dirs.push(beside);
+            }
+        }
         Ok(Self {
             runner_config,
             settings_file: settings_path,
@@ -636,6 +656,7 @@ impl Settings {
                 Duration::from_secs(30),
             )?,
             retry,
+            certs_dirs,
             concurrency: file.concurrency.unwrap_or(16).clamp(1, 256),
             delete_replaced: file.delete_replaced.unwrap_or(true),
             keep_backups: file.keep_backups.unwrap_or(10).max(1),

@@ -78,7 +78,9 @@ pub async fn run(
             scope: Scope::default(),
             wait: true,
         };
-        let current = settings.clone();
+        let mut current = settings.clone();
+        // Each cycle is a run with a retry budget of its own.
+        current.retry.budget = current.retry.budget.renewed();
         let started = Instant::now();
         let cycle = async move { crate::rotate::rotate(&current, &opts).await };
         tokio::pin!(cycle);

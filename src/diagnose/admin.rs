@@ -8,7 +8,25 @@ use super::host_now;
 use crate::gitlab::AdminApi;
 use crate::settings::Settings;
 
+/// What the privileged token may do, for rotate to plan each action by.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    pub scopes: Vec<String>,
+    /// `GET /application/settings` answered (`Some(true)`) or was refused (`Some(false)`): the
+    /// token acts as an administrator or not. A refused administrator's token lacks the
+    /// `admin_mode` scope while Admin Mode is on.
+    pub instance_admin: Option<bool>,
+}
+
+impl AdminAccess {
+    /// The token carries `scope` or `api`, which allows everything (reference §3 "Scopes").
+    pub fn has(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope || s == "api")
+    }
+}
+
 pub struct AdminCheck {
+    pub access: Option<AdminAccess>,
     pub findings: Vec<Finding>,
     pub expires_at: Option<chrono::NaiveDate>,
     /// The credential works (rotate may use it).
@@ -17,12 +35,14 @@ pub struct AdminCheck {
 }
 
 const NEW_TOKEN_FIX: &str =
-    "create an access token with the scopes `create_runner` and `manage_runner` (or `api`) \
-     for a user who owns the runners (an administrator for instance runners), write it to the \
-     admin token file (mode 0600), then run `runner-medic diagnose`";
+    "create an access token with the scopes `create_runner`, `manage_runner` and `read_api` (or \
+     `api`; `api` is also needed to assign a recreated runner to more than one project) for a \
+     user who owns the runners (an administrator for instance runners, with `admin_mode` if Admin \
+     Mode is on), write it to the admin token file (mode 0600), then run `runner-medic diagnose`";
 
 pub async fn check(api: &AdminApi, settings: &Settings) -> AdminCheck {
     let mut out = AdminCheck {
+        access: None,
         findings: Vec::new(),
         expires_at: None,
         usable: false,
@@ -58,26 +78,43 @@ pub async fn check(api: &AdminApi, settings: &Settings) -> AdminCheck {
             let pat = reply.value;
             out.usable = true;
             out.expires_at = pat.expires_at;
-            let has = |s: &str| pat.scopes.iter().any(|x| x == s || x == "api");
+            let access = AdminAccess {
+                scopes: pat.scopes.clone(),
+                instance_admin: None,
+            };
+            // Per action (GitLab `lib/api/ci/runners.rb` `allow_access_with_scope :manage_runner`
+            // for `/runners/:id…`, `lib/api/user_runners.rb` `allow_access_with_scope
+            // :create_runner`): a reset needs `manage_runner`, a creation `create_runner`, and
+            // `api` covers both. A token with neither can do nothing for rotate.
             let mut missing = Vec::new();
-            if !has("manage_runner") {
-                missing.push("manage_runner");
+            if !access.has("manage_runner") {
+                missing.push("`manage_runner` (resets and deletions by id are planned `manual`)");
             }
-            if !has("create_runner") {
-                missing.push("create_runner");
+            if !access.has("create_runner") {
+                missing.push("`create_runner` (recreations are planned `manual`)");
             }
+            if !access.has("read_api") && access.has("create_runner") {
+                missing.push("`read_api` (an interrupted creation cannot be looked up)");
+            }
+            let useless = !access.has("manage_runner") && !access.has("create_runner");
             if !missing.is_empty() {
-                out.findings.push(Finding::error(
-                    FindingCode::AdminTokenScopeMissing,
-                    format!(
-                        "the privileged token `{}` lacks the scope(s) {} that rotate needs (it has: {})",
-                        pat.name.as_deref().unwrap_or("?"),
-                        missing.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
-                        if pat.scopes.is_empty() { "none".to_string() } else { pat.scopes.join(", ") }
-                    ),
-                    NEW_TOKEN_FIX,
-                ));
+                let message = format!(
+                    "the privileged token `{}` lacks the scope(s) {} (it has: {})",
+                    pat.name.as_deref().unwrap_or("?"),
+                    missing.join(", "),
+                    if pat.scopes.is_empty() {
+                        "none".to_string()
+                    } else {
+                        pat.scopes.join(", ")
+                    }
+                );
+                out.findings.push(if useless {
+                    Finding::error(FindingCode::AdminTokenScopeMissing, message, NEW_TOKEN_FIX)
+                } else {
+                    Finding::warning(FindingCode::AdminTokenScopeMissing, message, NEW_TOKEN_FIX)
+                });
             }
+            out.access = Some(access);
             if let Some(expires) = pat.expires_at {
                 let today = host_now().date_naive();
                 let days = (expires - today).num_days();
@@ -91,8 +128,17 @@ pub async fn check(api: &AdminApi, settings: &Settings) -> AdminCheck {
             }
         }
     }
-    // The instance policy is readable by administrators only; others simply skip it.
-    if let Ok(reply) = api.application_settings().await {
+    // The instance policy is readable by administrators only; others simply skip it. Whether it
+    // answers also tells whether the token acts as an administrator.
+    let settings_reply = api.application_settings().await;
+    if let Some(access) = out.access.as_mut() {
+        access.instance_admin = match &settings_reply {
+            Ok(_) => Some(true),
+            Err(e) if e.status() == Some(403) => Some(false),
+            Err(_) => None,
+        };
+    }
+    if let Ok(reply) = settings_reply {
         let s = reply.value;
         for (kind, key, value) in [
             (

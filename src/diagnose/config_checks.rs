@@ -31,13 +31,41 @@ pub fn file_finding(e: &ConfigError) -> Finding {
         ConfigError::Unreadable { .. } => {
             Finding::error(FindingCode::ConfigUnreadable, e.to_string(), e.fix())
         }
-        ConfigError::Invalid { line, column, .. } => {
+        ConfigError::Invalid { line, column, .. } | ConfigError::Toml11 { line, column, .. } => {
             let mut f =
                 Finding::error(FindingCode::ConfigInvalid, e.to_string(), e.fix()).at(Some(*line));
             f.column = Some(*column);
             f
         }
         other => Finding::error(FindingCode::ConfigInvalid, other.to_string(), other.fix()),
+    }
+}
+
+/// A TLS file the entry names (or gitlab-runner's certificate directory holds for its host) that
+/// cannot be used: gitlab-runner goes on without it (the system's CAs, no client certificate;
+/// gitlab-org/gitlab-runner `network/client.go` `addTLSCA`, `addTLSAuth`), and so does
+/// runner-medic, with a warning.
+fn tls_file_findings(
+    entry: &RunnerEntry,
+    url: &Url,
+    settings: &Settings,
+    at: &dyn Fn(Option<usize>) -> String,
+    findings: &mut Vec<Finding>,
+) {
+    let files = crate::gitlab::tls::resolve(
+        &super::tls_files(entry),
+        url.host_str().unwrap_or_default(),
+        &settings.certs_dirs,
+    );
+    for problem in crate::gitlab::tls::problems(&files) {
+        findings.push(
+            Finding::warning(
+                FindingCode::TlsFileUnusable,
+                format!("runner `{}` ({}): {problem}", entry.name, at(None)),
+                "fix the path in the entry (`tls-ca-file`, `tls-cert-file`, `tls-key-file`) or the file it names, or remove the key; gitlab-runner ignores such a file the same way",
+            )
+            .at(Some(entry.line)),
+        );
     }
 }
 
@@ -175,6 +203,7 @@ pub fn check_entry(entry: &RunnerEntry, config: &ConfigFile, settings: &Settings
                         );
                     }
                 }
+                tls_file_findings(entry, &parsed, settings, &at, &mut findings);
                 url = Some(parsed);
             }
         },

@@ -67,6 +67,7 @@ codes! {
     RunnerOrphaned = "runner_orphaned",
     SharedToken = "shared_token",
     FleetStoreUnavailable = "fleet_store_unavailable",
+    TlsFileUnusable = "tls_file_unusable",
 }
 
 impl schemars::JsonSchema for FindingCode {

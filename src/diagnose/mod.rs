@@ -18,6 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
+pub use admin::AdminAccess;
 pub use finding::{Finding, FindingCode, Severity};
 pub use judge::{describe_in as describe_expiry, renew_window, Judged, TokenState};
 pub use url::{has_legacy_ci_suffix, normalize_url, parse_runner_url, url_key};
@@ -67,6 +68,8 @@ pub struct Diagnosis {
     pub facts: Vec<RunnerFacts>,
     /// GitLab's time minus the host's, when known.
     pub skew: Option<chrono::Duration>,
+    /// What the privileged token may do, when it was checked and works.
+    pub admin_access: Option<AdminAccess>,
 }
 
 impl Diagnosis {
@@ -86,6 +89,7 @@ pub fn client_options(
         retry: settings.retry.clone(),
         tls,
         system_id,
+        certs_dirs: settings.certs_dirs.clone(),
     }
 }
 
@@ -236,6 +240,7 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
                 config: None,
                 facts: Vec::new(),
                 skew: None,
+                admin_access: None,
             };
         }
     };
@@ -254,6 +259,7 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
     let mut clock = Clock::default();
 
     // The privileged credential first: its answers also tell the server's clock.
+    let mut admin_access = None;
     let admin = match &settings.admin {
         Some(cred) => match admin_api(settings, cred, &entries) {
             Ok(api) => {
@@ -266,6 +272,7 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
                     .expires_at
                     .and_then(|d| d.and_hms_opt(0, 0, 0))
                     .map(|t| t.and_utc());
+                admin_access.clone_from(&checked.access);
                 checked.usable.then(|| Arc::new(api))
             }
             Err(e) => {
@@ -421,5 +428,6 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
         config: Some(config),
         facts,
         skew,
+        admin_access,
     }
 }

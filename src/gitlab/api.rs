@@ -133,15 +133,21 @@ pub struct CreateRunner {
     pub paused: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance_note: Option<String>,
+    /// Projects besides `project_id` a project runner is assigned to after its creation
+    /// (`POST /projects/:id/runners`); never sent to `POST /user/runners`, which takes one project.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_project_ids: Vec<u64>,
 }
 
 impl CreateRunner {
-    /// The parameters that recreate `old` as it was.
+    /// The parameters that recreate `old` as it was: every project (GitLab lists the owner
+    /// project first) and its maintenance note.
     pub fn like(old: &RunnerDetails) -> Self {
         Self {
             runner_type: old.runner_type.clone(),
             group_id: old.groups.first().map(|g| g.id),
             project_id: old.projects.first().map(|p| p.id),
+            more_project_ids: old.projects.iter().skip(1).map(|p| p.id).collect(),
             description: old.description.clone(),
             tag_list: old.tag_list.clone(),
             run_untagged: old.run_untagged,
@@ -149,7 +155,7 @@ impl CreateRunner {
             access_level: old.access_level.clone(),
             maximum_timeout: old.maximum_timeout,
             paused: old.paused,
-            maintenance_note: None,
+            maintenance_note: old.maintenance_note.clone(),
         }
     }
 }

@@ -60,6 +60,9 @@ pub struct ClientOptions {
     /// gitlab-runner's system id (`.runner_system_id`), sent with verify so GitLab does not
     /// create a stray `<legacy>` runner manager (reference §2.1).
     pub system_id: Option<String>,
+    /// Where `<host>.crt`, `<host>.auth.crt` and `<host>.auth.key` are looked for when the entry
+    /// names no file of its own, first to last (gitlab-runner's certificate directory first).
+    pub certs_dirs: Vec<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -69,6 +72,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             tls: TlsFiles::default(),
             system_id: None,
+            certs_dirs: Vec::new(),
         }
     }
 }
@@ -91,6 +95,8 @@ struct Http {
     client: reqwest::Client,
     base: Url,
     opts: ClientOptions,
+    /// No request before this moment: the rate-limit quota is used up until then.
+    not_before: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Http {
@@ -102,26 +108,13 @@ impl Http {
             // Never follow a redirect: it could carry a token to another host.
             .redirect(reqwest::redirect::Policy::none())
             .use_rustls_tls();
-        if let Some(ca) = &opts.tls.ca_file {
-            let pem = fs_err::read(ca).map_err(|e| Error::Setup(format!("tls-ca-file: {e}")))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::Setup(format!(
-                    "tls-ca-file `{}` holds no PEM certificate: {e}",
-                    ca.display()
-                ))
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if let (Some(cert), Some(key)) = (&opts.tls.cert_file, &opts.tls.key_file) {
-            let mut pem =
-                fs_err::read(cert).map_err(|e| Error::Setup(format!("tls-cert-file: {e}")))?;
-            pem.extend(fs_err::read(key).map_err(|e| Error::Setup(format!("tls-key-file: {e}")))?);
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| Error::Setup(format!("tls-cert-file/tls-key-file: {e}")))?;
-            builder = builder.identity(identity);
-        }
+        // The trust gitlab-runner would use for this URL (see `tls.rs`).
+        let files = super::tls::resolve(
+            &opts.tls,
+            base.host_str().unwrap_or_default(),
+            &opts.certs_dirs,
+        );
+        builder = builder.use_preconfigured_tls(super::tls::client_config(&files)?);
         let client = builder
             .build()
             .map_err(|e| Error::Setup(format!("HTTP client: {e}")))?;
@@ -130,7 +123,12 @@ impl Http {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Ok(Self { client, base, opts })
+        Ok(Self {
+            client,
+            base,
+            opts,
+            not_before: std::sync::Mutex::new(None),
+        })
     }
 
     fn url(&self, path: &str) -> Result<Url, Error> {
@@ -161,6 +159,7 @@ impl Http {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
+            self.wait_for_quota().await;
             let mut req = self.client.request(method.clone(), url.clone());
             if let Some(token) = private_token {
                 req = req.header("PRIVATE-TOKEN", token.expose_secret());
@@ -172,12 +171,8 @@ impl Http {
                 Ok(resp) => {
                     let status = resp.status();
                     let date = server_date(resp.headers());
-                    let retry_after = resp
-                        .headers()
-                        .get("Retry-After")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    let retry_after = asked_wait(resp.headers(), status.as_u16(), date);
+                    self.pace(resp.headers(), status.as_u16(), date);
                     let next_page = resp
                         .headers()
                         .get("X-Next-Page")
@@ -210,13 +205,59 @@ impl Http {
                 }
                 Err(e) => classify(&e, &shown, &host, self.opts.timeout),
             };
+            let rate_limited = err.status() == Some(429);
             match self.opts.retry.next_delay(attempt, &err, kind) {
-                Some(delay) if started.elapsed() + delay <= self.opts.retry.max_total => {
+                // A 429's wait is bounded by the run's budget only; other retries also by
+                // `max_total` per request.
+                Some(delay)
+                    if (rate_limited || started.elapsed() + delay <= self.opts.retry.max_total)
+                        && self.opts.retry.budget.take(delay) =>
+                {
                     tracing::debug!(url = %shown, attempt, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error = %err, "retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
+                Some(delay) if rate_limited => {
+                    tracing::warn!(url = %shown, wait_s = delay.as_secs(), budget_left_s = self.opts.retry.budget.left().as_secs(), "GitLab asks to wait longer than this run's retry budget has left; giving up on this request");
+                    return Err(err);
+                }
                 _ => return Err(err),
+            }
+        }
+    }
+
+    /// Remember when the quota resets after an answer that used it up (`RateLimit-Remaining: 0`),
+    /// so the next request waits for it instead of earning a 429.
+    fn pace(&self, headers: &reqwest::header::HeaderMap, status: u16, date: Option<DateTime<Utc>>) {
+        let remaining = headers
+            .get("RateLimit-Remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if status == 429 || remaining != Some(0) {
+            return;
+        }
+        if let Some(wait) = rate_limit_reset(headers, date) {
+            let mut at = self
+                .not_before
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *at = Some(Instant::now() + wait);
+        }
+    }
+
+    /// Wait for a quota that an earlier answer said was used up, if the budget allows.
+    async fn wait_for_quota(&self) {
+        let at = *self
+            .not_before
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(wait) = at.and_then(|at| at.checked_duration_since(Instant::now())) {
+            if self.opts.retry.budget.take(wait) {
+                tracing::debug!(
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "rate-limit quota used up; waiting for it to reset"
+                );
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -307,6 +348,60 @@ fn server_text(text: &str, secrets: &[&str]) -> String {
         out.push('…');
     }
     out
+}
+
+/// The wait a refusal asks for. On 429: until the quota resets (`RateLimit-ResetTime`, an HTTP
+/// date, as gitlab-runner reads first in `network/retry_requester.go`; or `RateLimit-Reset`, Unix
+/// seconds), else `Retry-After`. On other statuses only `Retry-After` (GitLab sends `RateLimit-*`
+/// on every answer, which says nothing about a 503). Reference §4.2, §4.3.
+fn asked_wait(
+    headers: &reqwest::header::HeaderMap,
+    status: u16,
+    date: Option<DateTime<Utc>>,
+) -> Option<Duration> {
+    if status == 429 {
+        if let Some(wait) = rate_limit_reset(headers, date) {
+            return Some(wait);
+        }
+    }
+    let text = headers.get("Retry-After")?.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    // `Retry-After` may also be an HTTP date (RFC 9110 §10.2.3).
+    let at = DateTime::parse_from_rfc2822(text).ok()?.with_timezone(&Utc);
+    Some(until(at, date))
+}
+
+/// When the rate-limit quota resets, as a wait from now.
+fn rate_limit_reset(
+    headers: &reqwest::header::HeaderMap,
+    date: Option<DateTime<Utc>>,
+) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let at = text("RateLimit-ResetTime")
+        .and_then(|t| DateTime::parse_from_rfc2822(t).ok())
+        .map(|d| d.with_timezone(&Utc))
+        .or_else(|| {
+            text("RateLimit-Reset")
+                .and_then(|t| t.parse::<i64>().ok())
+                .and_then(|secs| DateTime::from_timestamp(secs, 0))
+        })?;
+    Some(until(at, date))
+}
+
+/// From now until `at`, measured on the server's clock (its `Date`) when known: the host's
+/// clock may be off. `Date` and the reset are whole seconds, so one second is added: coming back
+/// early only earns another 429.
+fn until(at: DateTime<Utc>, date: Option<DateTime<Utc>>) -> Duration {
+    let now = date.unwrap_or_else(Utc::now);
+    let secs = (at - now).num_seconds().max(0);
+    Duration::from_secs(secs.unsigned_abs() + 1)
 }
 
 fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
@@ -510,15 +605,60 @@ impl AdminApi {
         &self,
         runner_type: Option<&str>,
     ) -> Result<Vec<RunnerSummary>, Error> {
+        self.list_runners("api/v4/runners/all", runner_type).await
+    }
+
+    /// `GET /groups/:id/runners`: the group's runners and the instance runners, for the group's
+    /// Owners too (GitLab `lib/api/ci/runners.rb`, `group_or_instance_wide`).
+    pub async fn group_runners(
+        &self,
+        group: u64,
+        runner_type: Option<&str>,
+    ) -> Result<Vec<RunnerSummary>, Error> {
+        self.list_runners(&format!("api/v4/groups/{group}/runners"), runner_type)
+            .await
+    }
+
+    /// `GET /projects/:id/runners`: the project's runners and the instance runners, for its
+    /// Maintainers too (`owned_or_instance_wide`).
+    pub async fn project_runners(
+        &self,
+        project: u64,
+        runner_type: Option<&str>,
+    ) -> Result<Vec<RunnerSummary>, Error> {
+        self.list_runners(&format!("api/v4/projects/{project}/runners"), runner_type)
+            .await
+    }
+
+    /// `POST /projects/:id/runners`: assign a project runner to one more project (needs the
+    /// `api` scope).
+    pub async fn assign_to_project(&self, project: u64, runner: u64) -> Result<(), Error> {
+        self.http
+            .send(
+                Method::POST,
+                &format!("api/v4/projects/{project}/runners"),
+                Some(&self.token),
+                Some(json!({ "runner_id": runner })),
+                Idempotency::Safe,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn list_runners(
+        &self,
+        base: &str,
+        runner_type: Option<&str>,
+    ) -> Result<Vec<RunnerSummary>, Error> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        let list = self.http.shown("api/v4/runners/all");
+        let list = self.http.shown(base);
         let fail = |reason: String| Error::Pagination {
             url: list.clone(),
             reason,
         };
         for page in 1..=MAX_PAGES {
-            let mut path = format!("api/v4/runners/all?per_page={PER_PAGE}&page={page}");
+            let mut path = format!("{base}?per_page={PER_PAGE}&page={page}");
             if let Some(t) = runner_type {
                 let _ = write!(path, "&type={t}");
             }
@@ -616,7 +756,10 @@ impl AdminApi {
     /// `POST /user/runners` (§3.1). Never retried after an uncertain outcome; rotate looks for
     /// the creation by its `maintenance_note` tag first.
     pub async fn create_runner(&self, params: &CreateRunner) -> Result<Reply<TokenGrant>, Error> {
-        let body = serde_json::to_value(params).map_err(|e| Error::Setup(e.to_string()))?;
+        let mut body = serde_json::to_value(params).map_err(|e| Error::Setup(e.to_string()))?;
+        if let Some(map) = body.as_object_mut() {
+            map.remove("more_project_ids");
+        }
         let reply: Reply<RawGrant> = self
             .http
             .call(
@@ -631,5 +774,60 @@ impl AdminApi {
             value: grant(reply.value),
             server_date: reply.server_date,
         })
+    }
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn waits_are_read_as_gitlab_sends_them() {
+        let date = DateTime::parse_from_rfc2822("Tue, 05 Jan 2021 10:59:30 GMT")
+            .unwrap()
+            .with_timezone(&Utc);
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
+        // RateLimit-ResetTime first, then RateLimit-Reset (Unix time), measured from `Date`.
+        let both = headers(&[
+            ("RateLimit-ResetTime", "Tue, 05 Jan 2021 11:00:00 GMT"),
+            ("RateLimit-Reset", "1609844460"),
+            ("Retry-After", "5"),
+        ]);
+        assert_eq!(secs(asked_wait(&both, 429, Some(date))), Some(31));
+        let reset = headers(&[("RateLimit-Reset", "1609844400")]);
+        assert_eq!(secs(asked_wait(&reset, 429, Some(date))), Some(31));
+        // A reset in the past: come back in a second.
+        assert_eq!(
+            secs(asked_wait(
+                &reset,
+                429,
+                Some(date + chrono::Duration::hours(1))
+            )),
+            Some(1)
+        );
+        // Not on other statuses: there only Retry-After counts.
+        assert_eq!(secs(asked_wait(&both, 503, Some(date))), Some(5));
+        assert_eq!(secs(asked_wait(&reset, 503, Some(date))), None);
+        // Retry-After as an HTTP date.
+        let at = headers(&[("Retry-After", "Tue, 05 Jan 2021 11:00:00 GMT")]);
+        assert_eq!(secs(asked_wait(&at, 429, Some(date))), Some(31));
+        assert_eq!(secs(asked_wait(&headers(&[]), 429, Some(date))), None);
+        assert_eq!(
+            secs(asked_wait(
+                &headers(&[("Retry-After", "soon")]),
+                429,
+                Some(date)
+            )),
+            None
+        );
     }
 }

@@ -9,6 +9,7 @@ mod api;
 mod client;
 mod error;
 mod retry;
+pub mod tls;
 
 pub use api::{
     AppSettings, CreateRunner, PatInfo, RunnerDetails, RunnerManagerInfo, RunnerSummary,
@@ -19,4 +20,4 @@ pub use client::{
     MAX_PAGES, SERVER_TEXT_CHARS,
 };
 pub use error::Error;
-pub use retry::RetryPolicy;
+pub use retry::{RetryBudget, RetryPolicy, MAX_RATE_LIMITED_ATTEMPTS};

@@ -496,6 +496,7 @@ async fn obtain(
                             maximum_timeout: None,
                             paused: false,
                             maintenance_note: None,
+                            more_project_ids: vec![],
                         }), &entry);
                         create_once(admin, &params, &entry, &settings.retry).await
                     }
@@ -627,14 +628,63 @@ async fn checked(
     }
 }
 
-/// Mark a creation so it can be found again after an uncertain outcome.
+/// GitLab's limit on `maintenance_note` (reference §3.1).
+const NOTE_MAX_CHARS: usize = 1024;
+
+/// Mark a creation so it can be found again after an uncertain outcome. The old runner's own
+/// note is kept, with runner-medic's line after it (an earlier runner-medic line is replaced, so
+/// notes do not grow with every recreation); if both do not fit in GitLab's 1024 characters, the
+/// old note is cut (the tag must stay whole to be found).
 fn tagged(mut params: CreateRunner, entry: &JournalEntry) -> CreateRunner {
+    const OURS: &str = "created by runner-medic";
     let tag = entry.creation_tag.clone().unwrap_or_default();
     let replaces = entry
         .old_id
         .map_or_else(String::new, |id| format!(" to replace runner {id}"));
-    params.maintenance_note = Some(format!("created by runner-medic{replaces} ({tag})"));
+    let ours = format!("{OURS}{replaces} ({tag})");
+    let old: Option<String> = params.maintenance_note.as_deref().map(|n| {
+        n.lines()
+            .filter(|l| !l.starts_with(OURS))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim_end()
+            .to_string()
+    });
+    let note = match old.as_deref() {
+        Some(old) if !old.is_empty() => {
+            let room = NOTE_MAX_CHARS.saturating_sub(ours.chars().count() + 2);
+            let old: String = old.chars().take(room).collect();
+            format!("{old}\n\n{ours}")
+        }
+        _ => ours,
+    };
+    params.maintenance_note = Some(note);
     params
+}
+
+/// Assign a recreated project runner to the projects besides its first one, as the old runner
+/// was (`POST /projects/:id/runners`). A failure is logged: the runner works for the projects it
+/// has, and a person can assign the rest.
+async fn assign_more_projects(admin: &AdminApi, runner: u64, params: Option<&CreateRunner>) {
+    let Some(params) = params else { return };
+    for &project in &params.more_project_ids {
+        match admin.assign_to_project(project, runner).await {
+            Ok(()) => tracing::info!(
+                runner,
+                project,
+                "assigned the recreated runner to a project"
+            ),
+            // Already assigned (a second settling of the same creation).
+            Err(e) if e.status() == Some(400) && e.to_string().contains("taken") => {}
+            Err(e) => tracing::warn!(
+                runner,
+                project,
+                error = %e,
+                fix = %format!("assign it by hand: `POST /api/v4/projects/{project}/runners` with `runner_id={runner}` (needs the `api` scope), or in the project's CI/CD settings"),
+                "could not assign the recreated runner to one of its projects"
+            ),
+        }
+    }
 }
 
 /// Renew with the runner's own token. A self-reset is not idempotent (the old token dies the
@@ -703,7 +753,12 @@ async fn create_once(
     let mut attempt = 0;
     loop {
         match admin.create_runner(params).await {
-            Ok(reply) => return Ok(reply.value),
+            Ok(reply) => {
+                if let Some(id) = reply.value.id {
+                    assign_more_projects(admin, id, Some(params)).await;
+                }
+                return Ok(reply.value);
+            }
             Err(e) => {
                 let open = e.is_transport() || e.status().is_some_and(|s| s == 429 || s >= 500);
                 if !open {
@@ -744,11 +799,22 @@ pub(super) async fn find_by_tag(
     let Some(tag) = entry.creation_tag.clone() else {
         return Ok(None);
     };
-    let runner_type = entry.create.as_ref().map(|c| c.runner_type.clone());
-    let list = admin
-        .all_runners(runner_type.as_deref())
-        .await
-        .map_err(|e| e.to_string())?;
+    let create = entry.create.as_ref();
+    let runner_type = create.map(|c| c.runner_type.as_str());
+    // `GET /runners/all` is for administrators only; a group's Owner or a project's Maintainer
+    // reads the group's or the project's list (GitLab `lib/api/ci/runners.rb`).
+    let list = match (
+        runner_type,
+        create.and_then(|c| c.group_id),
+        create.and_then(|c| c.project_id),
+    ) {
+        (Some("group_type"), Some(group), _) => admin.group_runners(group, runner_type).await,
+        (Some("project_type"), _, Some(project)) => {
+            admin.project_runners(project, runner_type).await
+        }
+        _ => admin.all_runners(runner_type).await,
+    }
+    .map_err(|e| e.to_string())?;
     let wanted = entry.create.as_ref().and_then(|c| c.description.clone());
     for candidate in list
         .iter()
@@ -770,6 +836,7 @@ pub(super) async fn find_by_tag(
                 .reset_token(candidate.id)
                 .await
                 .map_err(|e| e.to_string())?;
+            assign_more_projects(admin, candidate.id, create).await;
             return Ok(Some(TokenGrant {
                 id: Some(candidate.id),
                 ..grant.value
@@ -808,5 +875,78 @@ fn dry_run_diff(diagnosis: &Diagnosis, items: &[PlanItem]) -> String {
     match config.with_credentials(&changes) {
         Ok(text) => config.masked_diff(&text),
         Err(e) => format!("(no diff: {e})\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> JournalEntry {
+        JournalEntry {
+            index: 0,
+            name: "r".into(),
+            action: Action::Recreate,
+            old_id: Some(7),
+            old_token_sha256: None,
+            creation_tag: Some("runner-medic:abc:0".into()),
+            create: None,
+            delete_old: false,
+            token_was_dead: true,
+            step: Step::Planned,
+            new_token: None,
+            new_id: None,
+            new_expires_at: None,
+            obtained_at: None,
+            error: None,
+            written_to: Vec::new(),
+        }
+    }
+
+    fn params(note: Option<&str>) -> CreateRunner {
+        CreateRunner {
+            runner_type: "project_type".into(),
+            group_id: None,
+            project_id: Some(1),
+            description: None,
+            tag_list: vec![],
+            run_untagged: true,
+            locked: false,
+            access_level: None,
+            maximum_timeout: None,
+            paused: false,
+            maintenance_note: note.map(str::to_string),
+            more_project_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn the_old_note_is_kept_and_ours_replaced_and_the_tag_always_fits() {
+        let ours = "created by runner-medic to replace runner 7 (runner-medic:abc:0)";
+        assert_eq!(
+            tagged(params(None), &entry()).maintenance_note.unwrap(),
+            ours
+        );
+        assert_eq!(
+            tagged(params(Some("  ")), &entry())
+                .maintenance_note
+                .unwrap(),
+            ours
+        );
+        let kept = tagged(
+            params(Some(
+                "call #ci\ncreated by runner-medic (runner-medic:old:3)\n",
+            )),
+            &entry(),
+        )
+        .maintenance_note
+        .unwrap();
+        assert_eq!(kept, format!("call #ci\n\n{ours}"));
+        let long = "x".repeat(2000);
+        let cut = tagged(params(Some(&long)), &entry())
+            .maintenance_note
+            .unwrap();
+        assert_eq!(cut.chars().count(), NOTE_MAX_CHARS);
+        assert!(cut.ends_with(ours));
     }
 }

@@ -1,7 +1,9 @@
 //! From a diagnosis to a plan: one action per runner, and the API calls it takes. Pure.
 
 use crate::cli::Strategy;
-use crate::diagnose::{url_key, Diagnosis, FindingCode, Record, RunnerFacts, Severity, TokenState};
+use crate::diagnose::{
+    url_key, AdminAccess, Diagnosis, FindingCode, Record, RunnerFacts, Severity, TokenState,
+};
 use crate::gitlab::CreateRunner;
 use crate::report::Action;
 use crate::settings::Settings;
@@ -88,12 +90,13 @@ pub fn plan(
         .findings
         .iter()
         .any(|f| f.code == FindingCode::ClockSkew && f.severity == Severity::Error);
+    // A token that is refused, or has no scope rotate can use. A token missing some scopes only
+    // makes the actions that need them `manual` (see `missing_permission`).
     let admin_broken = diagnosis.report.findings.iter().any(|f| {
-        matches!(
-            f.code,
-            FindingCode::AdminTokenInvalid | FindingCode::AdminTokenScopeMissing
-        )
+        f.code == FindingCode::AdminTokenInvalid
+            || (f.code == FindingCode::AdminTokenScopeMissing && f.severity == Severity::Error)
     });
+    let access = diagnosis.admin_access.as_ref();
     let mut items = Vec::new();
     for (facts, report) in diagnosis.facts.iter().zip(&diagnosis.report.runners) {
         let entry = &facts.entry;
@@ -151,12 +154,14 @@ pub fn plan(
             } else if (expiring || scope.force) && settings.strategy == Strategy::Recreate {
                 plan_dead(&mut item, facts, settings, known, &base, admin_broken);
                 item.token_was_dead = false;
+                check_permission(&mut item, facts, access);
             }
         } else if facts.state == TokenState::Dead
             || has(FindingCode::RegistrationTokenInConfig)
             || has(FindingCode::TokenMalformed)
         {
             plan_dead(&mut item, facts, settings, known, &base, admin_broken);
+            check_permission(&mut item, facts, access);
         }
         // A token other hosts use: changing it here cuts them all off at once. Without a store
         // that hands the new token to every host, only an operator who named this runner with
@@ -207,6 +212,93 @@ pub fn plan(
         items.push(item);
     }
     Plan { items }
+}
+
+/// Make the item `manual` when the privileged token may not carry it out.
+fn check_permission(item: &mut PlanItem, facts: &RunnerFacts, access: Option<&AdminAccess>) {
+    if let Some(why) = missing_permission(item, facts, access) {
+        item.action = Action::Manual;
+        item.reason = Some(why);
+        item.calls.clear();
+        item.create = None;
+        item.delete_old = false;
+    }
+}
+
+/// What the privileged token lacks for this item's action, as the fix a person applies. Per
+/// GitLab (reference §3): a reset by id (`POST /runners/:id/reset_authentication_token`) and a
+/// deletion (`DELETE /runners/:id`) take `manage_runner`; a creation (`POST /user/runners`)
+/// takes `create_runner`; assigning a runner to a further project (`POST /projects/:id/runners`)
+/// takes `api` (GitLab `lib/api/ci/runners.rb`: `manage_runner` covers `/runners/:id…` only).
+/// Instance runners are an administrator's, and with Admin Mode on the administrator's token acts
+/// as one only with the `admin_mode` scope: a token refused `GET /application/settings` is not
+/// acting as an administrator.
+fn missing_permission(
+    item: &PlanItem,
+    facts: &RunnerFacts,
+    access: Option<&AdminAccess>,
+) -> Option<String> {
+    let access = access?;
+    let mut need = Vec::new();
+    let runner_type = match item.action {
+        Action::Reset => {
+            if !access.has("manage_runner") {
+                need.push("`manage_runner`");
+            }
+            match &facts.record {
+                Record::Exists(old) => Some(old.runner_type.clone()),
+                _ => None,
+            }
+        }
+        Action::Recreate => {
+            let create = item.create.as_ref()?;
+            if !access.has("create_runner") {
+                need.push("`create_runner`");
+            }
+            if item.delete_old && !access.has("manage_runner") {
+                need.push("`manage_runner` (to delete the replaced runner)");
+            }
+            if !create.more_project_ids.is_empty() && !access.scopes.iter().any(|s| s == "api") {
+                need.push("`api` (to assign the new runner to its other projects)");
+            }
+            Some(create.runner_type.clone())
+        }
+        _ => return None,
+    };
+    let admin_needed =
+        runner_type.as_deref() == Some("instance_type") && access.instance_admin == Some(false);
+    if need.is_empty() && !admin_needed {
+        return None;
+    }
+    let what = if item.action == Action::Reset {
+        "resetting"
+    } else {
+        "recreating"
+    };
+    let mut why = Vec::new();
+    if !need.is_empty() {
+        why.push(format!(
+            "{what} runner `{}` needs the scope(s) {} (or `api`); the privileged token has: {}",
+            item.name,
+            need.join(", "),
+            if access.scopes.is_empty() {
+                "none".to_string()
+            } else {
+                access.scopes.join(", ")
+            }
+        ));
+    }
+    if admin_needed {
+        why.push(format!(
+            "{what} instance runner `{}` takes an administrator's token, and GitLab does not treat this one as an administrator's (it refused `GET /api/v4/application/settings`): use an administrator's token, with the `admin_mode` scope if Admin Mode is on",
+            item.name
+        ));
+    }
+    Some(format!(
+        "{}; then run `runner-medic rotate --runner {}`",
+        why.join("; "),
+        item.name
+    ))
 }
 
 /// The token cannot be used any more: reset it by id, or recreate the runner.

@@ -108,11 +108,30 @@ impl ConfigFile {
         };
         let doc = ImDocument::parse(text.clone()).map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |s| line_col(&text, s.start));
+            let message = e
+                .message()
+                .trim()
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ");
+            // gitlab-runner 18.9+ reads config.toml with BurntSushi/toml, which accepts TOML 1.1;
+            // toml_edit 0.22 reads TOML 1.0 only. A file that is valid TOML 1.1 gets an error
+            // that says so, and nothing is changed.
+            if toml11::de::DeTable::parse(&text).is_ok() {
+                return Error::Toml11 {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    feature: toml11_feature(&text, line).into(),
+                    message,
+                };
+            }
             Error::Invalid {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
+                message,
             }
         })?;
         if let Some(item) = doc.as_table().get("runners") {
@@ -261,6 +280,82 @@ fn io_reason(e: &std::io::Error) -> String {
             e.get_ref()
                 .and_then(|inner| inner.source())
                 .map_or_else(|| e.to_string(), std::string::ToString::to_string)
+        }
+    }
+}
+
+/// Which TOML 1.1 addition the error line most likely holds (for the message only).
+fn toml11_feature(text: &str, line: usize) -> &'static str {
+    let here = text.lines().nth(line.saturating_sub(1)).unwrap_or_default();
+    let before: String = text.lines().take(line).collect::<Vec<_>>().join("\n");
+    if here.contains("\\e") || here.contains("\\x") {
+        "a `\\e` or `\\xHH` escape"
+    } else if before.matches('{').count() > before.matches('}').count()
+        || here.trim_start().starts_with('}')
+        || here.contains(",}")
+        || here.contains(", }")
+    {
+        "a newline or a trailing comma in an inline table"
+    } else if here.contains(':') {
+        "a time without seconds"
+    } else {
+        "newlines or trailing commas in inline tables, `\\e`/`\\xHH` escapes, or times without seconds"
+    }
+}
+
+#[cfg(test)]
+mod toml11_tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<ConfigFile, Error> {
+        ConfigFile::parse(
+            Path::new("config.toml"),
+            PathBuf::from("config.toml"),
+            text.as_bytes().to_vec(),
+        )
+    }
+
+    #[test]
+    fn toml_1_1_syntax_is_named_with_its_place() {
+        let base = "concurrent = 1\n[[runners]]\n  name = \"a\"\n";
+        for (extra, line, feature) in [
+            ("  env = { A = \"1\",\n    B = \"2\" }\n", 4, "inline table"),
+            ("  env = { A = \"1\", }\n", 4, "inline table"),
+            ("  note = \"\\e[0m\"\n", 4, "escape"),
+            ("  note = \"\\x41\"\n", 4, "escape"),
+            (
+                "  token_obtained_at = 2026-01-02T03:04Z\n",
+                4,
+                "without seconds",
+            ),
+        ] {
+            let text = format!("{base}{extra}");
+            match load(&text) {
+                Err(Error::Toml11 {
+                    line: l,
+                    feature: f,
+                    ..
+                }) => {
+                    assert_eq!(l, line, "{text}");
+                    assert!(f.contains(feature), "{f} for {text}");
+                }
+                other => panic!("{text}: {:?}", other.err()),
+            }
+        }
+    }
+
+    #[test]
+    fn other_errors_stay_plain_invalid_toml() {
+        for text in [
+            "concurrent = 1\nconcurrent = 2\n",
+            "[[runners]]\nname = \n",
+            "[a]\nx = 1\n[a]\ny = 2\n",
+        ] {
+            assert!(
+                matches!(load(text), Err(Error::Invalid { .. })),
+                "{text}: {:?}",
+                load(text).err()
+            );
         }
     }
 }

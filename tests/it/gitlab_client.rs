@@ -26,6 +26,7 @@ fn fast() -> ClientOptions {
             base_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(20),
             max_total: Duration::from_secs(10),
+            ..RetryPolicy::default()
         },
         ..ClientOptions::default()
     }
@@ -97,6 +98,7 @@ fn privileged_calls() {
             maximum_timeout: Some(3600),
             paused: false,
             maintenance_note: Some("note".into()),
+            more_project_ids: vec![],
         };
         let created = api.create_runner(&params).await.unwrap().value;
         let id = created.id.unwrap();
@@ -214,6 +216,7 @@ fn a_creation_is_never_blindly_retried() {
         maximum_timeout: None,
         paused: false,
         maintenance_note: None,
+        more_project_ids: vec![],
     };
     let e = rt().block_on(api.create_runner(&params)).unwrap_err();
     assert_eq!(e.status(), Some(502));

@@ -37,6 +37,7 @@ fn admin(sim: &Simulator) -> AdminApi {
                 base_delay: Duration::from_millis(5),
                 max_delay: Duration::from_millis(20),
                 max_total: Duration::from_secs(30),
+                ..RetryPolicy::default()
             },
             ..ClientOptions::default()
         },
@@ -197,6 +198,8 @@ fn legacy_admin(env: &mut TestEnv) -> String {
         expires_at: None,
         revoked: false,
         admin: true,
+        groups: vec![],
+        projects: vec![],
     });
     drop(s);
     env.admin_token = token.clone();

@@ -21,3 +21,4 @@ mod reliability;
 mod reload;
 mod rotate;
 mod service;
+mod trust;

@@ -182,7 +182,10 @@ fn fault_matrix() {
                     if persistent { "persistent" } else { "once" }
                 );
                 let mut env = TestEnv::new();
-                env.extra_settings = "retry_attempts = 3\nrequest_timeout = \"1s\"\n".into();
+                // A persistent 429 is retried for as long as the run's retry budget lasts: a
+                // small one keeps the matrix short.
+                env.extra_settings =
+                    "retry_attempts = 3\nrequest_timeout = \"1s\"\nretry_budget = \"4s\"\n".into();
                 let entries = (scenario.build)(&mut env);
                 env.write_config(&entries);
                 env.sim.state().inject(

@@ -25,6 +25,11 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v4/jobs/request", post(jobs_request))
         .route("/api/v4/user/runners", post(create_runner))
         .route("/api/v4/runners/all", get(list_all))
+        .route("/api/v4/groups/:id/runners", get(group_runners))
+        .route(
+            "/api/v4/projects/:id/runners",
+            get(project_runners).post(assign_to_project),
+        )
         .route(
             "/api/v4/runners/:id",
             get(get_runner).put(update_runner).delete(delete_runner),
@@ -261,6 +266,33 @@ fn authenticate(
     Ok(pat.clone())
 }
 
+/// The token acts as an administrator: its user is one and, when Admin Mode is on, the token has
+/// the `admin_mode` scope (see `State::admin_mode`).
+fn is_admin(s: &State, pat: &Pat) -> bool {
+    pat.admin && (!s.admin_mode || pat.scopes.iter().any(|x| x == "admin_mode"))
+}
+
+/// `can?(user, :update_runner, runner)` (GitLab `app/policies/ci/runner_policy.rb`): an
+/// administrator; the Owner of a group runner's group; a Maintainer of one of a project runner's
+/// projects. Instance runners: administrators only.
+fn may_update(s: &State, pat: &Pat, r: &Runner) -> bool {
+    if is_admin(s, pat) {
+        return true;
+    }
+    match r.runner_type {
+        RunnerType::InstanceType => false,
+        RunnerType::GroupType => r.group_id.is_some_and(|g| pat.groups.contains(&g)),
+        RunnerType::ProjectType => s
+            .runner_projects(r.id)
+            .iter()
+            .any(|p| pat.projects.contains(p)),
+    }
+}
+
+fn no_access() -> Response {
+    message(StatusCode::FORBIDDEN, "403 Forbidden - No access granted")
+}
+
 /// The runner entity of `GET /runners/:id` and friends; `token_expiry` adds `token_expires_at`
 /// as newer GitLab does (see `State::record_has_token_expiry`).
 fn details(r: &Runner, now: DateTime<Utc>, token_expiry: bool) -> Value {
@@ -297,7 +329,11 @@ fn details(r: &Runner, now: DateTime<Utc>, token_expiry: bool) -> Value {
         "groups": [],
     });
     if let Some(p) = r.project_id {
-        v["projects"] = json!([{ "id": p }]);
+        let all: Vec<Value> = std::iter::once(p)
+            .chain(r.more_projects.iter().copied())
+            .map(|id| json!({ "id": id }))
+            .collect();
+        v["projects"] = Value::Array(all);
     }
     if let Some(g) = r.group_id {
         v["groups"] = json!([{ "id": g }]);
@@ -335,13 +371,27 @@ async fn create_runner(
     };
     let group_id = body.get("group_id").and_then(Value::as_u64);
     let project_id = body.get("project_id").and_then(Value::as_u64);
+    // `Ci::Runners::CreateRunnerService` (GitLab `app/services/ci/runners/create_runner_service.rb`,
+    // `runner_creation_strategies/*`): `create_runner` permission on the instance (administrators),
+    // the group (Owners) or the project (Maintainers and up).
+    let admin = is_admin(&s, &pat);
+    let allowed = match runner_type {
+        RunnerType::InstanceType => admin,
+        RunnerType::GroupType => admin || group_id.is_some_and(|g| pat.groups.contains(&g)),
+        RunnerType::ProjectType => admin || project_id.is_some_and(|p| pat.projects.contains(&p)),
+    };
+    let target_given = match runner_type {
+        RunnerType::InstanceType => true,
+        RunnerType::GroupType => group_id.is_some(),
+        RunnerType::ProjectType => project_id.is_some(),
+    };
+    if target_given && !allowed {
+        return message(
+            StatusCode::FORBIDDEN,
+            "403 Forbidden - Insufficient permissions",
+        );
+    }
     match runner_type {
-        RunnerType::InstanceType if !pat.admin => {
-            return message(
-                StatusCode::FORBIDDEN,
-                "403 Forbidden - Insufficient permissions",
-            )
-        }
         RunnerType::GroupType if group_id.is_none() => {
             return message(
                 StatusCode::BAD_REQUEST,
@@ -396,6 +446,7 @@ async fn create_runner(
             runner_type,
             group_id,
             project_id,
+            more_projects: Vec::new(),
             description: body_str(&body, "description")
                 .unwrap_or_default()
                 .to_string(),
@@ -442,38 +493,149 @@ async fn list_all(
         Ok(p) => p,
         Err(r) => return r,
     };
-    if !pat.admin {
+    // `authenticated_as_admin!` (GitLab `lib/api/ci/runners.rb`).
+    if !is_admin(&s, &pat) {
         return message(StatusCode::FORBIDDEN, "403 Forbidden");
     }
-    let now = s.now();
-    let all: Vec<Value> = s
+    list(&s, s.runners.values().collect(), &q)
+}
+
+/// `GET /groups/:id/runners`: `Ci::Runner.group_or_instance_wide(group)`, for users who may read
+/// the group's runners (GitLab `lib/api/ci/runners.rb`; ancestor groups are not modelled).
+async fn group_runners(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    Path(group): Path<u64>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let s = lock(&state);
+    let pat = match authenticate(&s, &headers, "GET", "/api/v4/groups/:id/runners") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !is_admin(&s, &pat) && !pat.groups.contains(&group) {
+        return message(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let runners = s
         .runners
         .values()
+        .filter(|r| r.runner_type == RunnerType::InstanceType || r.group_id == Some(group))
+        .collect();
+    list(&s, runners, &q)
+}
+
+/// `GET /projects/:id/runners`: `Ci::Runner.owned_or_instance_wide(project)` (its project
+/// runners and the instance runners; group runners of its groups are not modelled).
+async fn project_runners(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    Path(project): Path<u64>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let s = lock(&state);
+    let pat = match authenticate(&s, &headers, "GET", "/api/v4/projects/:id/runners") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !is_admin(&s, &pat) && !pat.projects.contains(&project) {
+        return message(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let runners = s
+        .runners
+        .values()
+        .filter(|r| {
+            r.runner_type == RunnerType::InstanceType || s.runner_projects(r.id).contains(&project)
+        })
+        .collect();
+    list(&s, runners, &q)
+}
+
+/// `POST /projects/:id/runners` with `runner_id`: assign a project runner to one more project
+/// (GitLab `lib/api/ci/runners.rb` "Assign a runner to project", `authenticate_enable_runner!`,
+/// `Ci::Runners::AssignRunnerService`). The token needs `api`: `manage_runner` covers only
+/// `/runners/:id…` paths.
+async fn assign_to_project(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    Path(project): Path<u64>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body = parse_body(&body);
+    let mut s = lock(&state);
+    let pat = match authenticate(&s, &headers, "POST", "/api/v4/projects/:id/runners") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let admin = is_admin(&s, &pat);
+    if !admin && !pat.projects.contains(&project) {
+        return message(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let Some(id) = body.get("runner_id").and_then(Value::as_u64) else {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - runner_id is missing",
+        );
+    };
+    let Some(runner) = s.runners.get(&id).cloned() else {
+        return message(StatusCode::NOT_FOUND, "404 Runner Not Found");
+    };
+    if runner.runner_type == RunnerType::GroupType {
+        return message(
+            StatusCode::FORBIDDEN,
+            "403 Forbidden - Runner is a group runner",
+        );
+    }
+    if !admin && runner.locked {
+        return message(StatusCode::FORBIDDEN, "403 Forbidden - Runner is locked");
+    }
+    if !may_update(&s, &pat, &runner) {
+        return no_access();
+    }
+    if runner.runner_type != RunnerType::ProjectType || s.runner_projects(id).contains(&project) {
+        // `assign_to` fails validation [inferred wording].
+        return message(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - Runner has already been taken",
+        );
+    }
+    let now = s.now();
+    let r = s.runners.get_mut(&id).expect("found above");
+    r.more_projects.push(project);
+    (StatusCode::CREATED, Json(summary(r, now))).into_response()
+}
+
+/// The base runner entity of the lists (§3.3).
+fn summary(r: &Runner, now: DateTime<Utc>) -> Value {
+    let mut d = details(r, now, false);
+    let keep = [
+        "id",
+        "description",
+        "ip_address",
+        "active",
+        "paused",
+        "is_shared",
+        "runner_type",
+        "name",
+        "online",
+        "status",
+    ];
+    d.as_object_mut()
+        .expect("object")
+        .retain(|k, _| keep.contains(&k.as_str()));
+    d
+}
+
+/// One page of `runners` (filtered by `type`), with GitLab's pagination headers.
+fn list(s: &State, runners: Vec<&Runner>, q: &ListQuery) -> Response {
+    let now = s.now();
+    let all: Vec<Value> = runners
+        .into_iter()
         .filter(|r| {
             q.kind
                 .as_deref()
                 .is_none_or(|k| RunnerType::parse(k) == Some(r.runner_type))
         })
-        .map(|r| {
-            let mut d = details(r, now, false);
-            // The list carries only the base fields (§3.3).
-            let keep = [
-                "id",
-                "description",
-                "ip_address",
-                "active",
-                "paused",
-                "is_shared",
-                "runner_type",
-                "name",
-                "online",
-                "status",
-            ];
-            d.as_object_mut()
-                .expect("object")
-                .retain(|k, _| keep.contains(&k.as_str()));
-            d
-        })
+        .map(|r| summary(r, now))
         .collect();
     let per_page = q.per_page.unwrap_or(20).clamp(1, 100);
     let page = q.page.unwrap_or(1).max(1);
@@ -503,10 +665,16 @@ async fn get_runner(
     Path(id): Path<u64>,
 ) -> Response {
     let s = lock(&state);
-    if let Err(r) = authenticate(&s, &headers, "GET", "/api/v4/runners/:id") {
-        return r;
-    }
+    let pat = match authenticate(&s, &headers, "GET", "/api/v4/runners/:id") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     match s.runners.get(&id) {
+        // `authenticate_show_runner!`: instance runners for anyone; others for those who may
+        // manage them (Maintainer and up; simplified to `may_update`).
+        Some(r) if r.runner_type != RunnerType::InstanceType && !may_update(&s, &pat, r) => {
+            no_access()
+        }
         Some(r) => (
             StatusCode::OK,
             Json(details(r, s.now(), s.record_has_token_expiry)),
@@ -524,8 +692,12 @@ async fn update_runner(
 ) -> Response {
     let body = parse_body(&body);
     let mut s = lock(&state);
-    if let Err(r) = authenticate(&s, &headers, "PUT", "/api/v4/runners/:id") {
-        return r;
+    let pat = match authenticate(&s, &headers, "PUT", "/api/v4/runners/:id") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if s.runners.get(&id).is_some_and(|r| !may_update(&s, &pat, r)) {
+        return no_access();
     }
     let now = s.now();
     let token_expiry = s.record_has_token_expiry;
@@ -557,8 +729,21 @@ async fn delete_runner(
     Path(id): Path<u64>,
 ) -> Response {
     let mut s = lock(&state);
-    if let Err(r) = authenticate(&s, &headers, "DELETE", "/api/v4/runners/:id") {
-        return r;
+    let pat = match authenticate(&s, &headers, "DELETE", "/api/v4/runners/:id") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    // `authenticate_delete_runner!`.
+    if let Some(r) = s.runners.get(&id) {
+        if !is_admin(&s, &pat) && s.runner_projects(id).len() > 1 {
+            return message(
+                StatusCode::FORBIDDEN,
+                "403 Forbidden - Runner associated with more than one project",
+            );
+        }
+        if !may_update(&s, &pat, r) {
+            return no_access();
+        }
     }
     match s.runners.remove(&id) {
         Some(_) => {
@@ -634,13 +819,18 @@ async fn reset_by_id(
     Path(id): Path<u64>,
 ) -> Response {
     let mut s = lock(&state);
-    if let Err(r) = authenticate(
+    let pat = match authenticate(
         &s,
         &headers,
         "POST",
         "/api/v4/runners/:id/reset_authentication_token",
     ) {
-        return r;
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    // `authenticate_update_runner!`.
+    if s.runners.get(&id).is_some_and(|r| !may_update(&s, &pat, r)) {
+        return no_access();
     }
     match s.reset_token(id) {
         Some((token, expires)) => token_result(&token, expires),
@@ -678,7 +868,7 @@ async fn app_settings(AxState(state): AxState<Shared>, headers: HeaderMap) -> Re
         Ok(p) => p,
         Err(r) => return r,
     };
-    if !pat.admin {
+    if !is_admin(&s, &pat) {
         return message(StatusCode::FORBIDDEN, "403 Forbidden");
     }
     (

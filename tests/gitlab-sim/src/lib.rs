@@ -22,6 +22,8 @@ pub mod stand_in;
 pub mod state;
 mod tls;
 
+pub use tls::TrustSetup;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,7 +31,7 @@ use std::time::Duration;
 
 pub use state::{
     AppSettings, Fault, FaultKind, LogEntry, NewRunner, Pat, Runner, RunnerManager, RunnerType,
-    State, LEGACY_SYSTEM_XID,
+    State, Throttle, LEGACY_SYSTEM_XID,
 };
 
 /// How to start a simulator.
@@ -39,6 +41,8 @@ pub struct Options {
     pub tls: bool,
     /// With `tls`: require a client certificate signed by the CA (mutual TLS).
     pub client_cert: bool,
+    /// With `tls`: what the server presents and what [`Simulator::ca_pem_path`] holds.
+    pub trust: TrustSetup,
     /// Where to write `ca.pem` when `tls` is on.
     pub tls_dir: Option<PathBuf>,
     /// Fixed latency added to every request.
@@ -69,7 +73,7 @@ impl Simulator {
         let state = Arc::new(Mutex::new(State::new(options.latency)));
         let tls = if options.tls {
             let dir = options.tls_dir.clone().unwrap_or_else(std::env::temp_dir);
-            Some(tls::generate(&dir, options.client_cert)?)
+            Some(tls::generate(&dir, options.client_cert, options.trust)?)
         } else {
             None
         };
@@ -121,7 +125,8 @@ impl Simulator {
         self.addr
     }
 
-    /// The PEM of the CA that signed the HTTPS certificate.
+    /// The PEM a client must trust: the CA that signed the HTTPS certificate, or (see
+    /// [`TrustSetup`]) the self-signed certificate or the leaf itself.
     pub fn ca_pem_path(&self) -> Option<&Path> {
         self.ca_pem_path.as_deref()
     }

@@ -158,6 +158,9 @@ async fn apply(kind: FaultKind, kill: Option<&KillConnection>, seen: &Seen) -> R
             );
             r
         }
+        FaultKind::RateLimitedBare => {
+            (StatusCode::TOO_MANY_REQUESTS, "Retry later\n").into_response()
+        }
         FaultKind::Reset => {
             if let Some(k) = kill {
                 k.0.notify_one();
@@ -275,10 +278,73 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
     let request = Request::from_parts(parts, Body::from(bytes));
     let endpoint = format!("{method} {route}");
 
-    let (latency, before) = {
+    let (latency, before, throttled) = {
         let mut s = state.lock().expect("simulator state lock");
-        (s.latency, s.take_fault(&endpoint, false))
+        let now = s.now();
+        let skew = s.date_skew;
+        // Rack::Attack answers before the application (and before any fault).
+        let throttled = s.throttle.as_mut().map(|t| {
+            let (allowed, observed, reset) = t.count(now);
+            (
+                allowed,
+                t.limit,
+                observed,
+                reset + skew,
+                (reset - now).num_seconds().max(0),
+                t.retry_after,
+            )
+        });
+        (s.latency, s.take_fault(&endpoint, false), throttled)
     };
+    let rate_headers = |r: &mut Response| {
+        if let Some((_, limit, observed, reset, _, _)) = throttled {
+            let h = r.headers_mut();
+            h.insert(
+                "RateLimit-Name",
+                HeaderValue::from_static("throttle_authenticated_api"),
+            );
+            h.insert("RateLimit-Limit", HeaderValue::from(limit));
+            h.insert("RateLimit-Observed", HeaderValue::from(observed));
+            h.insert(
+                "RateLimit-Remaining",
+                HeaderValue::from(limit.saturating_sub(observed)),
+            );
+            h.insert("RateLimit-Reset", HeaderValue::from(reset.timestamp()));
+            if let Ok(v) =
+                HeaderValue::from_str(&reset.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+            {
+                h.insert("RateLimit-ResetTime", v);
+            }
+        }
+    };
+    if let Some((false, _, _, _, wait, retry_after)) = throttled {
+        log(
+            &state,
+            &method,
+            &route,
+            &path,
+            &host,
+            credential.clone(),
+            credential_kind,
+            system_id.clone(),
+            429,
+        );
+        let mut r = (StatusCode::TOO_MANY_REQUESTS, "Retry later\n").into_response();
+        rate_headers(&mut r);
+        if retry_after {
+            r.headers_mut()
+                .insert("Retry-After", HeaderValue::from(wait));
+        }
+        let date = {
+            let s = state.lock().expect("simulator state lock");
+            s.now() + s.date_skew
+        };
+        if let Ok(v) = HeaderValue::from_str(&date.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+        {
+            r.headers_mut().insert("Date", v);
+        }
+        return r;
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -319,6 +385,7 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
             }
         }
     };
+    rate_headers(&mut response);
     let date = {
         let s = state.lock().expect("simulator state lock");
         s.now() + s.date_skew
@@ -333,7 +400,7 @@ pub async fn edge(AxState(state): AxState<Shared>, request: Request, next: Next)
 fn fault_status(kind: &FaultKind) -> u16 {
     match kind {
         FaultKind::Status(c) => *c,
-        FaultKind::RateLimited { .. } => 429,
+        FaultKind::RateLimited { .. } | FaultKind::RateLimitedBare => 429,
         FaultKind::Reset => 0,
         FaultKind::Hang(_) => 504,
         FaultKind::Body(status, _)

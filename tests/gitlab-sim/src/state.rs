@@ -43,7 +43,10 @@ pub struct Runner {
     pub id: u64,
     pub runner_type: RunnerType,
     pub group_id: Option<u64>,
+    /// The owner project of a project runner (the first in `projects`).
     pub project_id: Option<u64>,
+    /// Further projects a project runner is assigned to (`POST /projects/:id/runners`).
+    pub more_projects: Vec<u64>,
     pub description: String,
     pub tag_list: Vec<String>,
     pub run_untagged: bool,
@@ -113,6 +116,10 @@ pub struct Pat {
     pub revoked: bool,
     /// The owning user is an administrator.
     pub admin: bool,
+    /// Groups the owning user is an Owner of (non-administrators).
+    pub groups: Vec<u64>,
+    /// Projects the owning user is a Maintainer or Owner of (non-administrators).
+    pub projects: Vec<u64>,
 }
 
 /// The three runner token expiration intervals of `GET /application/settings` (seconds).
@@ -123,6 +130,55 @@ pub struct AppSettings {
     pub project_runner_token_expiration_interval: Option<i64>,
 }
 
+/// A Rack::Attack throttle (GitLab `lib/gitlab/rack_attack.rb`, `throttle_authenticated_api`;
+/// docs `administration/settings/user_and_ip_rate_limits.md`; reference §4.2): at most `limit`
+/// requests per `period_secs` window. Every answer carries `RateLimit-Name`, `-Limit`,
+/// `-Observed`, `-Remaining`, `-Reset` (Unix time) and `-ResetTime` (HTTP date); a request past the
+/// limit is answered `429 Retry later`, with `Retry-After` only when `retry_after` is on (older
+/// versions and some paths send none).
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    pub limit: u32,
+    pub period_secs: i64,
+    pub retry_after: bool,
+    pub window_start: Option<DateTime<Utc>>,
+    pub observed: u32,
+    /// Requests refused with 429 so far.
+    pub refused: u32,
+}
+
+impl Throttle {
+    pub fn new(limit: u32, period_secs: i64, retry_after: bool) -> Self {
+        Self {
+            limit,
+            period_secs,
+            retry_after,
+            window_start: None,
+            observed: 0,
+            refused: 0,
+        }
+    }
+
+    /// Count a request at `now`: `(allowed, observed, reset)`.
+    pub fn count(&mut self, now: DateTime<Utc>) -> (bool, u32, DateTime<Utc>) {
+        let period = chrono::Duration::seconds(self.period_secs);
+        let start = match self.window_start {
+            Some(s) if now < s + period => s,
+            _ => {
+                self.observed = 0;
+                self.window_start = Some(now);
+                now
+            }
+        };
+        self.observed += 1;
+        let allowed = self.observed <= self.limit;
+        if !allowed {
+            self.refused += 1;
+        }
+        (allowed, self.observed, start + period)
+    }
+}
+
 /// A fault to inject on an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FaultKind {
@@ -130,6 +186,9 @@ pub enum FaultKind {
     Status(u16),
     /// 429 with `Retry-After: n`.
     RateLimited { retry_after_secs: u64 },
+    /// 429 `Retry later` with no header at all, as GitLab.com has answered
+    /// (gitlab-org/gitlab#365728; reference §4.2).
+    RateLimitedBare,
     /// Drop the connection (RST) without an answer.
     Reset,
     /// Hold the request this long before answering 504.
@@ -232,6 +291,13 @@ pub struct State {
     /// `GET /runners/:id/managers` exists (GitLab ~17.1, MR !153715, reference §3.7). Off: the
     /// route answers 404 as an older GitLab does.
     pub managers_endpoint: bool,
+    /// Admin Mode (*Admin area > Settings > General > Sign-in restrictions*): an administrator's
+    /// access token acts as an administrator only when it has the `admin_mode` scope (GitLab
+    /// `lib/gitlab/auth/current_user_mode.rb`, `lib/api/api_guard.rb`; reference §3 "Scopes").
+    /// Off by default.
+    pub admin_mode: bool,
+    /// Rate limiting of every request (see [`Throttle`]); off by default.
+    pub throttle: Option<Throttle>,
     next_id: u64,
     next_manager_id: u64,
 }
@@ -254,6 +320,8 @@ impl State {
             reject_orphaned_runners: false,
             managers: BTreeMap::new(),
             managers_endpoint: true,
+            admin_mode: false,
+            throttle: None,
             next_id: 1000,
             next_manager_id: 1,
         }
@@ -300,6 +368,7 @@ impl State {
                 runner_type: new.runner_type,
                 group_id,
                 project_id,
+                more_projects: Vec::new(),
                 description: new.description,
                 tag_list: new.tag_list,
                 run_untagged: true,
@@ -340,8 +409,29 @@ impl State {
             expires_at,
             revoked: false,
             admin,
+            groups: Vec::new(),
+            projects: Vec::new(),
         });
         token
+    }
+
+    /// An access token of a user who is no administrator but owns these groups and projects.
+    pub fn add_owner_pat(&mut self, scopes: &[&str], groups: &[u64], projects: &[u64]) -> String {
+        let token = self.add_pat(scopes, false, None);
+        let pat = self.pats.last_mut().expect("just added");
+        pat.groups = groups.to_vec();
+        pat.projects = projects.to_vec();
+        token
+    }
+
+    /// The projects of a runner: its owner project first, then the others.
+    pub fn runner_projects(&self, id: u64) -> Vec<u64> {
+        self.runners.get(&id).map_or_else(Vec::new, |r| {
+            r.project_id
+                .into_iter()
+                .chain(r.more_projects.iter().copied())
+                .collect()
+        })
     }
 
     /// The runner whose current, unexpired token this is (`Ci::Runner.find_by_token` leaves out
