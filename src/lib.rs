@@ -11,15 +11,17 @@
 //! - `diagnose`: findings for every runner and for the host and credential.
 //! - `rotate`: plan, journal, execute; crash recovery.
 //! - `service`: stop/start gitlab-runner under systemd, SysV, OpenRC, launchd, its CLI, a container.
-//! - `report`: the report data and its human, JSON and metrics renderings.
+//! - `report`: the report data (findings, runners, service), its human, JSON and metrics
+//!   renderings, and `history`: what runner-medic recorded of its last runs (state dir), for
+//!   `list` and metrics.
 //! - `commands`: glue from settings to work to report, one module per command.
-//! - `exit`: the contract's exit status.
-//! - `status`: what runner-medic recorded of its last runs (state dir), for `list` and metrics.
+//! - `exit`: the contract's exit status; `error`: `CouldNotRun`, the one exit-2 error.
 
 pub mod cli;
 pub mod commands;
 pub mod crash;
 pub mod diagnose;
+pub mod error;
 pub mod exit;
 pub mod fleet;
 pub mod fs;
@@ -30,4 +32,3 @@ pub mod runner_config;
 pub mod secret;
 pub mod service;
 pub mod settings;
-pub mod status;

@@ -142,12 +142,12 @@ fn init_tracing(cli: &Cli, env: &Environment) {
 /// Errors are rendered in one place: `error:`, then `fix:`.
 fn report_error(e: &CouldNotRun) -> ExitCode {
     let prefix = if prefixed() { "<3>" } else { "" };
-    let _ = writeln!(
-        std::io::stderr(),
-        "{prefix}error: {}\n{prefix}fix: {}",
-        e.message,
-        e.fix
-    );
+    let mut text = format!("{prefix}error: {}\n", e.message);
+    for cause in e.causes() {
+        text = text + prefix + "caused by: " + &cause + "\n";
+    }
+    text = text + prefix + "fix: " + &e.fix + "\n";
+    let _ = std::io::stderr().write_all(text.as_bytes());
     ExitCode::from(ExitStatus::CouldNotRun.code())
 }
 
@@ -192,6 +192,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             return report_error(&CouldNotRun {
+                source: None,
                 message: format!("cannot start the async runtime: {e}"),
                 fix: "check the process limits".into(),
             })
@@ -252,7 +253,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
     let settings = match Settings::resolve(&cli.global, &env, &overrides) {
         Ok(s) => s,
         Err(e) => {
-            let code = report_error(&e.into());
+            let code = report_error(&e);
             // Even a run that cannot read its settings shows in the metrics (exit 2).
             if matches!(
                 cli.command,
@@ -305,9 +306,8 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
             tokio::spawn(forward_signals(tx));
             let global = cli.global;
             let env2 = env.clone();
-            let reload =
-                move || Settings::resolve(&global, &env2, &overrides).map_err(CouldNotRun::from);
-            commands::agent::run(settings.clone(), reload, rx).await
+            let reload = move || Settings::resolve(&global, &env2, &overrides);
+            Box::pin(commands::agent::run(settings.clone(), reload, rx)).await
         }
         Command::Demo(_) | Command::Completions { .. } | Command::Man | Command::List => {
             unreachable!("handled above")
@@ -351,7 +351,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
 /// directory, write the metrics file (when one is set) and log the exit status, so that cron
 /// (whose mail or `logger` pipe drops it) and the journal keep it.
 fn finish(
-    store: Option<&runner_medic::status::Store>,
+    store: Option<&runner_medic::report::history::Store>,
     metrics_file: Option<&std::path::Path>,
     report: Option<&Report>,
     status: ExitStatus,
@@ -362,9 +362,9 @@ fn finish(
     let previous = metrics_file
         .and_then(|path| fs_err::read_to_string(path).ok())
         .unwrap_or_default();
-    let text = runner_medic::status::finish(
+    let text = runner_medic::report::metrics::finish(
         store,
-        &runner_medic::status::Ending {
+        &runner_medic::report::metrics::Ending {
             report,
             exit_code: code,
             duration: started.elapsed(),
@@ -448,6 +448,7 @@ async fn demo(
     _output: OutputFormat,
 ) -> ExitCode {
     report_error(&CouldNotRun {
+ source: None,
         message: "this build of runner-medic has no demo: the packaged binary leaves out the simulated GitLab".into(),
         fix: "run the demo from a source checkout: `cargo run -- demo`".into(),
     })

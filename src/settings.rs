@@ -11,8 +11,10 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::cli::{GlobalArgs, OutputFormat, Strategy};
+pub use crate::fleet::EtcdSettings;
 use crate::gitlab::{AdminCredential, CreateRunner, RetryPolicy};
 use crate::secret::AdminToken;
+pub use crate::service::ServiceSettings;
 use crate::service::{ManagerKind, RestartPolicy};
 
 /// What `main` read from the process environment, once.
@@ -149,19 +151,6 @@ pub struct Settings {
 }
 
 #[derive(Debug, Clone)]
-pub struct ServiceSettings {
-    pub manager: ManagerKind,
-    pub name: String,
-    pub stop_timeout: Duration,
-    pub restart: RestartPolicy,
-    pub hard_stop: bool,
-    pub reload_timeout: Duration,
-    pub init_dir: PathBuf,
-    pub gitlab_runner_bin: PathBuf,
-    pub container_cli: String,
-}
-
-#[derive(Debug, Clone)]
 pub struct FleetSettings {
     /// Other runner managers that contacted GitLab within this window share the token.
     pub manager_window: Duration,
@@ -174,20 +163,6 @@ impl FleetSettings {
     pub fn coordinated(&self) -> bool {
         self.store.is_some()
     }
-}
-
-/// `[fleet] store = "etcd"`, validated.
-#[derive(Debug, Clone)]
-pub struct EtcdSettings {
-    pub endpoints: Vec<String>,
-    /// Without a trailing `/`.
-    pub prefix: String,
-    pub key: crate::fleet::FleetKey,
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key (both or neither).
-    pub identity: Option<(PathBuf, PathBuf)>,
-    pub user: Option<(String, crate::secret::AdminToken)>,
-    pub lock_ttl: Duration,
 }
 
 /// The `[fleet]` settings, with `--fleet-*` flags (and their environment variables) first.
@@ -320,19 +295,11 @@ pub struct AgentSettings {
     pub listen: Option<String>,
 }
 
-/// The settings could not be used: the command cannot run (exit 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct SettingsError {
-    pub message: String,
-    pub fix: String,
-}
+/// Settings that cannot be used: exit 2, like every other "could not run".
+pub type SettingsError = crate::error::CouldNotRun;
 
 fn bad(message: impl Into<String>, fix: impl Into<String>) -> SettingsError {
-    SettingsError {
-        message: message.into(),
-        fix: fix.into(),
-    }
+    SettingsError::new(message, fix)
 }
 
 /// Parse `90s`, `30m`, `6h`, `7d`.
@@ -446,7 +413,7 @@ pub fn parse_gitlab_url(text: &str) -> Result<Url, SettingsError> {
             "give the instance's base URL, e.g. `https://gitlab.example.com`",
         ));
     }
-    Ok(crate::diagnose::normalize_url(&url))
+    Ok(crate::gitlab::normalize_url(&url))
 }
 
 /// Read the privileged token from a file the way ssh treats a private key: refused when the group
@@ -728,8 +695,8 @@ impl Settings {
     }
 
     /// The recorded state of runs on this config.toml (`list`, metrics).
-    pub fn status_store(&self) -> crate::status::Store {
-        crate::status::Store::new(&self.state_dir, &self.config_key())
+    pub fn status_store(&self) -> crate::report::history::Store {
+        crate::report::history::Store::new(&self.state_dir, &self.config_key())
     }
 
     /// Where the locks of config.toml files live: one place for every run on this host, whatever
@@ -788,7 +755,7 @@ pub fn config_key_of(runner_config: &Path) -> String {
 #[derive(Debug, Clone)]
 pub struct Fallback {
     pub metrics_file: Option<PathBuf>,
-    pub store: crate::status::Store,
+    pub store: crate::report::history::Store,
 }
 
 impl Fallback {
@@ -819,7 +786,7 @@ impl Fallback {
             .unwrap_or_else(|| default_state_dir(env));
         Self {
             metrics_file: global.metrics_file.clone().or_else(|| path("metrics_file")),
-            store: crate::status::Store::new(&state_dir, &config_key_of(&runner_config)),
+            store: crate::report::history::Store::new(&state_dir, &config_key_of(&runner_config)),
         }
     }
 }

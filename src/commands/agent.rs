@@ -11,10 +11,10 @@ use tokio::sync::{mpsc, RwLock};
 use super::CouldNotRun;
 use crate::diagnose::FindingCode;
 use crate::exit::ExitStatus;
+use crate::report::metrics::{self, Ending};
 use crate::report::Report;
 use crate::rotate::{RotateOptions, Scope};
 use crate::settings::Settings;
-use crate::status::{self, Ending};
 
 /// What the process was told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,7 @@ pub async fn run(
         let next = match result {
             Some(Ok(report)) => {
                 let status = report.exit_status();
-                previous = status::finish(
+                previous = metrics::finish(
                     Some(&store),
                     &Ending {
                         report: Some(&report),
@@ -139,7 +139,7 @@ pub async fn run(
             Some(Err(e)) => {
                 failures += 1;
                 tracing::error!(error = %e.message, fix = %e.fix, "cycle could not run");
-                previous = status::finish(
+                previous = metrics::finish(
                     Some(&store),
                     &Ending {
                         report: None,
@@ -239,6 +239,7 @@ async fn serve_metrics(addr: &str, published: Published) -> Result<(), CouldNotR
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| CouldNotRun {
+            source: None,
             message: format!("cannot listen on `{addr}`: {e}"),
             fix:
                 "choose a free address for `listen` in [agent] (or `--listen`), e.g. 127.0.0.1:9852"

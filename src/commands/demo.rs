@@ -27,6 +27,7 @@ pub struct DemoRun {
 
 fn io(e: impl std::fmt::Display) -> CouldNotRun {
     CouldNotRun {
+        source: None,
         message: format!("the demo could not set up its directory: {e}"),
         fix: "check that the temporary directory is writable (TMPDIR)".into(),
     }
@@ -237,6 +238,7 @@ tag_list = ["k8s"]
         .await
         .map_err(io)?;
     let manager = started.map_err(|e| CouldNotRun {
+        source: None,
         message: format!("the demo's stand-in runner did not start: {e}"),
         fix: "run `runner-medic demo --keep` and read runner.log in its directory".into(),
     })?;

@@ -66,6 +66,7 @@ fn host(text: &str) -> String {
 
 pub fn run(settings: &Settings) -> Result<Listing, CouldNotRun> {
     let config = ConfigFile::load(&settings.runner_config).map_err(|e| CouldNotRun {
+        source: None,
         message: e.to_string(),
         fix: e.fix(),
     })?;

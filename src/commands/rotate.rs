@@ -42,5 +42,5 @@ pub async fn random_delay(args: &RotateArgs, interactive: bool) -> Result<(), Co
 }
 
 pub async fn run(settings: &Settings, args: &RotateArgs) -> Result<Report, CouldNotRun> {
-    Ok(crate::rotate::rotate(settings, &options(args)).await?)
+    crate::rotate::rotate(settings, &options(args)).await
 }

@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::finding::{Finding, FindingCode, Severity};
 use super::host_now;
 use crate::gitlab::AdminApi;
+use crate::report::{Finding, FindingCode, Severity};
 use crate::settings::Settings;
 
 /// What the privileged token may do, for rotate to plan each action by.
@@ -159,7 +159,7 @@ pub async fn check(api: &AdminApi, settings: &Settings) -> AdminCheck {
         ] {
             let Some(secs) = value else { continue };
             let lifetime = std::time::Duration::from_secs(secs.max(0).unsigned_abs());
-            let shown = super::judge::human_span(lifetime.as_secs());
+            let shown = crate::report::human_span(lifetime.as_secs());
             let too_short_for_window = settings.renew_before.is_some_and(|w| lifetime <= w);
             let unusually_short = lifetime < std::time::Duration::from_secs(7 * 86400);
             if too_short_for_window || unusually_short {

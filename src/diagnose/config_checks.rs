@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use url::Url;
 
-use super::finding::{Finding, FindingCode};
-use super::url::{has_legacy_ci_suffix, parse_runner_url, url_key};
+use crate::gitlab::{has_legacy_ci_suffix, parse_runner_url, url_key};
+use crate::report::{Finding, FindingCode};
 use crate::runner_config::{ConfigFile, Error as ConfigError, RunnerEntry, FF_DISABLE_ROTATION};
 use crate::settings::Settings;
 

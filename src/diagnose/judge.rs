@@ -3,9 +3,9 @@
 use chrono::{DateTime, Utc};
 
 use super::config_checks::Pre;
-use super::finding::{Finding, FindingCode};
 use super::network::Observation;
 use crate::gitlab;
+use crate::report::{describe_in, human_span, Finding, FindingCode};
 use crate::runner_config::RunnerEntry;
 use crate::settings::Settings;
 
@@ -102,28 +102,6 @@ pub fn renew_window(
             std::cmp::max((to - from) / 5, chrono::Duration::hours(1))
         }
         _ => chrono::Duration::days(7),
-    }
-}
-
-/// "12 days", "5 hours": the coarsest unit of which there are at least two (or one day).
-pub fn human_span(secs: u64) -> String {
-    let (n, unit) = match secs {
-        0..=119 => (secs, "second"),
-        120..=7199 => (secs / 60, "minute"),
-        7200..=172_799 if secs % 86400 != 0 => (secs / 3600, "hour"),
-        _ => (secs / 86400, "day"),
-    };
-    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
-}
-
-/// "in 12 days", "3 days ago", "in 5 hours".
-pub fn describe_in(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    let secs = (at - now).num_seconds();
-    let span = human_span(secs.unsigned_abs());
-    if secs >= 0 {
-        format!("in {span}")
-    } else {
-        format!("{span} ago")
     }
 }
 

@@ -6,11 +6,9 @@
 
 mod admin;
 mod config_checks;
-mod finding;
 mod judge;
 mod network;
 pub mod sharing;
-mod url;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,10 +16,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
+pub use crate::gitlab::{has_legacy_ci_suffix, normalize_url, parse_runner_url, url_key};
+pub use crate::report::describe_in as describe_expiry;
+pub use crate::report::{Finding, FindingCode, Severity};
 pub use admin::AdminAccess;
-pub use finding::{Finding, FindingCode, Severity};
-pub use judge::{describe_in as describe_expiry, renew_window, Judged, TokenState};
-pub use url::{has_legacy_ci_suffix, normalize_url, parse_runner_url, url_key};
+pub use judge::{renew_window, Judged, TokenState};
 
 use crate::gitlab::{self, AdminApi, ClientOptions, RunnerApi, RunnerDetails, TlsFiles};
 use crate::report::{Report, RunnerReport};

@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use url::Url;
 
 use super::config_checks::Pre;
-use super::finding::{Finding, FindingCode};
 use super::{host_now, Record};
 use crate::gitlab::{self, AdminApi, RunnerApi, RunnerDetails, Verified};
+use crate::report::{Finding, FindingCode};
 use crate::runner_config::RunnerEntry;
 
 #[derive(Debug, Default)]

@@ -5,9 +5,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::finding::{Finding, FindingCode, Severity};
-use super::judge::human_span;
 use crate::gitlab::{self, AdminApi, RunnerManagerInfo};
+use crate::report::human_span;
+use crate::report::{Finding, FindingCode, Severity};
 use crate::runner_config::RunnerEntry;
 use crate::settings::Settings;
 

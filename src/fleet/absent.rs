@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use super::seal::Published;
-use crate::settings::EtcdSettings;
+use super::EtcdSettings;
 
 /// The store could not be used.
 #[derive(Debug, thiserror::Error)]

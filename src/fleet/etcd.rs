@@ -10,7 +10,7 @@ use etcd_client::{
 };
 
 use super::seal::{FleetKey, Published};
-use crate::settings::EtcdSettings;
+use super::EtcdSettings;
 
 /// The store could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,20 @@ mod seal;
 pub use etcd::{Current, Held, Store, StoreError};
 pub use seal::{FleetKey, KeyError, Published};
 
+/// `[fleet] store = "etcd"`, validated.
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    /// Without a trailing `/`.
+    pub prefix: String,
+    pub key: FleetKey,
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key (both or neither).
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub user: Option<(String, crate::secret::AdminToken)>,
+    pub lock_ttl: std::time::Duration,
+}
+
 /// A record for a token this host obtained.
 pub fn record(
     token: &crate::secret::RunnerToken,

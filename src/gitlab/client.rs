@@ -22,6 +22,7 @@ use super::api::{
 };
 use super::error::{classify, Error};
 use super::retry::{Idempotency, RetryPolicy};
+pub use super::tls::TlsFiles;
 use crate::secret::{mask_tokens_in, AdminToken, RunnerToken};
 
 /// The most runner-medic reads of any answer. The largest answer it asks for is a page of 100
@@ -42,14 +43,6 @@ const PER_PAGE: usize = 100;
 /// The most characters of a server's own text (an error message) put into an error: enough for
 /// any message GitLab writes, short enough that a body cannot flood a report or a log.
 pub const SERVER_TEXT_CHARS: usize = 200;
-
-/// TLS files of a `[[runners]]` entry (`tls-ca-file`, `tls-cert-file`, `tls-key-file`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct TlsFiles {
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-}
 
 #[derive(Debug, Clone)]
 pub struct ClientOptions {

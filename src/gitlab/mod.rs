@@ -10,6 +10,7 @@ mod client;
 mod error;
 mod retry;
 pub mod tls;
+mod url;
 
 pub use api::{
     AppSettings, CreateRunner, PatInfo, RunnerDetails, RunnerManagerInfo, RunnerSummary,
@@ -21,3 +22,4 @@ pub use client::{
 };
 pub use error::Error;
 pub use retry::{RetryBudget, RetryPolicy, MAX_RATE_LIMITED_ATTEMPTS};
+pub use url::{has_legacy_ci_suffix, normalize_url, parse_runner_url, url_key};

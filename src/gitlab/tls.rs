@@ -35,7 +35,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::client::TlsFiles;
 use super::Error;
 
 /// gitlab-runner's certificate directory for a process of this kind (see the module docs).
@@ -45,6 +44,14 @@ pub fn gitlab_runner_certs_dir(is_root: bool, home: Option<&Path>) -> Option<Pat
     } else {
         home.map(|h| h.join(".gitlab-runner/certs"))
     }
+}
+
+/// TLS files of a `[[runners]]` entry (`tls-ca-file`, `tls-cert-file`, `tls-key-file`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// The files a client for `host` uses: the entry's own, else the first `<host>.crt`,

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::{Action, Outcome, Report};
-use crate::diagnose::{Finding, Severity};
+use super::{Finding, Severity};
 
 struct Paint {
     on: bool,
@@ -112,10 +112,7 @@ pub fn render(report: &Report, color: bool) -> String {
                 let _ = write!(
                     head,
                     ", expires {} ({})",
-                    crate::diagnose::describe_expiry(
-                        at,
-                        report.server_time.unwrap_or(report.generated_at)
-                    ),
+                    describe_in(at, report.server_time.unwrap_or(report.generated_at)),
                     at.format("%Y-%m-%d")
                 );
             }
@@ -245,4 +242,29 @@ fn summary(report: &Report) -> String {
         );
     }
     s
+}
+
+/// "12 days", "5 hours": the coarsest unit of which there are at least two (or one day).
+pub fn human_span(secs: u64) -> String {
+    let (n, unit) = match secs {
+        0..=119 => (secs, "second"),
+        120..=7199 => (secs / 60, "minute"),
+        7200..=172_799 if secs % 86400 != 0 => (secs / 3600, "hour"),
+        _ => (secs / 86400, "day"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// "in 12 days", "3 days ago", "in 5 hours".
+pub fn describe_in(
+    at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let secs = (at - now).num_seconds();
+    let span = human_span(secs.unsigned_abs());
+    if secs >= 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
 }

@@ -13,9 +13,9 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 
+use super::history::{self, RunState};
+use super::{FindingCode, Severity};
 use super::{Outcome, Report, RunnerReport, RunnerStatus};
-use crate::diagnose::{FindingCode, Severity};
-use crate::status::RunState;
 
 /// The series written after every run, whatever its exit status.
 pub const RUN_LEVEL: [&str; 4] = [
@@ -163,7 +163,7 @@ pub fn render(report: &Report, state: &RunState, config: Option<&str>) -> String
     }
 
     // A runner's last rotation, kept (in the state directory) until its next rotation.
-    let rotations: Vec<(&RunnerReport, &crate::status::Rotation)> = report
+    let rotations: Vec<(&RunnerReport, &super::history::Rotation)> = report
         .runners
         .iter()
         .filter_map(|r| {
@@ -290,6 +290,54 @@ pub fn last_success_in(previous: &str) -> Option<DateTime<Utc>> {
         // runner-medic writes timestamps as whole seconds.
         .and_then(|v| v.parse::<i64>().ok())
         .and_then(|v| DateTime::from_timestamp(v, 0))
+}
+
+/// How a run ended, for [`finish`].
+#[derive(Debug, Clone, Copy)]
+pub struct Ending<'a> {
+    /// The report, when the run produced one (exit 0 or 1).
+    pub report: Option<&'a Report>,
+    pub exit_code: u8,
+    pub duration: std::time::Duration,
+    /// Record the runners' state (not for a dry run, which writes nothing of its own).
+    pub save: bool,
+}
+
+/// Record the end of a run in `store` and return the metrics text to publish: the report's
+/// series (or, without a report, the previous text's per-runner series, so a broken runner
+/// stays visible) followed by the run-level series, which every run writes.
+pub fn finish(
+    store: Option<&history::Store>,
+    ending: &Ending<'_>,
+    previous_metrics: &str,
+) -> String {
+    let now = Utc::now();
+    let mut state = store.map(history::Store::load).unwrap_or_default();
+    state.record_run(now, ending.exit_code);
+    if let Some(report) = ending.report {
+        state.record_report(report);
+    }
+    if ending.save {
+        if let Some(store) = store {
+            store.save(&state);
+        }
+    }
+    let last_success_at = state
+        .last_success_at
+        .into_iter()
+        .chain(last_success_in(previous_metrics))
+        .max();
+    let mut text = match ending.report {
+        Some(report) => render(report, &state, None),
+        None => without_run_level(previous_metrics),
+    };
+    text.push_str(&render_run(&RunEnd {
+        at: now,
+        exit_code: ending.exit_code,
+        duration: ending.duration,
+        last_success_at,
+    }));
+    text
 }
 
 #[cfg(test)]

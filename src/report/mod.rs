@@ -1,6 +1,8 @@
 //! The report: the data every command returns, and its renderings (human, JSON, metrics).
 //! Renderers never compute; they only format what is here.
 
+pub mod finding;
+pub mod history;
 mod human;
 pub mod metrics;
 
@@ -8,9 +10,9 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-pub use human::render as render_human;
+pub use finding::{Finding, FindingCode, Severity};
+pub use human::{describe_in, human_span, render as render_human};
 
-use crate::diagnose::{Finding, Severity};
 use crate::exit::ExitStatus;
 use crate::secret::Masked;
 

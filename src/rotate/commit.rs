@@ -10,12 +10,13 @@ use chrono::Utc;
 use futures::StreamExt;
 
 use super::custody::{self, Target};
-use super::execute::{find_by_tag, CouldNotRun};
 use super::hooks::{self, HookEnv};
 use super::journal::{token_sha, Journal, JournalEntry, Step};
+use super::obtain::find_by_tag;
 use crate::crash;
 use crate::diagnose::{admin_api, read_system_id, Clients};
 use crate::diagnose::{Finding, FindingCode};
+use crate::error::CouldNotRun;
 use crate::fs;
 use crate::gitlab::AdminApi;
 use crate::report::{Outcome, Report, RunnerReport, ServiceReport};
@@ -109,6 +110,7 @@ pub(super) async fn commit(
 
 fn load_for_write(journal: &Journal) -> Result<ConfigFile, CouldNotRun> {
     ConfigFile::load(&journal.config_path).map_err(|e| CouldNotRun {
+        source: None,
         // The journal stays: its tokens are the only copies.
         message: format!(
             "cannot read `{}` to write the new tokens: {e}",

@@ -9,6 +9,7 @@ mod execute;
 pub mod hooks;
 pub mod journal;
 pub mod known;
+mod obtain;
 pub mod plan;
 
 pub use execute::{rotate, CouldNotRun, RotateOptions};

@@ -25,8 +25,6 @@ pub use openrc::OpenRc;
 pub use systemd::Systemd;
 pub use sysv::SysV;
 
-use crate::settings::ServiceSettings;
-
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("cannot run `{argv}`: {reason}")]
@@ -91,6 +89,21 @@ impl ManagerKind {
             Self::None => "none",
         }
     }
+}
+
+/// The service layer's own configuration (`[service]` of the settings, with the command line
+/// flags applied), so this layer does not depend on the settings module.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub manager: ManagerKind,
+    pub name: String,
+    pub stop_timeout: std::time::Duration,
+    pub restart: RestartPolicy,
+    pub hard_stop: bool,
+    pub reload_timeout: std::time::Duration,
+    pub init_dir: std::path::PathBuf,
+    pub gitlab_runner_bin: std::path::PathBuf,
+    pub container_cli: String,
 }
 
 /// `restart = reload | always | when-needed | never`.

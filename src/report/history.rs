@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::report::{Outcome, Report, RunnerStatus};
+use super::{Outcome, Report, RunnerStatus};
 
 /// The last rotation of one runner: when, which action, and whether it worked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,50 +204,4 @@ impl Store {
             tracing::warn!(path = %self.path.display(), error = %e, "could not record the run state; `runner-medic list` shows the previous one");
         }
     }
-}
-
-/// How a run ended, for [`finish`].
-#[derive(Debug, Clone, Copy)]
-pub struct Ending<'a> {
-    /// The report, when the run produced one (exit 0 or 1).
-    pub report: Option<&'a Report>,
-    pub exit_code: u8,
-    pub duration: std::time::Duration,
-    /// Record the runners' state (not for a dry run, which writes nothing of its own).
-    pub save: bool,
-}
-
-/// Record the end of a run in `store` and return the metrics text to publish: the report's
-/// series (or, without a report, the previous text's per-runner series, so a broken runner
-/// stays visible) followed by the run-level series, which every run writes.
-pub fn finish(store: Option<&Store>, ending: &Ending<'_>, previous_metrics: &str) -> String {
-    let now = Utc::now();
-    let mut state = store.map(Store::load).unwrap_or_default();
-    state.record_run(now, ending.exit_code);
-    if let Some(report) = ending.report {
-        state.record_report(report);
-    }
-    if ending.save {
-        if let Some(store) = store {
-            store.save(&state);
-        }
-    }
-    let last_success_at = state
-        .last_success_at
-        .into_iter()
-        .chain(crate::report::metrics::last_success_in(previous_metrics))
-        .max();
-    let mut text = match ending.report {
-        Some(report) => crate::report::metrics::render(report, &state, None),
-        None => crate::report::metrics::without_run_level(previous_metrics),
-    };
-    text.push_str(&crate::report::metrics::render_run(
-        &crate::report::metrics::RunEnd {
-            at: now,
-            exit_code: ending.exit_code,
-            duration: ending.duration,
-            last_success_at,
-        },
-    ));
-    text
 }
