@@ -327,3 +327,76 @@ async fn answer<B>(request: &hyper::Request<B>, published: &Published) -> hyper:
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+    use crate::settings::{Environment, Overrides};
+
+    #[test]
+    fn backoff_doubles_from_30s_and_is_capped_at_the_interval() {
+        let hour = Duration::from_secs(3600);
+        let within = |d: Duration, base: u64| {
+            d >= Duration::from_secs(base) && d <= Duration::from_secs(base + 5)
+        };
+        assert!(within(backoff(1, hour), 30));
+        assert!(within(backoff(2, hour), 60));
+        assert!(within(backoff(3, hour), 120));
+        assert!(within(backoff(10, hour), 3600), "capped at the interval");
+        assert!(within(backoff(u32::MAX, hour), 3600), "no overflow");
+    }
+
+    /// The agent driven through its signal channel, on paused time: a reload re-reads the
+    /// settings once, a shutdown ends it cleanly, and its 1 h sleeps take no real time.
+    #[tokio::test(start_paused = true)]
+    async fn reload_and_shutdown_arrive_through_the_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "concurrent = 1\n").unwrap();
+        let settings_file = dir.path().join("settings.toml");
+        std::fs::write(
+            &settings_file,
+            "[agent]\ninterval = \"1h\"\njitter = \"0s\"\n[service]\nmanager = \"none\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "runner-medic",
+            "agent",
+            "--runner-config",
+            config.to_str().unwrap(),
+            "--settings",
+            settings_file.to_str().unwrap(),
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+        ])
+        .unwrap();
+        let env = Environment {
+            user: "test".into(),
+            ..Environment::default()
+        };
+        let settings = Settings::resolve(&cli.global, &env, &Overrides::default()).unwrap();
+        let reloads = Arc::new(AtomicUsize::new(0));
+        let counted = reloads.clone();
+        let fresh = settings.clone();
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Signal::Reload).await.unwrap();
+        tx.send(Signal::Shutdown).await.unwrap();
+        let report = run(
+            settings,
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok(fresh.clone())
+            },
+            rx,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.command, "agent");
+        assert_eq!(reloads.load(Ordering::SeqCst), 1);
+    }
+}

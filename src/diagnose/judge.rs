@@ -288,3 +288,157 @@ pub fn judge(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+    use crate::gitlab::Verified;
+    use crate::settings::{Environment, Overrides};
+
+    fn settings() -> Settings {
+        let cli = Cli::try_parse_from([
+            "runner-medic",
+            "diagnose",
+            "--runner-config",
+            "/nonexistent/config.toml",
+            "--settings",
+            "/dev/null",
+            "--state-dir",
+            "/nonexistent/state",
+        ])
+        .unwrap();
+        Settings::resolve(&cli.global, &Environment::default(), &Overrides::default()).unwrap()
+    }
+
+    fn entry(expires: Option<DateTime<Utc>>) -> RunnerEntry {
+        RunnerEntry {
+            name: "build".into(),
+            line: 3,
+            id: Some(42),
+            token: Some(crate::secret::RunnerToken::new(
+                "glrt-t1_abcdefghijklmnopqrst",
+            )),
+            token_expires_at: expires,
+            ..RunnerEntry::default()
+        }
+    }
+
+    fn pre() -> Pre {
+        Pre {
+            findings: Vec::new(),
+            url: Some(url::Url::parse("https://gitlab.example.com").unwrap()),
+            token_usable: true,
+            admin_usable: false,
+        }
+    }
+
+    fn refused() -> Observation {
+        Observation {
+            verify: Some(Err(gitlab::Error::Http {
+                url: "https://gitlab.example.com/api/v4/runners/verify".into(),
+                status: 403,
+                message: "403 Forbidden".into(),
+                retry_after: None,
+            })),
+            ..Observation::default()
+        }
+    }
+
+    fn codes(j: &Judged) -> Vec<&'static str> {
+        j.findings.iter().map(|f| f.code.as_str()).collect()
+    }
+
+    #[test]
+    fn a_verified_token_far_from_expiry_is_healthy() {
+        let now = Utc::now();
+        let obs = Observation {
+            verify: Some(Ok(Verified {
+                id: Some(42),
+                token_expires_at: Some(now + Duration::days(80)),
+            })),
+            ..Observation::default()
+        };
+        let j = judge(&entry(None), &pre(), &obs, now, &settings());
+        assert_eq!(j.state, TokenState::Valid);
+        assert!(codes(&j).is_empty(), "{:?}", codes(&j));
+        assert_eq!(j.verified_id, Some(42));
+    }
+
+    #[test]
+    fn a_verified_token_inside_the_renew_window_is_expiring() {
+        let now = Utc::now();
+        let obs = Observation {
+            verify: Some(Ok(Verified {
+                id: Some(42),
+                token_expires_at: Some(now + Duration::days(2)),
+            })),
+            ..Observation::default()
+        };
+        let j = judge(&entry(None), &pre(), &obs, now, &settings());
+        assert_eq!(j.state, TokenState::Valid);
+        assert!(codes(&j).contains(&"token_expiring"), "{:?}", codes(&j));
+    }
+
+    #[test]
+    fn a_refused_token_past_its_expiry_is_expired() {
+        let now = Utc::now();
+        let j = judge(
+            &entry(Some(now - Duration::days(1))),
+            &pre(),
+            &refused(),
+            now,
+            &settings(),
+        );
+        assert_eq!(j.state, TokenState::Dead);
+        assert!(codes(&j).contains(&"token_expired"), "{:?}", codes(&j));
+    }
+
+    #[test]
+    fn a_refused_token_before_its_expiry_is_revoked() {
+        let now = Utc::now();
+        let j = judge(
+            &entry(Some(now + Duration::days(30))),
+            &pre(),
+            &refused(),
+            now,
+            &settings(),
+        );
+        assert_eq!(j.state, TokenState::Dead);
+        assert!(codes(&j).contains(&"token_revoked"), "{:?}", codes(&j));
+        assert!(!codes(&j).contains(&"token_expired"));
+    }
+
+    #[test]
+    fn the_expiry_is_judged_on_gitlabs_clock_not_the_hosts() {
+        // The host clock is an hour behind GitLab's: a token that expired 30 minutes ago by
+        // GitLab's clock is expired, although the host thinks it still has 30 minutes.
+        let server_now = Utc::now();
+        let j = judge(
+            &entry(Some(server_now - Duration::minutes(30))),
+            &pre(),
+            &refused(),
+            server_now,
+            &settings(),
+        );
+        assert!(codes(&j).contains(&"token_expired"), "{:?}", codes(&j));
+    }
+
+    #[test]
+    fn renew_window_is_a_fifth_of_the_lifetime_or_seven_days() {
+        let now = Utc::now();
+        let mut e = entry(None);
+        assert_eq!(
+            renew_window(&e, None, &settings()),
+            chrono::Duration::days(7)
+        );
+        e.token_obtained_at = Some(now);
+        assert_eq!(
+            renew_window(&e, Some(now + Duration::days(30)), &settings()),
+            chrono::Duration::days(6)
+        );
+    }
+}

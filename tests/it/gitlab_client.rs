@@ -1,7 +1,7 @@
 //! The GitLab client against the simulator: every call, every failure class, retries, TLS; and
 //! the simulator itself against the reference document's tables.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use gitlab_sim::{FaultKind, NewRunner, Options, RunnerType, Simulator};
@@ -181,13 +181,10 @@ fn retries_429_with_retry_after_and_5xx() {
         Some(1),
     );
     let api = runner_api(&sim);
-    let started = Instant::now();
+    // The wait itself (Retry-After honoured) is `RetryPolicy::next_delay`'s, unit-tested in
+    // gitlab/retry.rs; here: the real client retries through both faults and succeeds.
     let v = rt().block_on(api.verify(&RunnerToken::new(token.clone())));
     assert!(v.is_ok(), "{v:?}");
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "Retry-After was honoured"
-    );
     assert_eq!(sim.state().requests_to("POST", "/api/v4/runners/verify"), 3);
     // A persistent fault gives up after the attempts, with the class kept.
     sim.state()
