@@ -27,7 +27,8 @@ use crate::report::{Report, RunnerReport};
 use crate::runner_config::{ConfigFile, RunnerEntry};
 use crate::settings::Settings;
 
-/// The host's clock; the one place host time is read.
+/// The host's clock, as diagnose reads it (expiry is judged on GitLab's clock: this plus the
+/// measured skew).
 pub fn host_now() -> DateTime<Utc> {
     Utc::now()
 }
@@ -69,12 +70,6 @@ pub struct Diagnosis {
     pub skew: Option<chrono::Duration>,
     /// What the privileged token may do, when it was checked and works.
     pub admin_access: Option<AdminAccess>,
-}
-
-impl Diagnosis {
-    pub fn server_now(&self) -> DateTime<Utc> {
-        host_now() + self.skew.unwrap_or_else(chrono::Duration::zero)
-    }
 }
 
 /// Client options for a runner: its TLS files, the settings' timeouts and retries.

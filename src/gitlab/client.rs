@@ -504,8 +504,8 @@ impl RunnerApi {
         })
     }
 
-    /// `POST /jobs/request`: 204 means the runner would be given work (§2.3). Used only by
-    /// tests and the demo's stand-in; rotate verifies with `verify`.
+    /// `POST /jobs/request`: 204 means the runner would be given work (§2.3). Only the client
+    /// tests call it (the stand-in runner has its own client); rotate verifies with `verify`.
     pub async fn request_job(&self, token: &RunnerToken) -> Result<u16, Error> {
         let answer = self
             .http

@@ -1,5 +1,5 @@
 //! The report: the data every command returns, and its renderings (human, JSON, metrics).
-//! Renderers never compute; they only format what is here.
+//! A runner's status is computed in one place (`RunnerReport::status`); the renderers use it.
 
 pub mod finding;
 pub mod history;

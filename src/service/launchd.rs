@@ -1,4 +1,4 @@
-//! macOS launchd: `launchctl kill SIGQUIT` (graceful), `launchctl stop|start` on the job, and
+//! macOS launchd: `launchctl kill SIGQUIT` (graceful), `launchctl stop` and `launchctl kickstart` on the job, and
 //! `launchctl print DOMAIN/LABEL` for the state. Root manages the `system` domain; a user its
 //! own `gui/UID` domain, where gitlab-runner's documented install puts its LaunchAgent.
 

@@ -331,7 +331,7 @@ pub(crate) fn query_status(argv: &[String]) -> Result<Output, Error> {
     command::run(argv, STATUS_TIMEOUT)
 }
 
-/// Poll `status` until `want` holds or `timeout` passes.
+/// Poll `status` until the service runs (`want_running`) or has stopped, or `timeout` passes.
 pub fn wait_for(
     manager: &dyn ServiceManager,
     want_running: bool,

@@ -320,7 +320,7 @@ impl TestEnv {
             .and_then(toml::Value::as_integer)
     }
 
-    /// The runner id whose current token this is (simulator side).
+    /// Whether `token` is the current token of a runner the simulator has.
     pub fn token_works(&self, token: &str) -> bool {
         self.sim.state().runner_by_token(token).is_some()
     }
