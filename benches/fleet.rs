@@ -124,7 +124,8 @@ impl World {
         let init = (manager == Manager::SysV).then(|| install_init_script(&dir, &config, &log));
         let service = match &init {
             Some(script) => format!(
-                "[service]\nmanager = \"sysv\"\ninit_dir = \"{}\"\nstop_timeout = \"20s\"\n",
+                // The stop → write → start cycle, whose service timings this scenario reports.
+                "[service]\nmanager = \"sysv\"\ninit_dir = \"{}\"\nstop_timeout = \"20s\"\nrestart = \"always\"\n",
                 script.parent().unwrap().display()
             ),
             None => "[service]\nmanager = \"none\"\n".into(),
