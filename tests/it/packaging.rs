@@ -52,7 +52,7 @@ fn the_deb_has_the_binary_units_cron_man_page_completions_and_config() {
             "-rw-r--r--",
         ),
         ("./etc/cron.d/runner-medic", "-rw-r--r--"),
-        ("./etc/runner-medic/settings.toml", "-rw-------"),
+        ("./etc/runner-medic/settings.toml", "-rw-r--r--"),
         ("./usr/share/man/man1/runner-medic.1.gz", "-rw-r--r--"),
         (
             "./usr/share/bash-completion/completions/runner-medic",
