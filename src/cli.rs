@@ -143,9 +143,13 @@ pub enum Command {
     /// Print shell completions
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff)
+    /// Print the man page (roff); with --dir, write it and one page per command there
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Write runner-medic.1 and runner-medic-COMMAND.1 into this directory
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -4,13 +4,15 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use runner_medic::cli::{Cli, Command, LogFormat, OutputFormat};
 use runner_medic::commands::{self, CouldNotRun};
 use runner_medic::exit::ExitStatus;
 use runner_medic::report::{self, Report};
 use runner_medic::settings::{Environment, Fallback, Overrides, Settings};
 use tracing_subscriber::EnvFilter;
+
+mod docgen;
 
 fn environment() -> Environment {
     Environment {
@@ -231,21 +233,19 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
     };
     match &cli.command {
         Command::Completions { shell } => {
-            let mut buf = Vec::new();
-            clap_complete::generate(*shell, &mut Cli::command(), "runner-medic", &mut buf);
-            print(&String::from_utf8_lossy(&buf));
+            print(&String::from_utf8_lossy(&docgen::completions(*shell)));
             return ExitCode::SUCCESS;
         }
-        Command::Man => {
-            let mut buf = Vec::new();
-            if clap_mangen::Man::new(Cli::command())
-                .render(&mut buf)
-                .is_err()
-            {
-                return ExitCode::FAILURE;
-            }
-            print(&String::from_utf8_lossy(&buf));
-            return ExitCode::SUCCESS;
+        Command::Man { dir } => {
+            let done = match dir {
+                Some(dir) => docgen::write_man_pages(dir).map(drop),
+                None => docgen::main_page().map(|page| print(&String::from_utf8_lossy(&page))),
+            };
+            return if done.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
         }
         Command::Demo(args) => return demo(args, &env, cli.global.output).await,
         _ => {}
@@ -309,7 +309,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
             let reload = move || Settings::resolve(&global, &env2, &overrides);
             Box::pin(commands::agent::run(settings.clone(), reload, rx)).await
         }
-        Command::Demo(_) | Command::Completions { .. } | Command::Man | Command::List => {
+        Command::Demo(_) | Command::Completions { .. } | Command::Man { .. } | Command::List => {
             unreachable!("handled above")
         }
     };
