@@ -340,6 +340,18 @@ impl TestEnv {
     }
 }
 
+/// The temp files runner-medic left in `dir` (`.<name>.runner-medic-tmp.<random>`).
+pub fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(runner_medic::fs::TEMP_MARKER))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }

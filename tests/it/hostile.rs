@@ -443,3 +443,124 @@ fn agent_refuses_a_jitter_longer_than_the_interval_and_an_interval_from_the_sett
     );
     assert!(env.sim.state().log.is_empty(), "no cycle ran");
 }
+
+// ---- 6. safe file creation ----
+
+/// A root-owned 0600 file someone wants runner-medic to clobber or loosen.
+fn victim(env: &TestEnv, name: &str) -> std::path::PathBuf {
+    let path = env.path(name);
+    std::fs::write(&path, "precious\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn assert_untouched(path: &std::path::Path) {
+    assert_eq!(
+        std::fs::read_to_string(path).unwrap(),
+        "precious\n",
+        "{} was written through a symlink",
+        path.display()
+    );
+    assert_eq!(
+        crate::harness::mode(path),
+        0o600,
+        "{} had its mode changed",
+        path.display()
+    );
+}
+
+fn config_key(env: &TestEnv) -> String {
+    runner_medic::fs::sha256_hex(
+        std::fs::canonicalize(&env.config)
+            .unwrap()
+            .as_os_str()
+            .as_encoded_bytes(),
+    )[..16]
+        .to_string()
+}
+
+#[test]
+fn symlinks_planted_at_temp_names_and_at_the_metrics_path_are_never_followed() {
+    let env = TestEnv::new();
+    let dead = env.expired("dead");
+    env.write_config(std::slice::from_ref(&dead));
+    let key = config_key(&env);
+    let journal_dir = env.state.join("journal");
+    let known_dir = env.state.join("known-runners");
+    for d in [&env.state, &journal_dir, &known_dir] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let metrics_dir = env.path("metrics");
+    std::fs::create_dir(&metrics_dir).unwrap();
+    let metrics = metrics_dir.join("runner-medic.prom");
+
+    // The names the temp files used to have: fixed for config.toml, `.<name>.tmp.<pid>` for the
+    // journal, the known runner records and the metrics file. The pid of the next process is
+    // predictable, so symlinks are planted for the next few thousand.
+    let config_victim = victim(&env, "victim-config");
+    std::os::unix::fs::symlink(&config_victim, env.path(".config.toml.runner-medic-tmp")).unwrap();
+    let journal_victim = victim(&env, "victim-journal");
+    let known_victim = victim(&env, "victim-known");
+    let metrics_victim = victim(&env, "victim-metrics");
+    let next_pid: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .map(|t| t.trim().parse::<u32>().unwrap() + 1)
+        .unwrap_or(std::process::id());
+    for pid in next_pid..next_pid + 3000 {
+        for (dir, name, target) in [
+            (&journal_dir, format!("{key}.json"), &journal_victim),
+            (&known_dir, format!("{key}.json"), &known_victim),
+            (
+                &metrics_dir,
+                "runner-medic.prom".to_string(),
+                &metrics_victim,
+            ),
+        ] {
+            let _ = std::os::unix::fs::symlink(target, dir.join(format!(".{name}.tmp.{pid}")));
+        }
+    }
+    // And the metrics file itself a symlink to a file of root's.
+    let metrics_target = victim(&env, "victim-metrics-path");
+    std::os::unix::fs::symlink(&metrics_target, &metrics).unwrap();
+
+    let run = env.run(&[
+        "rotate",
+        "--output",
+        "json",
+        "--metrics-file",
+        metrics.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(env.token_works(&env.config_token("dead")), "rotated");
+    for v in [
+        &config_victim,
+        &journal_victim,
+        &known_victim,
+        &metrics_victim,
+        &metrics_target,
+    ] {
+        assert_untouched(v);
+    }
+    // The metrics file was written: the symlink was replaced by a file of runner-medic's own.
+    let meta = std::fs::symlink_metadata(&metrics).unwrap();
+    assert!(meta.file_type().is_file(), "{meta:?}");
+    assert!(std::fs::read_to_string(&metrics)
+        .unwrap()
+        .contains("runner_medic_"));
+    assert!(known_dir.join(format!("{key}.json")).is_file());
+    // No temp file is left anywhere, and the planted symlinks are still symlinks.
+    for dir in [env.dir.path(), &journal_dir, &known_dir, &metrics_dir] {
+        assert!(
+            crate::harness::temp_files(dir).is_empty(),
+            "{}: {:?}",
+            dir.display(),
+            crate::harness::temp_files(dir)
+        );
+    }
+    assert!(
+        std::fs::symlink_metadata(env.path(".config.toml.runner-medic-tmp"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
