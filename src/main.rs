@@ -164,6 +164,14 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
         Ok(s) => s,
         Err(e) => return report_error(&e.into()),
     };
+    let writes_state = match &cli.command {
+        Command::Rotate(a) => !a.dry_run,
+        Command::Agent(_) => true,
+        _ => false,
+    };
+    if let Err(e) = settings.check_dirs(writes_state) {
+        return report_error(&e.into());
+    }
     let result: Result<Report, CouldNotRun> = match &cli.command {
         Command::Diagnose(_) => Ok(commands::diagnose::run(&settings).await),
         Command::Rotate(args) => {

@@ -558,6 +558,36 @@ impl Settings {
     pub fn backup_dir(&self) -> PathBuf {
         self.state_dir.join("backups").join(self.config_key())
     }
+
+    /// Refuse, before anything runs, a directory runner-medic would write in that someone else
+    /// can change (see [`crate::fs::check_dir`]): the state directory with its journal, backups
+    /// and records when `writes_state`, and the metrics file's directory.
+    pub fn check_dirs(&self, writes_state: bool) -> Result<(), SettingsError> {
+        use crate::fs::{check_dir, DirUse};
+        let refuse = |e: crate::fs::UnsafeDir| bad(e.message, e.fix);
+        if writes_state {
+            check_dir(&self.state_dir, "the state directory", DirUse::Private).map_err(refuse)?;
+            for (what, dir) in [
+                ("the journal directory", self.state_dir.join("journal")),
+                ("the backup directory", self.backup_dir()),
+                (
+                    "the known-runners directory",
+                    self.state_dir.join("known-runners"),
+                ),
+            ] {
+                check_dir(&dir, what, DirUse::Private).map_err(refuse)?;
+            }
+        }
+        if let Some(dir) = self.metrics_file.as_deref().and_then(Path::parent) {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            check_dir(dir, "the directory of the metrics file", DirUse::Shared).map_err(refuse)?;
+        }
+        Ok(())
+    }
 }
 
 /// Command-specific flags that override settings.

@@ -79,10 +79,22 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
     let _locks = if opts.dry_run {
         None
     } else {
-        fs::private_dir(&settings.state_dir).map_err(|e| CouldNotRun {
-            message: format!("cannot use the state directory: {e}"),
-            fix: "create it (mode 0700) or choose another with `--state-dir`".into(),
-        })?;
+        for (what, dir) in [
+            ("the state directory", settings.state_dir.clone()),
+            ("the journal directory", journal_dir(settings)),
+            ("the backup directory", settings.backup_dir()),
+        ] {
+            fs::ensure_private_dir(&dir, what).map_err(|e| match e {
+                fs::DirError::Unsafe(u) => CouldNotRun {
+                    message: u.message,
+                    fix: u.fix,
+                },
+                fs::DirError::Io(e) => CouldNotRun {
+                    message: format!("cannot use {what}: {e}"),
+                    fix: "create it (mode 0700) or choose another with `--state-dir`".into(),
+                },
+            })?;
+        }
         let lock_dir = settings.lock_dir();
         if opts.wait {
             tracing::info!(locks = %lock_dir.display(), "waiting for another runner-medic run to finish");

@@ -3,7 +3,7 @@
 //! environment that holds tokens a child process must not inherit; an agent asked to hammer
 //! GitLab. Each test drives the real client or the real binary against the simulator.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -563,4 +563,116 @@ fn symlinks_planted_at_temp_names_and_at_the_metrics_path_are_never_followed() {
             .file_type()
             .is_symlink()
     );
+}
+
+// ---- 7. StrictModes for the directories runner-medic writes in ----
+
+const NOBODY: u32 = 65534;
+
+fn assert_refused_dir(run: &Run, dir: &std::path::Path, fix: &str) {
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    let shown = format!("`{}`", dir.display());
+    assert!(
+        run.stderr.contains("error: ") && run.stderr.contains(&shown),
+        "the directory is named:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("fix: `{fix} {}`", dir.display())),
+        "the fix is given:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_state_or_backup_dir_someone_else_can_change_is_refused_and_left_as_it_is() {
+    let env = TestEnv::new();
+    let dead = env.expired("dead");
+    env.write_config(std::slice::from_ref(&dead));
+    std::fs::create_dir(&env.state).unwrap();
+
+    // Owned by another user: refused, named, not chowned back.
+    std::os::unix::fs::chown(&env.state, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_refused_dir(&run, &env.state, "chown root");
+    assert!(run.stderr.contains("owned by"), "{}", run.stderr);
+    assert_eq!(std::fs::metadata(&env.state).unwrap().uid(), NOBODY);
+
+    // Writable by everyone: refused, not chmodded.
+    std::os::unix::fs::chown(&env.state, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_refused_dir(&run, &env.state, "chmod 0700");
+    assert!(run.stderr.contains("(mode 0777)"), "{}", run.stderr);
+    assert_eq!(crate::harness::mode(&env.state), 0o777, "never chmodded");
+    // The same with the sticky bit: the state directory holds tokens, so still refused.
+    std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_refused_dir(&run, &env.state, "chmod 0700");
+
+    // The backups directory inside a sound state directory, owned by another user.
+    std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let backups = env.state.join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    std::os::unix::fs::chown(&backups, Some(NOBODY), Some(NOBODY)).unwrap();
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_refused_dir(&run, &backups, "chown root");
+    assert!(
+        run.stderr.contains("the backup directory"),
+        "{}",
+        run.stderr
+    );
+
+    // Nothing was asked of GitLab by the refused runs, and config.toml is as it was.
+    assert!(
+        env.changing_requests().is_empty(),
+        "{:?}",
+        env.changing_requests()
+    );
+    assert_eq!(env.config_token("dead"), dead.token);
+
+    // Once it is fixed, the run works.
+    std::os::unix::fs::chown(&backups, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&backups, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(env.token_works(&env.config_token("dead")));
+}
+
+#[test]
+fn a_metrics_dir_someone_else_can_change_is_refused_unless_sticky() {
+    let env = TestEnv::new();
+    env.write_config(&[env.healthy("ok")]);
+    let dir = env.path("textfile");
+    std::fs::create_dir(&dir).unwrap();
+    let metrics = dir.join("runner-medic.prom");
+    let diagnose = |env: &TestEnv| {
+        env.run(&[
+            "diagnose",
+            "--output",
+            "json",
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ])
+    };
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = diagnose(&env);
+    assert_refused_dir(&run, &dir, "chmod go-w");
+    assert!(!metrics.exists());
+    assert_eq!(crate::harness::mode(&dir), 0o777, "never chmodded");
+
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let run = diagnose(&env);
+    assert_refused_dir(&run, &dir, "chown root");
+    assert!(!metrics.exists());
+
+    // World-writable with the sticky bit (as /tmp): nobody else can replace runner-medic's file.
+    std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let run = diagnose(&env);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(metrics.is_file());
 }
