@@ -323,7 +323,18 @@ fn hooks_and_service_commands_never_inherit_a_secret() {
         .env("DEPLOY_PAT", &env.admin_token)
         .env("CI_RUNNER_TOKEN", &dead.token)
         .env("OTHER_TOKEN", "glpat-AAAAbbbbCCCCddddEEEE")
-        .env("KEEP_ME", "visible");
+        // Harmless-looking variables outside the allowlist: they do not pass either (a secret
+        // can hide under any name and in any shape).
+        .env("KEEP_ME", "visible")
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        )
+        // The allowlist passes.
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("LANG", "C.UTF-8")
+        .env("LC_TIME", "C")
+        .env("TZ", "UTC");
     let run = env.run_cmd(cmd);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_ne!(
@@ -343,12 +354,36 @@ fn hooks_and_service_commands_never_inherit_a_secret() {
     ] {
         let text = std::fs::read_to_string(dumps.join(name))
             .unwrap_or_else(|e| panic!("{name} did not run: {e}"));
-        assert!(text.contains("KEEP_ME=visible"), "{name}:\n{text}");
+        for line in [
+            "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "LANG=C.UTF-8",
+            "LC_TIME=C",
+            "TZ=UTC",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in {name}:\n{text}"
+            );
+        }
+        // Nothing but the allowlist, the hook variables and what the shell sets itself.
+        let allowed = |var: &str| {
+            runner_medic::service::PASSED_ON.contains(&var)
+                || runner_medic::service::HOOK_VARS.contains(&var)
+                || var.starts_with("LC_")
+                || ["PWD", "OLDPWD", "SHLVL", "_"].contains(&var)
+        };
+        for line in text.lines() {
+            let var = line.split('=').next().unwrap();
+            assert!(allowed(var), "{var} reached {name}:\n{text}");
+        }
         for var in [
             "RUNNER_MEDIC_ADMIN_TOKEN",
             "DEPLOY_PAT",
             "CI_RUNNER_TOKEN",
             "OTHER_TOKEN",
+            "KEEP_ME",
+            "AWS_SECRET_ACCESS_KEY",
+            "CARGO_PKG_NAME",
         ] {
             assert!(
                 !text.contains(&format!("{var}=")),
