@@ -46,6 +46,7 @@ pub struct SettingsFile {
     pub delete_replaced: Option<bool>,
     pub keep_backups: Option<usize>,
     pub clock_skew_warning: Option<String>,
+    pub run_timeout: Option<String>,
     #[serde(default)]
     pub service: ServiceFile,
     #[serde(default)]
@@ -107,6 +108,10 @@ pub struct Settings {
     pub delete_replaced: bool,
     pub keep_backups: usize,
     pub clock_skew_warning: Duration,
+    /// One deadline for a whole run (each agent cycle is a run): see [`Settings::deadline`].
+    pub run_timeout: Duration,
+    /// When the current run started; [`Settings::start_run`] resets it.
+    pub run_started: std::time::Instant,
     pub service: ServiceSettings,
     pub hooks: HooksFile,
     pub agent: AgentSettings,
@@ -167,6 +172,47 @@ pub const MIN_AGENT_INTERVAL: Duration = Duration::from_secs(60);
 /// The longest `agent` interval: runner tokens can expire within days, so a longer gap lets one
 /// die unnoticed; it also keeps `interval + jitter` far from overflowing a deadline.
 pub const MAX_AGENT_INTERVAL: Duration = Duration::from_secs(30 * 86400);
+
+/// The default deadline of one run: far beyond what a healthy run takes (seconds to minutes, even
+/// for thousands of runners), short enough that a run stuck on a hanging GitLab ends well before
+/// the next one is due.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// The shortest `run_timeout`: below it a run could not even diagnose a host with a few runners
+/// over a slow link, so every run would stop before doing anything.
+pub const MIN_RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The shortest `run_timeout` the tests may ask for (`RUNNER_MEDIC_TEST_FAST_RETRY`).
+const TEST_MIN_RUN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `--run-timeout` or `run_timeout`, within bounds; a refusal names where the value came from.
+fn run_timeout(
+    flag: Option<&str>,
+    file: Option<&str>,
+    test_mode: bool,
+) -> Result<Duration, SettingsError> {
+    let (what, text) = match (flag, file) {
+        (Some(v), _) => (format!("`--run-timeout {v}`"), v),
+        (None, Some(v)) => (format!("`run_timeout = \"{v}\"`"), v),
+        (None, None) => return Ok(DEFAULT_RUN_TIMEOUT),
+    };
+    let value = parse_duration("run_timeout", text)?;
+    let min = if test_mode {
+        TEST_MIN_RUN_TIMEOUT
+    } else {
+        MIN_RUN_TIMEOUT
+    };
+    if value < min {
+        return Err(bad(
+            format!(
+                "{what} is shorter than the minimum of {}s: a run could not finish even a diagnosis",
+                min.as_secs()
+            ),
+            "use `--run-timeout 30m` (the default) or at least `1m`",
+        ));
+    }
+    Ok(value)
+}
 
 /// The shortest interval the tests may ask for (`RUNNER_MEDIC_TEST_FAST_RETRY`).
 const TEST_MIN_AGENT_INTERVAL: Duration = Duration::from_secs(1);
@@ -482,6 +528,12 @@ impl Settings {
                 file.clock_skew_warning.as_deref(),
                 Duration::from_secs(60),
             )?,
+            run_timeout: run_timeout(
+                global.run_timeout.as_deref(),
+                file.run_timeout.as_deref(),
+                env.fast_retry,
+            )?,
+            run_started: std::time::Instant::now(),
             service: ServiceSettings {
                 manager,
                 name: overrides
@@ -526,6 +578,38 @@ impl Settings {
             progress: env.is_tty_stderr,
             user: env.user.clone(),
         })
+    }
+
+    /// Start the clock of a new run (a command after its `--random-delay`, an agent cycle).
+    pub fn start_run(&mut self) {
+        self.run_started = std::time::Instant::now();
+    }
+
+    /// When the current run must stop: no token is requested after it.
+    pub fn deadline(&self) -> std::time::Instant {
+        self.run_started + self.run_timeout
+    }
+
+    /// Time left before the deadline (zero once it passed).
+    pub fn time_left(&self) -> Duration {
+        self.deadline()
+            .saturating_duration_since(std::time::Instant::now())
+    }
+
+    pub fn deadline_passed(&self) -> bool {
+        self.time_left().is_zero()
+    }
+
+    /// The finding of a run stopped by its deadline, `when` saying what it was doing.
+    pub fn run_timeout_finding(&self, when: &str) -> crate::diagnose::Finding {
+        crate::diagnose::Finding::error(
+            crate::diagnose::FindingCode::RunTimeout,
+            format!(
+                "the run's deadline of {} (`run_timeout`) passed {when}",
+                humantime::format_duration(self.run_timeout)
+            ),
+            "find what is slow (GitLab answering slowly or hanging, a service that takes long to stop), or give runs more time with `--run-timeout` / `run_timeout`; the next run carries on from the journal",
+        )
     }
 
     /// The lock, journal and backups of one config.toml live under a key derived from its path,

@@ -69,7 +69,9 @@ pub async fn run(
             scope: Scope::default(),
             wait: true,
         };
-        let current = settings.clone();
+        let mut current = settings.clone();
+        // Each cycle is a run, with a deadline of its own.
+        current.start_run();
         let cycle = async move { crate::rotate::rotate(&current, &opts).await };
         tokio::pin!(cycle);
         let mut shutting_down = false;

@@ -217,6 +217,7 @@ tag_list = ["k8s"]
         state_dir: None,
         output: OutputFormat::Human,
         metrics_file: None,
+        run_timeout: None,
         log_format: None,
         verbose: 0,
         quiet: 0,

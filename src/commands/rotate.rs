@@ -41,5 +41,8 @@ pub async fn run(
             tokio::time::sleep(wait).await;
         }
     }
-    Ok(crate::rotate::rotate(settings, &options(args)).await?)
+    // The run's deadline counts from here, after the random delay.
+    let mut settings = settings.clone();
+    settings.start_run();
+    Ok(crate::rotate::rotate(&settings, &options(args)).await?)
 }

@@ -65,6 +65,7 @@ codes! {
     TokenFromEnvironment = "token_from_environment",
     TokenRotationDisabled = "token_rotation_disabled",
     RunnerOrphaned = "runner_orphaned",
+    RunTimeout = "run_timeout",
 }
 
 impl Serialize for FindingCode {

@@ -17,7 +17,8 @@ use super::known::KnownRunners;
 use super::plan::{plan, PlanItem, Scope};
 use crate::crash;
 use crate::diagnose::{
-    admin_api, diagnose, parse_runner_url, read_system_id, tls_files, Clients, Diagnosis,
+    admin_api, diagnose_by_deadline, parse_runner_url, read_system_id, tls_files, Clients,
+    Diagnosis,
 };
 use crate::diagnose::{Finding, FindingCode};
 use crate::fs;
@@ -141,7 +142,10 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             carried = journal.entries;
         }
     }
-    let diagnosis = diagnose(settings).await;
+    let diagnosis = match diagnose_by_deadline(settings, "rotate").await {
+        Ok(diagnosis) => diagnosis,
+        Err(report) => return Ok(report),
+    };
     check_runner_names(&diagnosis, &opts.scope)?;
     let mut known = KnownRunners::load(settings);
     if !opts.dry_run {
@@ -313,6 +317,21 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
 
     let journal = obtain(settings, &diagnosis, journal, &reserve).await?;
     drop(reserve);
+    let not_requested = journal
+        .entries
+        .iter()
+        .filter(|e| {
+            e.step == Step::Failed
+                && e.error
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with(NOT_REQUESTED_DEADLINE))
+        })
+        .count();
+    if not_requested > 0 {
+        report.findings.push(settings.run_timeout_finding(&format!(
+            "before every new token was requested: {not_requested} runner(s) were left as they are; the tokens already obtained were written"
+        )));
+    }
     commit(settings, journal, &mut report).await?;
 
     if let Some(post) = &settings.hooks.post {
@@ -368,6 +387,10 @@ fn check_runner_names(diagnosis: &Diagnosis, scope: &Scope) -> Result<(), CouldN
     Ok(())
 }
 
+/// How the error of a runner left alone because the run's deadline passed begins.
+const NOT_REQUESTED_DEADLINE: &str =
+    "not rotated: the run's deadline passed before a new token was requested";
+
 /// Obtain every new token, journalling each one before anything else happens.
 async fn obtain(
     settings: &Settings,
@@ -411,6 +434,20 @@ async fn obtain(
             };
             if entry.step != Step::Planned {
                 // Carried over from an earlier run; commit settles it.
+                return Ok(());
+            }
+            // The run's deadline: no token request starts after it. Requests already under way
+            // finish (bounded by the request timeout), and what they obtained is kept.
+            if settings.deadline_passed() {
+                let mut j = shared.lock().await;
+                let e = &mut j.entries[slot];
+                tracing::error!(runner = %e.name, "the run's deadline passed; not requesting a new token");
+                e.step = Step::Failed;
+                e.error = Some(format!(
+                    "{NOT_REQUESTED_DEADLINE} ({} `run_timeout`); nothing was asked of GitLab for this runner",
+                    humantime::format_duration(settings.run_timeout)
+                ));
+                j.keep();
                 return Ok(());
             }
             let facts = &diagnosis.facts[entry.index];

@@ -711,3 +711,121 @@ fn a_metrics_dir_someone_else_can_change_is_refused_unless_sticky() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(metrics.is_file());
 }
+
+// ---- 8. one deadline per run ----
+
+#[test]
+fn a_diagnosis_stuck_on_a_hanging_gitlab_stops_at_the_run_deadline() {
+    let mut env = TestEnv::new();
+    env.write_config(&[env.healthy("slow")]);
+    // Each answer hangs far longer than the run may take; each request alone is within its own
+    // timeout, so only the run's deadline stops the run.
+    env.extra_settings = "request_timeout = \"120s\"\n".into();
+    env.sim.state().inject(
+        "POST /api/v4/runners/verify",
+        FaultKind::Hang(Duration::from_secs(100)),
+        None,
+    );
+    let run = env.run(&["diagnose", "--output", "json", "--run-timeout", "2s"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.top_codes(), ["run_timeout"], "{}", run.stdout);
+    let finding = &run.json()["findings"][0];
+    assert!(
+        finding["message"].as_str().unwrap().contains("2s"),
+        "{finding}"
+    );
+    // The same from the environment and from the settings file.
+    let mut cmd = env.command(&["diagnose", "--output", "json"]);
+    cmd.env("RUNNER_MEDIC_RUN_TIMEOUT", "1s");
+    let run = env.run_cmd(cmd);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.top_codes(), ["run_timeout"], "{}", run.stdout);
+    env.extra_settings.push_str("run_timeout = \"1s\"\n");
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(run.top_codes(), ["run_timeout"], "{}", run.stdout);
+}
+
+#[test]
+fn a_run_timeout_below_the_minimum_is_refused() {
+    let env = TestEnv::new();
+    env.write_config(&[env.healthy("a")]);
+    let mut cmd = env.command(&["diagnose", "--run-timeout", "10s"]);
+    cmd.env_remove("RUNNER_MEDIC_TEST_FAST_RETRY");
+    let run = env.run_cmd(cmd);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("`--run-timeout 10s` is shorter than the minimum of 60s"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("fix: "), "{}", run.stderr);
+    assert!(env.sim.state().log.is_empty());
+}
+
+#[test]
+fn no_token_request_starts_after_the_run_deadline_and_the_next_run_heals() {
+    let mut env = TestEnv::new();
+    let dead: Vec<_> = (0..3).map(|i| env.expired(&format!("d{i}"))).collect();
+    env.write_config(&dead);
+    // One request at a time; the first reset hangs past the run's deadline (within its own
+    // timeout, so it is answered, late).
+    env.extra_settings = "request_timeout = \"10s\"\nconcurrency = 1\n".into();
+    env.sim.state().inject(
+        "POST /api/v4/runners/:id/reset_authentication_token",
+        FaultKind::Hang(Duration::from_secs(4)),
+        Some(1),
+    );
+    let run = env.run(&["rotate", "--output", "json", "--run-timeout", "2s"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.top_codes().contains(&"run_timeout".to_string()),
+        "{}",
+        run.stdout
+    );
+    let asked: std::collections::BTreeSet<String> = env
+        .sim
+        .state()
+        .log
+        .iter()
+        .filter(|e| e.route == "/api/v4/runners/:id/reset_authentication_token")
+        .map(|e| e.path.clone())
+        .collect();
+    assert!(
+        asked.len() <= 1,
+        "runners were asked for after the deadline: {asked:?}"
+    );
+    // Nothing GitLab issued is lost: every runner's config entry holds its old token or a
+    // working new one, and config.toml is whole.
+    let mut rotated = 0;
+    for e in &dead {
+        let now = env.config_token(&e.name);
+        if now != e.token {
+            assert!(env.token_works(&now), "{}", e.name);
+            rotated += 1;
+        }
+    }
+    assert!(rotated <= 1, "{rotated} rotated");
+    // When the run got as far as asking (its diagnosis finished in time), the runners after
+    // the deadline are reported as left alone.
+    let left = run.json()["runners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("deadline passed"))
+        })
+        .count();
+    if !asked.is_empty() {
+        assert_eq!(left, 2, "{}", run.stdout);
+    }
+
+    // The next run, with time enough, heals every runner, each asked once more at most.
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    for e in &dead {
+        assert!(env.token_works(&env.config_token(&e.name)), "{}", e.name);
+    }
+}
