@@ -15,6 +15,9 @@ use tracing_subscriber::EnvFilter;
 fn environment() -> Environment {
     Environment {
         admin_token: std::env::var("RUNNER_MEDIC_ADMIN_TOKEN").ok(),
+        credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY")
+            .filter(|d| !d.is_empty())
+            .map(Into::into),
         home: std::env::var_os("HOME").map(Into::into),
         is_root: nix::unistd::geteuid().is_root(),
         fast_retry: std::env::var_os("RUNNER_MEDIC_TEST_FAST_RETRY").is_some(),

@@ -19,6 +19,8 @@ use crate::service::{ManagerKind, RestartPolicy};
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     pub admin_token: Option<String>,
+    /// `$CREDENTIALS_DIRECTORY`: where systemd puts a unit's credentials (`LoadCredential=`).
+    pub credentials_dir: Option<PathBuf>,
     pub home: Option<PathBuf>,
     pub is_root: bool,
     /// `RUNNER_MEDIC_TEST_FAST_RETRY`: shrink retry delays and allow agent intervals down to 1 s
@@ -310,8 +312,57 @@ pub fn parse_gitlab_url(text: &str) -> Result<Url, SettingsError> {
     Ok(crate::diagnose::normalize_url(&url))
 }
 
-/// Read the privileged token from a file the way ssh treats a private key: refused when the group
-/// or others may read it.
+/// The name of the privileged token among systemd's credentials: with `LoadCredential=` (or
+/// `SetCredentialEncrypted=`) under this name, the token is read from
+/// `$CREDENTIALS_DIRECTORY/runner-medic-admin-token` when no other source is given.
+pub const ADMIN_TOKEN_CREDENTIAL: &str = "runner-medic-admin-token";
+
+/// Whether a token file of this owner and mode may be used, and if not, why and the fix. The rule
+/// of ssh for a private key, widened for mounted secrets: the owner (root or this user) alone may
+/// read it (`0600`, `0400`); or, for a read-only file owned by root, its group may too (`0440`, as
+/// Docker and Kubernetes mount secrets). Never writable by group or others, never readable by
+/// others, never owned by another user.
+fn token_file_refusal(path: &Path, uid: u32, mode: u32) -> Option<(String, String)> {
+    let shown = path.display();
+    let euid = nix::unistd::geteuid().as_raw();
+    if uid != 0 && uid != euid {
+        return Some((
+            format!(
+                "the admin token file `{shown}` is owned by uid {uid}, not by root or this user; refusing to use it"
+            ),
+            format!("chown root {shown} (or this user)"),
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Some((
+            format!(
+                "the admin token file `{shown}` is writable by others (mode {mode:04o}); refusing to use it"
+            ),
+            format!("chmod 600 {shown}"),
+        ));
+    }
+    if mode & 0o007 != 0 {
+        return Some((
+            format!(
+                "the admin token file `{shown}` is readable by others (mode {mode:04o}); refusing to use it"
+            ),
+            format!("chmod 600 {shown}"),
+        ));
+    }
+    let read_only_secret = uid == 0 && mode & 0o222 == 0;
+    if mode & 0o070 != 0 && !read_only_secret {
+        return Some((
+            format!(
+                "the admin token file `{shown}` is readable by others (its group; mode {mode:04o}); refusing to use it"
+            ),
+            format!("chmod 600 {shown} (a read-only secret owned by root may be 0440)"),
+        ));
+    }
+    None
+}
+
+/// Read the privileged token from a file the way ssh treats a private key (see
+/// [`token_file_refusal`] for the modes accepted).
 pub fn read_admin_token_file(path: &Path) -> Result<AdminToken, SettingsError> {
     let meta = fs_err::metadata(path).map_err(|e| {
         bad(
@@ -336,14 +387,10 @@ pub fn read_admin_token_file(path: &Path) -> Result<AdminToken, SettingsError> {
         ));
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(bad(
-            format!(
-                "the admin token file `{}` is readable by others (mode {mode:04o}); refusing to use it",
-                path.display()
-            ),
-            format!("chmod 600 {}", path.display()),
-        ));
+    if let Some((message, fix)) =
+        token_file_refusal(path, std::os::unix::fs::MetadataExt::uid(&meta), mode)
+    {
+        return Err(bad(message, fix));
     }
     let text = fs_err::read_to_string(path).map_err(|e| {
         bad(
@@ -450,7 +497,13 @@ impl Settings {
                 ))
             }
             (None, Some(path)) => Some(read_admin_token_file(path)?),
-            (None, None) => None,
+            (None, None) => match &env.credentials_dir {
+                // systemd's credentials: used when present, and only when nothing else is set.
+                Some(dir) if dir.join(ADMIN_TOKEN_CREDENTIAL).exists() => {
+                    Some(read_admin_token_file(&dir.join(ADMIN_TOKEN_CREDENTIAL))?)
+                }
+                _ => None,
+            },
         };
         let admin = match (token, &gitlab_url) {
             (Some(token), Some(url)) => {

@@ -80,12 +80,20 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
     let _locks = if opts.dry_run {
         None
     } else {
+        // The directories a token may be written to are checked before anything is asked of
+        // GitLab (the backup directory is created only when a backup is written).
         for (what, dir) in [
-            ("the state directory", settings.state_dir.clone()),
             ("the journal directory", journal_dir(settings)),
             ("the backup directory", settings.backup_dir()),
         ] {
-            fs::ensure_private_dir(&dir, what).map_err(|e| match e {
+            fs::check_dir(&dir, what, fs::DirUse::Private).map_err(|u| CouldNotRun {
+                message: u.message,
+                fix: u.fix,
+            })?;
+        }
+        {
+            let what = "the state directory";
+            fs::ensure_private_dir(&settings.state_dir, what).map_err(|e| match e {
                 fs::DirError::Unsafe(u) => CouldNotRun {
                     message: u.message,
                     fix: u.fix,

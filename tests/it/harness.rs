@@ -257,6 +257,7 @@ impl TestEnv {
             .env_remove("RUNNER_MEDIC_METRICS_FILE")
             .env_remove("RUNNER_MEDIC_CRASH_AT")
             .env_remove("RUNNER_MEDIC_RUN_TIMEOUT")
+            .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("NO_COLOR")
             .env("RUNNER_MEDIC_TEST_FAST_RETRY", "1")
             .env("RUST_LOG", "runner_medic=debug");

@@ -829,3 +829,115 @@ fn no_token_request_starts_after_the_run_deadline_and_the_next_run_heals() {
         assert!(env.token_works(&env.config_token(&e.name)), "{}", e.name);
     }
 }
+
+// ---- 9. the privileged token from systemd credentials and mounted secrets ----
+
+fn privileged_requests_with(env: &TestEnv, token: &str) -> usize {
+    env.sim
+        .state()
+        .log
+        .iter()
+        .filter(|e| e.credential.as_deref() == Some(token))
+        .count()
+}
+
+#[test]
+fn the_privileged_token_comes_from_systemd_credentials_when_nothing_else_is_set() {
+    let mut env = TestEnv::new();
+    env.write_config(&[env.deleted("gone")]);
+    let creds = env.path("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    let cred = creds.join("runner-medic-admin-token");
+    std::fs::write(&cred, format!("{}\n", env.admin_token)).unwrap();
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o400)).unwrap();
+    env.use_admin = false;
+    env.extra_settings = format!("gitlab_url = \"{}\"\n", env.url());
+    let diagnose = |env: &TestEnv| {
+        let mut cmd = env.command(&["diagnose", "--output", "json"]);
+        cmd.env("CREDENTIALS_DIRECTORY", &creds);
+        env.run_cmd(cmd)
+    };
+    let run = diagnose(&env);
+    assert!(
+        privileged_requests_with(&env, &env.admin_token) > 0,
+        "the credential was used:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        !run.top_codes().iter().any(|c| c.starts_with("admin_token")),
+        "{}",
+        run.stdout
+    );
+
+    // Another source wins: the credential is not even read.
+    env.sim.state().log.clear();
+    let other = env.sim.state().add_pat(&["api"], true, None);
+    let file = env.path("admin-token-file");
+    std::fs::write(&file, &other).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.extra_settings
+        .push_str(&format!("admin_token_file = \"{}\"\n", file.display()));
+    let run = diagnose(&env);
+    assert!(privileged_requests_with(&env, &other) > 0, "{}", run.stderr);
+    assert_eq!(privileged_requests_with(&env, &env.admin_token), 0);
+
+    // A credential others may read is refused like any token file.
+    env.extra_settings = format!("gitlab_url = \"{}\"\n", env.url());
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let run = diagnose(&env);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&cred.display().to_string()),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("readable by others"), "{}", run.stderr);
+}
+
+#[test]
+fn a_read_only_token_file_of_root_may_be_group_readable_but_never_more() {
+    let mut env = TestEnv::new();
+    env.write_config(&[env.deleted("gone")]);
+    let file = env.path("mounted-secret");
+    std::fs::write(&file, &env.admin_token).unwrap();
+    env.use_admin = false;
+    env.extra_settings = format!(
+        "gitlab_url = \"{}\"\nadmin_token_file = \"{}\"\n",
+        env.url(),
+        file.display()
+    );
+    // As Docker and Kubernetes mount secrets: read-only, root's, readable by a group.
+    for ok in [0o400, 0o440, 0o600] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(ok)).unwrap();
+        env.sim.state().log.clear();
+        let run = env.run(&["diagnose", "--output", "json"]);
+        assert_ne!(run.code, 2, "{ok:o}: {}", run.stderr);
+        assert!(
+            privileged_requests_with(&env, &env.admin_token) > 0,
+            "{ok:o}"
+        );
+    }
+    // Writable by the group or others, readable by others, or group-readable but writable.
+    for (bad, why) in [
+        (0o460, "writable by others"),
+        (0o444, "readable by others"),
+        (0o404, "readable by others"),
+        (0o640, "readable by others (its group"),
+        (0o442, "writable by others"),
+    ] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(bad)).unwrap();
+        env.sim.state().log.clear();
+        let run = env.run(&["diagnose", "--output", "json"]);
+        assert_eq!(run.code, 2, "{bad:o}: {}", run.stderr);
+        assert!(run.stderr.contains(why), "{bad:o}: {}", run.stderr);
+        assert!(run.stderr.contains("fix: chmod 600"), "{}", run.stderr);
+        assert!(env.sim.state().log.is_empty(), "{bad:o}: nothing sent");
+    }
+    // Owned by another user, even 0400.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+    std::os::unix::fs::chown(&file, Some(NOBODY), None).unwrap();
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("owned by uid 65534"), "{}", run.stderr);
+}
