@@ -199,9 +199,10 @@ pub fn check_dir(dir: &Path, what: &str, usage: DirUse) -> Result<(), UnsafeDir>
             return Err(UnsafeDir {
                 path: path.to_path_buf(),
                 message: format!(
-                    "{what} `{}` is unsafe: `{shown}` is writable by {} (mode {mode:04o}) without the sticky bit; others could replace the files runner-medic writes there",
+                    "{what} `{}` is unsafe: `{shown}` is writable by {} (mode {mode:04o}){}; others could replace the files runner-medic writes there",
                     dir.display(),
                     if mode & 0o002 != 0 { "everyone" } else { "its group" },
+                    if sticky { "" } else { " without the sticky bit" },
                 ),
                 fix,
             });

@@ -30,31 +30,50 @@ pub enum Target {
     Gone,
 }
 
-/// Find the entries a journalled token belongs to, by the old token's fingerprint.
-/// `old_sha` is `None` for an entry that had no token; then the entry is found by its name, and
-/// only while it still has no token.
-pub fn locate(current: &[RunnerEntry], old_sha: Option<&str>, new_sha: &str, name: &str) -> Target {
-    let sha = |e: &RunnerEntry| e.token.as_ref().map(token_sha);
-    let written: Vec<usize> = current
-        .iter()
-        .filter(|e| sha(e).as_deref() == Some(new_sha))
-        .map(|e| e.index)
-        .collect();
-    let holders: Vec<usize> = current
-        .iter()
-        .filter(|e| match old_sha {
-            Some(old) => sha(e).as_deref() == Some(old),
-            None => e.token.is_none() && e.name == name,
-        })
-        .map(|e| e.index)
-        .collect();
-    if !holders.is_empty() {
-        Target::Write(holders)
-    } else if !written.is_empty() {
-        Target::Written(written)
-    } else {
-        Target::Gone
+/// The entries of config.toml as it is now, by token fingerprint (and, for entries without a
+/// token, by name): built once per read of the file, so locating every journalled token is
+/// linear in the entries.
+#[derive(Debug, Default)]
+pub struct Holders {
+    by_sha: std::collections::HashMap<String, Vec<usize>>,
+    tokenless_by_name: std::collections::HashMap<String, Vec<usize>>,
+}
+
+impl Holders {
+    pub fn of(current: &[RunnerEntry]) -> Self {
+        let mut holders = Self::default();
+        for e in current {
+            let list = match &e.token {
+                Some(token) => holders.by_sha.entry(token_sha(token)).or_default(),
+                None => holders.tokenless_by_name.entry(e.name.clone()).or_default(),
+            };
+            list.push(e.index);
+        }
+        holders
     }
+
+    /// Find the entries a journalled token belongs to, by the old token's fingerprint.
+    /// `old_sha` is `None` for an entry that had no token; then the entry is found by its name,
+    /// and only while it still has no token.
+    pub fn locate(&self, old_sha: Option<&str>, new_sha: &str, name: &str) -> Target {
+        let holders = match old_sha {
+            Some(old) => self.by_sha.get(old),
+            None => self.tokenless_by_name.get(name),
+        };
+        if let Some(holders) = holders.filter(|h| !h.is_empty()) {
+            return Target::Write(holders.clone());
+        }
+        match self.by_sha.get(new_sha).filter(|w| !w.is_empty()) {
+            Some(written) => Target::Written(written.clone()),
+            None => Target::Gone,
+        }
+    }
+}
+
+/// [`Holders::locate`] for one token (build [`Holders`] once to locate many).
+pub fn locate(current: &[RunnerEntry], old_sha: Option<&str>, new_sha: &str, name: &str) -> Target {
+    let holders = Holders::of(current);
+    holders.locate(old_sha, new_sha, name)
 }
 
 pub fn token_sha(token: &RunnerToken) -> String {

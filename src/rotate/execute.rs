@@ -183,7 +183,13 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
     // not yet in config.toml, a creation not yet settled) is not planned again; asking GitLab
     // again would revoke the token waiting in the journal or create a second runner. Runners are
     // recognised by their token, not their position.
-    let sha_of = |index: usize| diagnosis.facts[index].entry.token.as_ref().map(token_sha);
+    // Each token's fingerprint once (not once per pair of entries).
+    let shas: Vec<Option<String>> = diagnosis
+        .facts
+        .iter()
+        .map(|f| f.entry.token.as_ref().map(token_sha))
+        .collect();
+    let sha_of = |index: usize| shas[index].clone();
     let open: Vec<&JournalEntry> = carried.iter().filter(|e| e.step.is_open()).collect();
     let waits_for_earlier = |index: usize| {
         let sha = sha_of(index);
@@ -195,6 +201,8 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         })
     };
     let mut changes: Vec<PlanItem> = Vec::new();
+    // Token fingerprint → the change that rotates it.
+    let mut rotating: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for item in plan.changes().filter(|i| !i.skipped) {
         let r = &mut report.runners[item.index];
         if waits_for_earlier(item.index) {
@@ -206,9 +214,10 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             continue;
         }
         // Entries that share one token are one credential: one rotation, written to all.
-        if let Some(first) = changes
-            .iter()
-            .find(|c| sha_of(c.index).is_some() && sha_of(c.index) == sha_of(item.index))
+        if let Some(first) = shas[item.index]
+            .as_ref()
+            .and_then(|sha| rotating.get(sha))
+            .map(|at| &changes[*at])
         {
             r.action = Some(first.action);
             r.calls.clear();
@@ -217,6 +226,9 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
                 first.name
             ));
             continue;
+        }
+        if let Some(sha) = &shas[item.index] {
+            rotating.insert(sha.clone(), changes.len());
         }
         changes.push(item.clone());
     }

@@ -305,7 +305,7 @@ fn a_full_state_dir_means_no_token_is_requested() {
     env.write_config(&entries);
     std::fs::create_dir_all(&env.state).unwrap();
     assert!(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
         .arg(&env.state)
         .status()
         .unwrap()

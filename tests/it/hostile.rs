@@ -941,3 +941,133 @@ fn a_read_only_token_file_of_root_may_be_group_readable_but_never_more() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("owned by uid 65534"), "{}", run.stderr);
 }
+
+// ---- 10. a config.toml with very many runners ----
+
+/// 20 000 entries: all but three have a token runner-medic cannot use (so the run stays offline
+/// for them), the last repeats an early one's token, and three real runners sit at the start,
+/// the middle and the end. Everything must come out right, entry by entry (no timing here: the
+/// benchmark measures the time, docs/performance.md).
+#[test]
+fn a_config_with_twenty_thousand_runners_is_diagnosed_and_rotated_entry_by_entry() {
+    const N: usize = 20_000;
+    let env = TestEnv::new();
+    let first = env.healthy("real-first");
+    let middle = env.expired("real-middle");
+    let last = env.healthy("real-last");
+    let mut entries = Vec::with_capacity(N);
+    for i in 0..N {
+        let e = match i {
+            0 => first.clone(),
+            10_000 => middle.clone(),
+            _ if i == N - 1 => last.clone(),
+            _ => crate::harness::Entry {
+                name: format!("r{i}"),
+                url: env.url(),
+                // No id and an unusable token (a placeholder): nothing to ask GitLab about. The
+                // one before last repeats r7's token.
+                id: None,
+                token: format!("glrt-t1_{:020}>", if i == N - 2 { 7 } else { i }),
+                obtained_at: None,
+                expires_at: None,
+                extra: String::new(),
+            },
+        };
+        entries.push(e);
+    }
+    let before = env.write_config(&entries);
+    // Where each entry starts, counted independently of runner-medic.
+    let headers: Vec<usize> = before
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("[[runners]]"))
+        .map(|(n, _)| n + 1)
+        .collect();
+    assert_eq!(headers.len(), N);
+    let header_line = |i: usize| headers[i];
+
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let report = run.json();
+    let runners = report["runners"].as_array().unwrap();
+    assert_eq!(runners.len(), N);
+    for (i, r) in runners.iter().enumerate() {
+        assert_eq!(r["line"].as_u64().unwrap() as usize, header_line(i), "{r}");
+    }
+    let codes = |i: usize| -> Vec<String> {
+        runners[i]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["code"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        codes(0).iter().all(|c| c != "token_expired"),
+        "{:?}",
+        codes(0)
+    );
+    assert!(codes(N - 1).is_empty(), "{:?}", codes(N - 1));
+    assert!(codes(10_000).contains(&"token_expired".to_string()));
+    assert_eq!(codes(5), ["token_malformed"]);
+    // Exactly one duplicate, named after the first holder.
+    let dups: Vec<usize> = (0..N)
+        .filter(|i| codes(*i).contains(&"duplicate_token".to_string()))
+        .collect();
+    assert_eq!(dups, [N - 2]);
+    let dup = runners[N - 2]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "duplicate_token")
+        .unwrap()
+        .clone();
+    assert!(
+        dup["message"].as_str().unwrap().contains("runner `r7`"),
+        "{dup}"
+    );
+    // Only the three real runners were asked about.
+    assert_eq!(
+        env.sim
+            .state()
+            .requests_to("POST", "/api/v4/runners/verify"),
+        3
+    );
+
+    // The plan: only the dead runner is reset, with a masked diff.
+    let dry = env.run(&["rotate", "--dry-run", "--output", "json"]);
+    let planned: Vec<String> = dry.json()["runners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "planned")
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(planned, ["real-middle"]);
+    let diff = dry.json()["diff"].as_str().unwrap().to_string();
+    assert!(!diff.contains(&middle.token), "{diff}");
+    assert!(diff.contains("<new token from GitLab>"), "{diff}");
+
+    // The rotation rewrites that one entry and nothing else.
+    let run = env.run(&["rotate", "--output", "json", "--runner", "real-middle"]);
+    // Exit 1: the placeholder tokens of the other entries still need a person.
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.json()["runners"][10_000]["outcome"], "done");
+    let new = env.config_token("real-middle");
+    assert!(env.token_works(&new));
+    let after = env.config_text();
+    let changed: Vec<(&str, &str)> = before
+        .lines()
+        .zip(after.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert!(
+        !changed.is_empty()
+            && changed.len() <= 4
+            && changed
+                .iter()
+                .all(|(a, _)| a.trim_start().starts_with("token")),
+        "{changed:?}"
+    );
+    assert_eq!(before.lines().count(), after.lines().count());
+}
