@@ -1,7 +1,9 @@
-//! Hostile servers and environments: a GitLab (or whatever answers in its place) that sends
-//! endless bodies or endless pages, or echoes the request's tokens in its error text; an
-//! environment that holds tokens a child process must not inherit; an agent asked to hammer
-//! GitLab. Each test drives the real client or the real binary against the simulator.
+//! Hostile servers, files, users and environments: a GitLab (or whatever answers in its place)
+//! that sends endless bodies or pages, echoes the request's tokens in its error text, or hangs; a
+//! user who plants symlinks where runner-medic writes, or owns or can write its directories; token
+//! files and systemd credentials of every mode; an environment that holds tokens a child process
+//! must not inherit; an agent asked to hammer GitLab; a config.toml with 20 000 runners. Each test
+//! drives the real client or the real binary against the simulator.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Stdio;
