@@ -142,6 +142,27 @@ pub struct UnsafeDir {
 /// directory for the message (`the state directory`).
 pub fn check_dir(dir: &Path, what: &str, usage: DirUse) -> Result<(), UnsafeDir> {
     let euid = nix::unistd::geteuid().as_raw();
+    // A symlink on the way that someone else owns could be pointed anywhere (a link planted in
+    // `/tmp` aimed at a directory of root's): refused like a directory of theirs.
+    for part in dir.ancestors() {
+        if let Ok(meta) = std::fs::symlink_metadata(part) {
+            let uid = meta.uid();
+            if meta.file_type().is_symlink() && uid != 0 && uid != euid {
+                return Err(UnsafeDir {
+                    path: part.to_path_buf(),
+                    message: format!(
+                        "{what} `{}` is unsafe: `{}` is a symlink owned by uid {uid}, not by root or this user, who could point it anywhere",
+                        dir.display(),
+                        part.display()
+                    ),
+                    fix: format!(
+                        "replace `{}` by a directory (or a link) of root's, or choose another directory",
+                        part.display()
+                    ),
+                });
+            }
+        }
+    }
     // The deepest part that exists, with symlinks resolved: the directories that really hold it.
     let mut existing = dir.to_path_buf();
     let mut is_target = true;

@@ -679,6 +679,37 @@ fn a_state_or_backup_dir_someone_else_can_change_is_refused_and_left_as_it_is() 
 }
 
 #[test]
+fn a_state_dir_that_is_another_users_symlink_is_refused() {
+    let env = TestEnv::new();
+    let dead = env.expired("dead");
+    env.write_config(std::slice::from_ref(&dead));
+    // A directory of root's, and a link to it that another user planted (and could re-aim).
+    let target = env.path("roots-dir");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&target, &env.state).unwrap();
+    std::os::unix::fs::lchown(&env.state, Some(NOBODY), Some(NOBODY)).unwrap();
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("is a symlink owned by uid 65534"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("fix: "), "{}", run.stderr);
+    assert!(env.changing_requests().is_empty());
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "nothing written"
+    );
+    // The same link, root's: accepted.
+    std::os::unix::fs::lchown(&env.state, Some(0), Some(0)).unwrap();
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+}
+
+#[test]
 fn a_metrics_dir_someone_else_can_change_is_refused_unless_sticky() {
     let env = TestEnv::new();
     env.write_config(&[env.healthy("ok")]);
