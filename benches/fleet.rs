@@ -275,8 +275,132 @@ struct Row {
     cells: Vec<String>,
 }
 
+/// A config.toml of `n` runners that needs no network: each entry's token is a placeholder
+/// (`<…>`-style, unusable), so diagnose judges it offline, as it does any entry it cannot send.
+/// Entries are minimal (name, url, token, executor: about 130 bytes) so that 100 000 of them stay
+/// under the 16 MiB a config.toml may have.
+fn offline_config(dir: &Path, n: usize) -> PathBuf {
+    let mut text = String::with_capacity(n * 140);
+    text.push_str("concurrent = 4\ncheck_interval = 0\n");
+    for i in 0..n {
+        let _ = write!(
+            text,
+            "\n[[runners]]\n  name = \"r{i}\"\n  url = \"https://gitlab.example.com\"\n  token = \"glrt-t1_{i:020}>\"\n  executor = \"shell\"\n"
+        );
+    }
+    assert!(text.len() < 16 << 20, "under the config.toml size cap");
+    let path = dir.join(format!("config-{n}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Run the binary on `config` offline; (seconds, peak RSS KiB, stdout bytes).
+fn timed_offline(config: &Path, settings: &Path, args: &[&str]) -> (f64, u64, usize) {
+    let started = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(BIN)
+        .args(args)
+        .arg("--runner-config")
+        .arg(config)
+        .arg("--settings")
+        .arg(settings)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let rss = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    // Exit 1: every entry has a finding (its placeholder token).
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (secs, rss, out.stdout.len())
+}
+
+/// Part 4: one config.toml with very many runners, offline. Parse, checks, judgement, plan and
+/// report must grow linearly with the runners.
+fn scale(report: &mut String, quick: bool) {
+    let sizes: &[usize] = if quick {
+        &[1_000]
+    } else {
+        &[10_000, 30_000, 100_000]
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("settings.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "state_dir = \"{}\"\n[service]\nmanager = \"none\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let _ = writeln!(
+        report,
+        "\n## one config.toml with very many runners (offline)\n"
+    );
+    let _ = writeln!(report, "| runners | file MiB | `diagnose --output json` s | µs/runner | peak RSS MiB | `rotate --dry-run --output json` s | parse + rewrite of every runner (with self-check) s |");
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|");
+    for &n in sizes {
+        let config = offline_config(dir.path(), n);
+        let size = std::fs::metadata(&config).unwrap().len() as f64 / 1024.0 / 1024.0;
+        let (diag, rss, out) = timed_offline(&config, &settings, &["diagnose", "--output", "json"]);
+        assert!(out > n * 100, "a report of every runner ({out} bytes)");
+        let (dry, _, _) = timed_offline(
+            &config,
+            &settings,
+            &["rotate", "--dry-run", "--output", "json"],
+        );
+        let started = Instant::now();
+        let file = runner_medic::runner_config::ConfigFile::load(&config).unwrap();
+        let changes: Vec<_> = (0..n)
+            .map(|i| {
+                (
+                    i,
+                    runner_medic::runner_config::Credentials {
+                        token: runner_medic::secret::RunnerToken::new(format!(
+                            "glrt-t3_scale{i:015}"
+                        )),
+                        id: Some(1 + i as u64),
+                        obtained_at: Utc::now(),
+                        expires_at: None,
+                    },
+                )
+            })
+            .collect();
+        let text = file.with_credentials(&changes).unwrap();
+        std::hint::black_box(text);
+        let rewrite = started.elapsed().as_secs_f64();
+        let _ = writeln!(
+            report,
+            "| {n} | {size:.1} | {diag:.2} | {:.0} | {:.1} | {dry:.2} | {rewrite:.2} |",
+            diag * 1e6 / n as f64,
+            rss as f64 / 1024.0
+        );
+        eprintln!("scale: {n} runners done");
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--scale`: only the many-runners section (docs/performance.md quotes it).
+    if std::env::args().any(|a| a == "--scale") {
+        let mut report = format!(
+            "machine: {} cores, {}\n",
+            std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+            uname()
+        );
+        scale(&mut report, quick);
+        print!("{report}");
+        return;
+    }
     let sizes: &[usize] = if quick { &[1, 10] } else { &[1, 10, 100, 500] };
     let latencies: &[u64] = if quick { &[20] } else { &[20, 100] };
     let mut report = String::new();
@@ -551,6 +675,8 @@ fn main() {
         },
         size as f64 / 1024.0 / 1024.0
     );
+
+    scale(&mut report, quick);
 
     print!("{report}");
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");

@@ -99,6 +99,14 @@ pub struct GlobalArgs {
         value_name = "PREFIX"
     )]
     pub fleet_prefix: Option<String>,
+    /// One deadline for the whole run (e.g. `30m`): once it passes no new token is requested and the run stops with exit 1 [default: 30m]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_MEDIC_RUN_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub run_timeout: Option<String>,
     /// Log format on stderr [default: human on a terminal, plain otherwise]
     #[arg(long, global = true, value_enum, env = "RUNNER_MEDIC_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,

@@ -17,6 +17,9 @@ mod docgen;
 fn environment() -> Environment {
     Environment {
         admin_token: std::env::var("RUNNER_MEDIC_ADMIN_TOKEN").ok(),
+        credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY")
+            .filter(|d| !d.is_empty())
+            .map(Into::into),
         home: std::env::var_os("HOME").map(Into::into),
         is_root: nix::unistd::geteuid().is_root(),
         fast_retry: std::env::var_os("RUNNER_MEDIC_TEST_FAST_RETRY").is_some(),
@@ -272,6 +275,14 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
             return code;
         }
     };
+    let writes_state = match &cli.command {
+        Command::Rotate(a) => !a.dry_run,
+        Command::Agent(_) => true,
+        _ => false,
+    };
+    if let Err(e) = settings.check_dirs(writes_state) {
+        return report_error(&e);
+    }
     if matches!(cli.command, Command::List) {
         return match commands::list::run(&settings) {
             Ok(listing) => {

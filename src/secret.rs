@@ -8,15 +8,23 @@
 //! that comes from outside (a server's error body) before it is shown, and every token value the
 //! process holds is remembered so [`is_secret_value`] can keep it out of child environments.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use secrecy::{ExposeSecret, SecretString};
 
 /// Every token value this process has held, so that no child process (a hook, a service command)
 /// is handed one through its environment: see [`is_secret_value`]. Filled by the constructors of
-/// [`RunnerToken`] and [`AdminToken`], so no token can be forgotten; each value once.
-static SEEN: Mutex<Vec<SecretString>> = Mutex::new(Vec::new());
+/// [`RunnerToken`] and [`AdminToken`], so no token can be forgotten; each value once. Kept as
+/// SHA-256 digests in a hash set: no second copy of a secret, and a constant-time lookup, so
+/// holding the tokens of a config.toml with many runners costs linear time.
+static SEEN: LazyLock<Mutex<HashSet<[u8; 32]>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+
+fn digest(value: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(value.as_bytes()).into()
+}
 
 /// Shorter values (empty, `1`, `true`) are no token; refusing them to children would break
 /// ordinary variables.
@@ -27,10 +35,9 @@ fn remember(value: &str) {
     if value.len() < SEEN_MIN_LEN || value.starts_with(['$', '<']) {
         return;
     }
-    let mut seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
-    if !seen.iter().any(|s| s.expose_secret() == value) {
-        seen.push(SecretString::from(value.to_string()));
-    }
+    SEEN.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(digest(value));
 }
 
 /// Whether an environment value must not reach a child process: it is a token this process holds
@@ -44,8 +51,7 @@ pub fn is_secret_value(value: &str) -> bool {
     let held = SEEN
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .any(|s| s.expose_secret() == value);
+        .contains(&digest(value));
     held || SHAPE_PREFIXES
         .iter()
         .any(|p| value.starts_with(p) && value.len() - p.len() >= SHAPE_MIN_BODY)

@@ -21,6 +21,8 @@ use crate::service::{ManagerKind, RestartPolicy};
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     pub admin_token: Option<String>,
+    /// `$CREDENTIALS_DIRECTORY`: where systemd puts a unit's credentials (`LoadCredential=`).
+    pub credentials_dir: Option<PathBuf>,
     pub home: Option<PathBuf>,
     pub is_root: bool,
     /// `RUNNER_MEDIC_TEST_FAST_RETRY`: shrink retry delays and allow agent intervals down to 1 s
@@ -49,6 +51,7 @@ pub struct SettingsFile {
     pub delete_replaced: Option<bool>,
     pub keep_backups: Option<usize>,
     pub clock_skew_warning: Option<String>,
+    pub run_timeout: Option<String>,
     #[serde(default)]
     pub service: ServiceFile,
     #[serde(default)]
@@ -139,6 +142,10 @@ pub struct Settings {
     pub delete_replaced: bool,
     pub keep_backups: usize,
     pub clock_skew_warning: Duration,
+    /// One deadline for a whole run (each agent cycle is a run): see [`Settings::deadline`].
+    pub run_timeout: Duration,
+    /// When the current run started; [`Settings::start_run`] resets it.
+    pub run_started: std::time::Instant,
     pub service: ServiceSettings,
     pub hooks: HooksFile,
     pub agent: AgentSettings,
@@ -320,6 +327,47 @@ pub const MIN_AGENT_INTERVAL: Duration = Duration::from_secs(60);
 /// die unnoticed; it also keeps `interval + jitter` far from overflowing a deadline.
 pub const MAX_AGENT_INTERVAL: Duration = Duration::from_secs(30 * 86400);
 
+/// The default deadline of one run: far beyond what a healthy run takes (seconds to minutes, even
+/// for thousands of runners), short enough that a run stuck on a hanging GitLab ends well before
+/// the next one is due.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// The shortest `run_timeout`: below it a run could not even diagnose a host with a few runners
+/// over a slow link, so every run would stop before doing anything.
+pub const MIN_RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The shortest `run_timeout` the tests may ask for (`RUNNER_MEDIC_TEST_FAST_RETRY`).
+const TEST_MIN_RUN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `--run-timeout` or `run_timeout`, within bounds; a refusal names where the value came from.
+fn run_timeout(
+    flag: Option<&str>,
+    file: Option<&str>,
+    test_mode: bool,
+) -> Result<Duration, SettingsError> {
+    let (what, text) = match (flag, file) {
+        (Some(v), _) => (format!("`--run-timeout {v}`"), v),
+        (None, Some(v)) => (format!("`run_timeout = \"{v}\"`"), v),
+        (None, None) => return Ok(DEFAULT_RUN_TIMEOUT),
+    };
+    let value = parse_duration("run_timeout", text)?;
+    let min = if test_mode {
+        TEST_MIN_RUN_TIMEOUT
+    } else {
+        MIN_RUN_TIMEOUT
+    };
+    if value < min {
+        return Err(bad(
+            format!(
+                "{what} is shorter than the minimum of {}s: a run could not finish even a diagnosis",
+                min.as_secs()
+            ),
+            "use `--run-timeout 30m` (the default) or at least `1m`",
+        ));
+    }
+    Ok(value)
+}
+
 /// The shortest interval the tests may ask for (`RUNNER_MEDIC_TEST_FAST_RETRY`).
 const TEST_MIN_AGENT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -416,8 +464,57 @@ pub fn parse_gitlab_url(text: &str) -> Result<Url, SettingsError> {
     Ok(crate::gitlab::normalize_url(&url))
 }
 
-/// Read the privileged token from a file the way ssh treats a private key: refused when the group
-/// or others may read it.
+/// The name of the privileged token among systemd's credentials: with `LoadCredential=` (or
+/// `SetCredentialEncrypted=`) under this name, the token is read from
+/// `$CREDENTIALS_DIRECTORY/runner-medic-admin-token` when no other source is given.
+pub const ADMIN_TOKEN_CREDENTIAL: &str = "runner-medic-admin-token";
+
+/// Whether a token file of this owner and mode may be used, and if not, why and the fix. The rule
+/// of ssh for a private key, widened for mounted secrets: the owner (root or this user) alone may
+/// read it (`0600`, `0400`); or, for a read-only file owned by root, its group may too (`0440`, as
+/// Docker and Kubernetes mount secrets). Never writable by group or others, never readable by
+/// others, never owned by another user.
+fn token_file_refusal(path: &Path, uid: u32, mode: u32) -> Option<(String, String)> {
+    let shown = path.display();
+    let euid = nix::unistd::geteuid().as_raw();
+    if uid != 0 && uid != euid {
+        return Some((
+            format!(
+                "the admin token file `{shown}` is owned by uid {uid}, not by root or this user; refusing to use it"
+            ),
+            format!("chown root {shown} (or this user)"),
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Some((
+            format!(
+                "the admin token file `{shown}` is writable by others (mode {mode:04o}); refusing to use it"
+            ),
+            format!("chmod 600 {shown}"),
+        ));
+    }
+    if mode & 0o007 != 0 {
+        return Some((
+            format!(
+                "the admin token file `{shown}` is readable by others (mode {mode:04o}); refusing to use it"
+            ),
+            format!("chmod 600 {shown}"),
+        ));
+    }
+    let read_only_secret = uid == 0 && mode & 0o222 == 0;
+    if mode & 0o070 != 0 && !read_only_secret {
+        return Some((
+            format!(
+                "the admin token file `{shown}` is readable by others (its group; mode {mode:04o}); refusing to use it"
+            ),
+            format!("chmod 600 {shown} (a read-only secret owned by root may be 0440)"),
+        ));
+    }
+    None
+}
+
+/// Read the privileged token from a file the way ssh treats a private key (see
+/// [`token_file_refusal`] for the modes accepted).
 pub fn read_admin_token_file(path: &Path) -> Result<AdminToken, SettingsError> {
     read_secret_file("admin token file", path)
 }
@@ -440,14 +537,10 @@ fn read_secret_file(what: &str, path: &Path) -> Result<AdminToken, SettingsError
         ));
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(bad(
-            format!(
-                "the {what} `{}` is readable by others (mode {mode:04o}); refusing to use it",
-                path.display()
-            ),
-            format!("chmod 600 {}", path.display()),
-        ));
+    if let Some((message, fix)) =
+        token_file_refusal(path, std::os::unix::fs::MetadataExt::uid(&meta), mode)
+    {
+        return Err(bad(message, fix));
     }
     let text = fs_err::read_to_string(path).map_err(|e| {
         bad(
@@ -537,7 +630,13 @@ impl Settings {
                 ))
             }
             (None, Some(path)) => Some(read_admin_token_file(path)?),
-            (None, None) => None,
+            (None, None) => match &env.credentials_dir {
+                // systemd's credentials: used when present, and only when nothing else is set.
+                Some(dir) if dir.join(ADMIN_TOKEN_CREDENTIAL).exists() => {
+                    Some(read_admin_token_file(&dir.join(ADMIN_TOKEN_CREDENTIAL))?)
+                }
+                _ => None,
+            },
         };
         let admin = match (token, &gitlab_url) {
             (Some(token), Some(url)) => {
@@ -632,6 +731,12 @@ impl Settings {
                 file.clock_skew_warning.as_deref(),
                 Duration::from_secs(60),
             )?,
+            run_timeout: run_timeout(
+                global.run_timeout.as_deref(),
+                file.run_timeout.as_deref(),
+                env.fast_retry,
+            )?,
+            run_started: std::time::Instant::now(),
             service: ServiceSettings {
                 manager,
                 name: overrides
@@ -688,6 +793,38 @@ impl Settings {
         })
     }
 
+    /// Start the clock of a new run (a command after its `--random-delay`, an agent cycle).
+    pub fn start_run(&mut self) {
+        self.run_started = std::time::Instant::now();
+    }
+
+    /// When the current run must stop: no token is requested after it.
+    pub fn deadline(&self) -> std::time::Instant {
+        self.run_started + self.run_timeout
+    }
+
+    /// Time left before the deadline (zero once it passed).
+    pub fn time_left(&self) -> Duration {
+        self.deadline()
+            .saturating_duration_since(std::time::Instant::now())
+    }
+
+    pub fn deadline_passed(&self) -> bool {
+        self.time_left().is_zero()
+    }
+
+    /// The finding of a run stopped by its deadline, `when` saying what it was doing.
+    pub fn run_timeout_finding(&self, when: &str) -> crate::diagnose::Finding {
+        crate::diagnose::Finding::error(
+            crate::diagnose::FindingCode::RunTimeout,
+            format!(
+                "the run's deadline of {} (`run_timeout`) passed {when}",
+                humantime::format_duration(self.run_timeout)
+            ),
+            "find what is slow (GitLab answering slowly or hanging, a service that takes long to stop), or give runs more time with `--run-timeout` / `run_timeout`; the next run carries on from the journal",
+        )
+    }
+
     /// The lock, journal and backups of one config.toml live under a key derived from its path,
     /// so several config.toml files on one host never share them.
     pub fn config_key(&self) -> String {
@@ -720,6 +857,36 @@ impl Settings {
 
     pub fn backup_dir(&self) -> PathBuf {
         self.state_dir.join("backups").join(self.config_key())
+    }
+
+    /// Refuse, before anything runs, a directory runner-medic would write in that someone else
+    /// can change (see [`crate::fs::check_dir`]): the state directory with its journal, backups
+    /// and records when `writes_state`, and the metrics file's directory.
+    pub fn check_dirs(&self, writes_state: bool) -> Result<(), SettingsError> {
+        use crate::fs::{check_dir, DirUse};
+        let refuse = |e: crate::fs::UnsafeDir| bad(e.message, e.fix);
+        if writes_state {
+            check_dir(&self.state_dir, "the state directory", DirUse::Private).map_err(refuse)?;
+            for (what, dir) in [
+                ("the journal directory", self.state_dir.join("journal")),
+                ("the backup directory", self.backup_dir()),
+                (
+                    "the known-runners directory",
+                    self.state_dir.join("known-runners"),
+                ),
+            ] {
+                check_dir(&dir, what, DirUse::Private).map_err(refuse)?;
+            }
+        }
+        if let Some(dir) = self.metrics_file.as_deref().and_then(Path::parent) {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            check_dir(dir, "the directory of the metrics file", DirUse::Shared).map_err(refuse)?;
+        }
+        Ok(())
     }
 }
 

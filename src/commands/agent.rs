@@ -79,8 +79,9 @@ pub async fn run(
             wait: true,
         };
         let mut current = settings.clone();
-        // Each cycle is a run with a retry budget of its own.
+        // Each cycle is a run, with a deadline and a retry budget of its own.
         current.retry.budget = current.retry.budget.renewed();
+        current.start_run();
         let started = Instant::now();
         let cycle = async move { crate::rotate::rotate(&current, &opts).await };
         tokio::pin!(cycle);
@@ -386,14 +387,14 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         tx.send(Signal::Reload).await.unwrap();
         tx.send(Signal::Shutdown).await.unwrap();
-        let report = run(
+        let report = Box::pin(run(
             settings,
             move || {
                 counted.fetch_add(1, Ordering::SeqCst);
                 Ok(fresh.clone())
             },
             rx,
-        )
+        ))
         .await
         .unwrap();
         assert_eq!(report.command, "agent");

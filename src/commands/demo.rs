@@ -221,6 +221,7 @@ tag_list = ["k8s"]
         fleet_store: None,
         fleet_endpoints: None,
         fleet_prefix: None,
+        run_timeout: None,
         log_format: None,
         verbose: 0,
         quiet: 0,

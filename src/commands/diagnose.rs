@@ -4,5 +4,8 @@ use crate::report::Report;
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings) -> Report {
-    crate::diagnose::diagnose(settings).await.report
+    match crate::diagnose::diagnose_by_deadline(settings, "diagnose", false).await {
+        Ok(diagnosis) => diagnosis.report,
+        Err(report) => report,
+    }
 }

@@ -42,5 +42,8 @@ pub async fn random_delay(args: &RotateArgs, interactive: bool) -> Result<(), Co
 }
 
 pub async fn run(settings: &Settings, args: &RotateArgs) -> Result<Report, CouldNotRun> {
-    crate::rotate::rotate(settings, &options(args)).await
+    // The run's deadline counts from here, after the random delay.
+    let mut settings = settings.clone();
+    settings.start_run();
+    crate::rotate::rotate(&settings, &options(args)).await
 }

@@ -258,19 +258,23 @@ fn from_environment(entry: &RunnerEntry, key: &str, names: &[String], place: &st
     )
 }
 
-/// Entries whose token repeats an earlier entry's: index → the earlier entry's name.
+/// Entries whose token repeats an earlier entry's: index → the first entry's name. One pass
+/// with a map from token value to its first holder.
 pub fn duplicate_tokens(entries: &[RunnerEntry]) -> HashMap<usize, String> {
     let mut out = HashMap::new();
-    for (i, e) in entries.iter().enumerate() {
+    let mut first_holder: HashMap<&str, &str> = HashMap::with_capacity(entries.len());
+    for e in entries {
         let Some(token) = &e.token else { continue };
         if token.unusable_reason() == Some("it is empty") {
             continue;
         }
-        if let Some(first) = entries[..i]
-            .iter()
-            .find(|o| o.token.as_ref().is_some_and(|t| t.same_as(token)))
-        {
-            out.insert(e.index, first.name.clone());
+        match first_holder.entry(token.expose_secret()) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                out.insert(e.index, (*first.get()).to_string());
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(&e.name);
+            }
         }
     }
     out

@@ -213,6 +213,33 @@ impl Clock {
 }
 
 /// Run every check. Never writes anything.
+/// [`diagnose`], cut off at the run's deadline ([`Settings::deadline`]): diagnosing only reads,
+/// so stopping it midway loses nothing. Err is the report of a run that ran out of time.
+pub async fn diagnose_by_deadline(
+    settings: &Settings,
+    command: &'static str,
+    force: bool,
+) -> Result<Diagnosis, Report> {
+    let deadline = tokio::time::Instant::from_std(settings.deadline());
+    if let Ok(diagnosis) = tokio::time::timeout_at(deadline, diagnose_for(settings, force)).await {
+        Ok(diagnosis)
+    } else {
+        tracing::error!(
+            run_timeout_s = settings.run_timeout.as_secs(),
+            "the run's deadline passed while diagnosing; stopping"
+        );
+        let mut report = Report::new(
+            command,
+            settings.runner_config.display().to_string(),
+            settings.gitlab_url.as_ref().map(url_key),
+        );
+        report.findings.push(settings.run_timeout_finding(
+            "while diagnosing, before anything was changed; no token was requested",
+        ));
+        Err(report)
+    }
+}
+
 pub async fn diagnose(settings: &Settings) -> Diagnosis {
     diagnose_for(settings, false).await
 }

@@ -68,6 +68,7 @@ codes! {
     SharedToken = "shared_token",
     FleetStoreUnavailable = "fleet_store_unavailable",
     TlsFileUnusable = "tls_file_unusable",
+    RunTimeout = "run_timeout",
 }
 
 impl schemars::JsonSchema for FindingCode {

@@ -212,7 +212,7 @@ fn plan_writes(
     journal: &mut Journal,
     report: &mut Report,
 ) -> Vec<(usize, Credentials)> {
-    let current = config.runners();
+    let current = custody::Holders::of(&config.runners());
     let mut writes = Vec::new();
     for e in journal
         .entries
@@ -222,12 +222,7 @@ fn plan_writes(
         let Some(token) = e.new_token.clone() else {
             continue;
         };
-        match custody::locate(
-            &current,
-            e.old_token_sha256.as_deref(),
-            &token_sha(&token),
-            &e.name,
-        ) {
+        match current.locate(e.old_token_sha256.as_deref(), &token_sha(&token), &e.name) {
             Target::Write(holders) => {
                 if holders != [e.index] {
                     report.findings.push(Finding::warning(
@@ -344,7 +339,7 @@ fn confirm_in_file(settings: &Settings, journal: &mut Journal, report: &mut Repo
                 return;
             }
         };
-        let current = config.runners();
+        let current = custody::Holders::of(&config.runners());
         let mut reverted = Vec::new();
         let mut prior = Vec::new();
         for (slot, e) in
@@ -355,7 +350,7 @@ fn confirm_in_file(settings: &Settings, journal: &mut Journal, report: &mut Repo
             let Some(token) = &e.new_token else { continue };
             let new_sha = token_sha(token);
             if let Target::Write(_) =
-                custody::locate(&current, e.old_token_sha256.as_deref(), &new_sha, &e.name)
+                current.locate(e.old_token_sha256.as_deref(), &new_sha, &e.name)
             {
                 prior.push((slot, e.step));
                 e.step = Step::Obtained;

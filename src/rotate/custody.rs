@@ -30,31 +30,50 @@ pub enum Target {
     Gone,
 }
 
-/// Find the entries a journalled token belongs to, by the old token's fingerprint.
-/// `old_sha` is `None` for an entry that had no token; then the entry is found by its name, and
-/// only while it still has no token.
-pub fn locate(current: &[RunnerEntry], old_sha: Option<&str>, new_sha: &str, name: &str) -> Target {
-    let sha = |e: &RunnerEntry| e.token.as_ref().map(token_sha);
-    let written: Vec<usize> = current
-        .iter()
-        .filter(|e| sha(e).as_deref() == Some(new_sha))
-        .map(|e| e.index)
-        .collect();
-    let holders: Vec<usize> = current
-        .iter()
-        .filter(|e| match old_sha {
-            Some(old) => sha(e).as_deref() == Some(old),
-            None => e.token.is_none() && e.name == name,
-        })
-        .map(|e| e.index)
-        .collect();
-    if !holders.is_empty() {
-        Target::Write(holders)
-    } else if !written.is_empty() {
-        Target::Written(written)
-    } else {
-        Target::Gone
+/// The entries of config.toml as it is now, by token fingerprint (and, for entries without a
+/// token, by name): built once per read of the file, so locating every journalled token is
+/// linear in the entries.
+#[derive(Debug, Default)]
+pub struct Holders {
+    by_sha: std::collections::HashMap<String, Vec<usize>>,
+    tokenless_by_name: std::collections::HashMap<String, Vec<usize>>,
+}
+
+impl Holders {
+    pub fn of(current: &[RunnerEntry]) -> Self {
+        let mut holders = Self::default();
+        for e in current {
+            let list = match &e.token {
+                Some(token) => holders.by_sha.entry(token_sha(token)).or_default(),
+                None => holders.tokenless_by_name.entry(e.name.clone()).or_default(),
+            };
+            list.push(e.index);
+        }
+        holders
     }
+
+    /// Find the entries a journalled token belongs to, by the old token's fingerprint.
+    /// `old_sha` is `None` for an entry that had no token; then the entry is found by its name,
+    /// and only while it still has no token.
+    pub fn locate(&self, old_sha: Option<&str>, new_sha: &str, name: &str) -> Target {
+        let holders = match old_sha {
+            Some(old) => self.by_sha.get(old),
+            None => self.tokenless_by_name.get(name),
+        };
+        if let Some(holders) = holders.filter(|h| !h.is_empty()) {
+            return Target::Write(holders.clone());
+        }
+        match self.by_sha.get(new_sha).filter(|w| !w.is_empty()) {
+            Some(written) => Target::Written(written.clone()),
+            None => Target::Gone,
+        }
+    }
+}
+
+/// [`Holders::locate`] for one token (build [`Holders`] once to locate many).
+pub fn locate(current: &[RunnerEntry], old_sha: Option<&str>, new_sha: &str, name: &str) -> Target {
+    let holders = Holders::of(current);
+    holders.locate(old_sha, new_sha, name)
 }
 
 pub fn token_sha(token: &RunnerToken) -> String {
@@ -207,39 +226,43 @@ pub fn preflight(
 }
 
 /// Room set aside in the journal directory before tokens are requested, given back just before
-/// the journal is written with them, so the disk cannot fill up in between.
+/// the journal is written with them, so the disk cannot fill up in between. It is a temp file
+/// ([`fs::temp_file`]) named after [`Reserve::NAME`].
 #[derive(Debug)]
 pub struct Reserve {
-    path: PathBuf,
+    file: std::sync::Mutex<Option<tempfile::NamedTempFile>>,
 }
 
 impl Reserve {
-    pub const NAME: &'static str = ".runner-medic-reserve";
+    pub const NAME: &'static str = "runner-medic-reserve";
 
     pub fn take(journal_dir: &Path, bytes: u64) -> std::io::Result<Self> {
         use std::io::Write;
-        let path = journal_dir.join(Self::NAME);
-        let mut file = std::fs::File::create(&path)?;
+        // Removed on any error, when dropped.
+        let mut file = fs::temp_file(journal_dir, Self::NAME, 0o600)?;
         let chunk = vec![0u8; 64 * 1024];
         let mut left = bytes;
-        let written = (|| {
-            while left > 0 {
-                let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
-                file.write_all(&chunk[..n])?;
-                left -= n as u64;
-            }
-            file.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
+        while left > 0 {
+            let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+            file.write_all(&chunk[..n])?;
+            left -= n as u64;
         }
-        Ok(Self { path })
+        file.as_file().sync_all()?;
+        Ok(Self {
+            file: std::sync::Mutex::new(Some(file)),
+        })
     }
 
     /// Give the room back (before a journal write that carries tokens).
     pub fn release(&self) {
-        let _ = std::fs::remove_file(&self.path);
+        let taken = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(file) = taken {
+            let _ = file.close();
+        }
     }
 }
 
@@ -249,38 +272,48 @@ impl Drop for Reserve {
     }
 }
 
+/// Whether `name` is a temp file runner-medic creates (`.<name>.runner-medic-tmp.<random>`), or
+/// one an earlier version created (`.<name>.runner-medic-tmp`, `.<name>.tmp.<pid>`, the reserve
+/// `.runner-medic-reserve`).
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.')
+        && (name.contains(fs::TEMP_MARKER)
+            || name.ends_with(".runner-medic-tmp")
+            || name.contains(".tmp.")
+            || name == ".runner-medic-reserve")
+}
+
 /// Remove what a killed run may have left: temp files of config.toml (they hold its text, tokens
 /// included), of the journal and of backups, and the journal's reserve. Callers hold the lock of
-/// config.toml, so none of these belongs to a live run.
+/// config.toml, so none of these belongs to a live run. Only regular files are removed (a symlink
+/// planted under such a name is left alone).
 pub fn remove_stale_temps(config_real_path: &Path, dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    if let (Some(dir), Some(name)) = (
-        config_real_path.parent(),
-        config_real_path.file_name().and_then(|n| n.to_str()),
-    ) {
-        let tmp = dir.join(format!(".{name}.runner-medic-tmp"));
-        if std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file())
-            && std::fs::remove_file(&tmp).is_ok()
-        {
-            removed.push(tmp);
-        }
-    }
-    for dir in dirs {
+    let mut remove_in = |dir: &Path, wanted: &dyn Fn(&str) -> bool| {
         let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
+            return;
         };
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let stale = name == Reserve::NAME
-                || (name.starts_with('.') && name.contains(".tmp."))
-                || name.ends_with(".runner-medic-tmp");
-            if stale
+            if wanted(&name)
                 && entry.file_type().is_ok_and(|t| t.is_file())
                 && std::fs::remove_file(entry.path()).is_ok()
             {
                 removed.push(entry.path());
             }
         }
+    };
+    if let (Some(dir), Some(name)) = (
+        config_real_path.parent(),
+        config_real_path.file_name().and_then(|n| n.to_str()),
+    ) {
+        // Beside config.toml, only config.toml's own temp files: the directory is not ours.
+        let current = format!(".{name}{}", fs::TEMP_MARKER);
+        let legacy = format!(".{name}.runner-medic-tmp");
+        remove_in(dir, &|n: &str| n.starts_with(&current) || n == legacy);
+    }
+    for dir in dirs {
+        remove_in(dir, &is_temp_name);
     }
     removed
 }

@@ -10,10 +10,10 @@ use super::custody::{self, Reserve};
 use super::hooks::{self, HookEnv};
 use super::journal::{token_sha, Journal, JournalEntry, JournalError, Step};
 use super::known::KnownRunners;
-use super::obtain::obtain;
+use super::obtain::{obtain, NOT_REQUESTED_DEADLINE};
 use super::plan::{plan, PlanItem, Scope};
 use crate::crash;
-use crate::diagnose::{diagnose_for, read_system_id, Diagnosis};
+use crate::diagnose::{diagnose_by_deadline, read_system_id, Diagnosis};
 use crate::diagnose::{Finding, FindingCode};
 use crate::fs;
 use crate::report::{Action, Outcome, Report};
@@ -47,11 +47,25 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
     let _locks = if opts.dry_run {
         None
     } else {
-        fs::private_dir(&settings.state_dir).map_err(|e| CouldNotRun {
-            source: None,
-            message: format!("cannot use the state directory: {e}"),
-            fix: "create it (mode 0700) or choose another with `--state-dir`".into(),
-        })?;
+        // The directories a token may be written to are checked before anything is asked of
+        // GitLab (the backup directory is created only when a backup is written).
+        for (what, dir) in [
+            ("the journal directory", journal_dir(settings)),
+            ("the backup directory", settings.backup_dir()),
+        ] {
+            fs::check_dir(&dir, what, fs::DirUse::Private)
+                .map_err(|u| CouldNotRun::new(u.message, u.fix))?;
+        }
+        {
+            let what = "the state directory";
+            fs::ensure_private_dir(&settings.state_dir, what).map_err(|e| match e {
+                fs::DirError::Unsafe(u) => CouldNotRun::new(u.message, u.fix),
+                fs::DirError::Io(e) => CouldNotRun::new(
+                    format!("cannot use {what}: {e}"),
+                    "create it (mode 0700) or choose another with `--state-dir`",
+                ),
+            })?;
+        }
         let lock_dir = settings.lock_dir();
         // Try without blocking first: "waiting" is said only when another run holds the lock.
         let attempt = match fs::lock_file(&settings.runner_config, &lock_dir, false) {
@@ -104,7 +118,10 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             carried = journal.entries;
         }
     }
-    let diagnosis = diagnose_for(settings, opts.scope.force).await;
+    let diagnosis = match diagnose_by_deadline(settings, "rotate", opts.scope.force).await {
+        Ok(diagnosis) => diagnosis,
+        Err(report) => return Ok(report),
+    };
     check_runner_names(&diagnosis, &opts.scope)?;
     let mut known = KnownRunners::load(settings);
     if !opts.dry_run {
@@ -134,7 +151,13 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
     // not yet in config.toml, a creation not yet settled) is not planned again; asking GitLab
     // again would revoke the token waiting in the journal or create a second runner. Runners are
     // recognised by their token, not their position.
-    let sha_of = |index: usize| diagnosis.facts[index].entry.token.as_ref().map(token_sha);
+    // Each token's fingerprint once (not once per pair of entries).
+    let shas: Vec<Option<String>> = diagnosis
+        .facts
+        .iter()
+        .map(|f| f.entry.token.as_ref().map(token_sha))
+        .collect();
+    let sha_of = |index: usize| shas[index].clone();
     let open: Vec<&JournalEntry> = carried.iter().filter(|e| e.step.is_open()).collect();
     let waits_for_earlier = |index: usize| {
         let sha = sha_of(index);
@@ -146,6 +169,8 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         })
     };
     let mut changes: Vec<PlanItem> = Vec::new();
+    // Token fingerprint → the change that rotates it.
+    let mut rotating: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for item in plan.changes().filter(|i| !i.skipped) {
         let r = &mut report.runners[item.index];
         if waits_for_earlier(item.index) {
@@ -157,9 +182,10 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             continue;
         }
         // Entries that share one token are one credential: one rotation, written to all.
-        if let Some(first) = changes
-            .iter()
-            .find(|c| sha_of(c.index).is_some() && sha_of(c.index) == sha_of(item.index))
+        if let Some(first) = shas[item.index]
+            .as_ref()
+            .and_then(|sha| rotating.get(sha))
+            .map(|at| &changes[*at])
         {
             r.action = Some(first.action);
             r.calls.clear();
@@ -168,6 +194,9 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
                 first.name
             ));
             continue;
+        }
+        if let Some(sha) = &shas[item.index] {
+            rotating.insert(sha.clone(), changes.len());
         }
         changes.push(item.clone());
     }
@@ -323,6 +352,21 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
 
     let journal = obtain(settings, &diagnosis, journal, &reserve).await?;
     drop(reserve);
+    let not_requested = journal
+        .entries
+        .iter()
+        .filter(|e| {
+            e.step == Step::Failed
+                && e.error
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with(NOT_REQUESTED_DEADLINE))
+        })
+        .count();
+    if not_requested > 0 {
+        report.findings.push(settings.run_timeout_finding(&format!(
+            "before every new token was requested: {not_requested} runner(s) were left as they are; the tokens already obtained were written"
+        )));
+    }
     if let Some(c) = coordination.as_mut() {
         Box::pin(c.publish(&journal, &mut report, system_id.as_deref())).await;
     }

@@ -1,7 +1,8 @@
 //! Hooks like certbot's: `pre` before anything changes, `deploy` once per rotated runner, `post`
 //! at the end. They get runner names and actions in the environment, never a token: they run
-//! through the service module's one command runner, which also removes every secret
-//! runner-medic's own environment holds (`RUNNER_MEDIC_ADMIN_TOKEN`, token values).
+//! through the service module's one command runner, which
+//! gives every child a cleared environment plus an allowlist (PATH, LANG, `LC_*`, TZ, HOME and
+//! the hook variables), so no secret runner-medic's own environment holds can reach them.
 
 use std::time::Duration;
 

@@ -40,6 +40,10 @@ fn audit(
     );
 }
 
+/// How the error of a runner left alone because the run's deadline passed begins.
+pub(super) const NOT_REQUESTED_DEADLINE: &str =
+    "not rotated: the run's deadline passed before a new token was requested";
+
 /// Obtain every new token, journalling each one before anything else happens.
 pub(super) async fn obtain(
     settings: &Settings,
@@ -83,6 +87,20 @@ pub(super) async fn obtain(
             };
             if entry.step != Step::Planned {
                 // Carried over from an earlier run; commit settles it.
+                return Ok(());
+            }
+            // The run's deadline: no token request starts after it. Requests already under way
+            // finish (bounded by the request timeout), and what they obtained is kept.
+            if settings.deadline_passed() {
+                let mut j = shared.lock().await;
+                let e = &mut j.entries[slot];
+                tracing::error!(runner = %e.name, "the run's deadline passed; not requesting a new token");
+                e.step = Step::Failed;
+                e.error = Some(format!(
+                    "{NOT_REQUESTED_DEADLINE} ({} `run_timeout`); nothing was asked of GitLab for this runner",
+                    humantime::format_duration(settings.run_timeout)
+                ));
+                j.keep();
                 return Ok(());
             }
             let facts = &diagnosis.facts[entry.index];

@@ -24,6 +24,9 @@ pub struct ConfigFile {
     /// SHA-256 of `text`, to refuse a write when the file changed since it was read.
     pub sha256: String,
     pub(super) doc: ImDocument<String>,
+    /// Byte offset of the start of each line, so that a line number costs a binary search, not a
+    /// scan of the file (runners × file size on a large config.toml).
+    line_starts: Vec<usize>,
 }
 
 /// One `[[runners]]` entry as read. Values that are absent or of the wrong type are `None`; the
@@ -145,12 +148,16 @@ impl ConfigFile {
                 });
             }
         }
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(at, _)| at + 1))
+            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             real_path,
             text,
             sha256,
             doc,
+            line_starts,
         })
     }
 
@@ -172,8 +179,11 @@ impl ConfigFile {
             .collect()
     }
 
+    /// 1-based line of a byte offset (as [`line_col`], in O(log lines)).
     pub fn line_of(&self, offset: usize) -> usize {
-        line_col(&self.text, offset).0
+        let offset = offset.min(self.text.len());
+        // The number of lines starting at or before `offset`.
+        self.line_starts.partition_point(|start| *start <= offset)
     }
 
     fn value_line(&self, table: &Table, key: &str) -> Option<usize> {
@@ -356,6 +366,28 @@ mod toml11_tests {
                 "{text}: {:?}",
                 load(text).err()
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_of_agrees_with_counting() {
+        let text = "a = 1\r\n\n[[runners]]\n  name = \"x\"\n# end";
+        let file = ConfigFile::parse(
+            Path::new("c.toml"),
+            PathBuf::from("c.toml"),
+            text.as_bytes().to_vec(),
+        );
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => panic!("{e}"),
+        };
+        for offset in 0..=text.len() + 3 {
+            assert_eq!(file.line_of(offset), line_col(text, offset).0, "{offset}");
         }
     }
 }

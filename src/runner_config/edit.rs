@@ -40,6 +40,11 @@ impl ConfigFile {
     pub fn with_credentials(&self, changes: &[(usize, Credentials)]) -> Result<String, Error> {
         let tables = self.runner_tables();
         let entries = self.runners();
+        let eol = if self.text.contains("\r\n") {
+            "\r\n"
+        } else {
+            "\n"
+        };
         let mut splices = Vec::new();
         for (index, creds) in changes {
             let (Some(table), Some(entry)) = (tables.get(*index), entries.get(*index)) else {
@@ -60,14 +65,28 @@ impl ConfigFile {
                     });
                 }
             }
-            self.entry_splices(table, &entry.name, entry.line, creds, &mut splices)?;
+            self.entry_splices(table, &entry.name, entry.line, creds, eol, &mut splices)?;
         }
-        // Apply from the end so earlier offsets stay valid.
-        splices.sort_by(|a, b| b.at.cmp(&a.at).then(b.order.cmp(&a.order)));
-        let mut text = self.text.clone();
+        // One pass from the start, copying the text between splices: linear in the file, however
+        // many entries change (a `replace_range` per splice would move the rest of the file each
+        // time).
+        splices.sort_by(|a, b| a.at.cmp(&b.at).then(a.order.cmp(&b.order)));
+        let mut text = String::with_capacity(
+            self.text.len() + splices.iter().map(|s| s.text.len()).sum::<usize>(),
+        );
+        let mut copied = 0;
         for s in &splices {
-            text.replace_range(s.at..s.at + s.remove, &s.text);
+            if s.at < copied {
+                return Err(Error::SelfCheck {
+                    path: self.path.clone(),
+                    message: "two changes overlap".into(),
+                });
+            }
+            text.push_str(&self.text[copied..s.at]);
+            text.push_str(&s.text);
+            copied = s.at + s.remove;
         }
+        text.push_str(&self.text[copied..]);
         self.self_check(&text, changes)?;
         Ok(text)
     }
@@ -78,6 +97,7 @@ impl ConfigFile {
         runner: &str,
         line: usize,
         creds: &Credentials,
+        eol: &str,
         out: &mut Vec<Splice>,
     ) -> Result<(), Error> {
         let unsupported = |message: String| Error::Unsupported {
@@ -96,11 +116,6 @@ impl ConfigFile {
                     .map_or_else(|| "0001-01-01T00:00:00Z".to_string(), format_datetime),
             ),
         ];
-        let eol = if self.text.contains("\r\n") {
-            "\r\n"
-        } else {
-            "\n"
-        };
         for (order, key) in OWNED_KEYS.iter().enumerate() {
             let Some(raw) = &values[order] else { continue };
             if let Some(item) = table.get(key) {
@@ -264,14 +279,7 @@ impl ConfigFile {
             .context_radius(2)
             .header(&path, &format!("{path} (after)"))
             .to_string();
-        for entry in self.runners() {
-            if let Some(token) = &entry.token {
-                let raw = token.expose_secret();
-                if raw.len() >= 4 {
-                    out = out.replace(raw, token.masked().as_str());
-                }
-            }
-        }
+        out = mask_file_tokens(&out, &self.runners());
         out.lines()
             .map(|l| {
                 if l.starts_with('+') && l.contains("token_expires_at") {
@@ -284,5 +292,106 @@ impl ConfigFile {
             .collect::<Vec<_>>()
             .join("\n")
             + "\n"
+    }
+}
+
+/// Characters a token found in free text is made of (every GitLab format, and the placeholder's
+/// neighbours are not).
+fn is_word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_-.~+/=".contains(c)
+}
+
+/// `text` with every token of `entries` masked. Linear in the text and the entries: the text is
+/// cut into words of token characters, each looked up in a map of the tokens; the rare token
+/// with other characters in it (which no word can match) is replaced the slow way.
+fn mask_file_tokens(text: &str, entries: &[super::RunnerEntry]) -> String {
+    let mut words: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    let mut odd: Vec<(&str, String)> = Vec::new();
+    for entry in entries {
+        let Some(token) = &entry.token else { continue };
+        let raw = token.expose_secret();
+        if raw.len() < 4 {
+            continue;
+        }
+        if raw.chars().all(is_word_char) {
+            words.insert(raw, token.masked().as_str().to_string());
+        } else {
+            odd.push((raw, token.masked().as_str().to_string()));
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let start = rest.find(is_word_char).unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find(|c: char| !is_word_char(c)).unwrap_or(rest.len());
+        let word = &rest[..end];
+        match words.get(word) {
+            Some(masked) => out.push_str(masked),
+            // A token may be part of a longer word (`x=glrt-…`): mask it inside.
+            None if !words.is_empty() && word.len() >= 4 => {
+                out.push_str(&mask_inside(word, &words));
+            }
+            None => out.push_str(word),
+        }
+        rest = &rest[end..];
+    }
+    for (raw, masked) in odd {
+        out = out.replace(raw, &masked);
+    }
+    out
+}
+
+/// Mask the tokens of `words` that appear inside `word` at a split point of its `=`, `/`, `+`
+/// or `.` (where a token can be glued to other characters in a diff line).
+fn mask_inside(word: &str, words: &std::collections::HashMap<&str, String>) -> String {
+    let mut out = word.to_string();
+    for (at, _) in word.match_indices(['=', '/', '+', '.']) {
+        for part in [&word[..at], &word[at + 1..]] {
+            if let Some(masked) = words.get(part) {
+                out = out.replace(part, masked);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner_config::RunnerEntry;
+    use crate::secret::RunnerToken;
+
+    fn entry(token: &str) -> RunnerEntry {
+        RunnerEntry {
+            token: Some(RunnerToken::new(token)),
+            ..RunnerEntry::default()
+        }
+    }
+
+    #[test]
+    fn every_token_of_the_file_is_masked_wherever_it_stands() {
+        let entries = [
+            entry("glrt-t1_aaaaaaaaaaaaaaaaaaaa"),
+            entry("0123456789abcdefghij"),
+            entry("odd:token@with#chars"),
+            entry("abc"),
+        ];
+        let text = "-  token = \"glrt-t1_aaaaaaaaaaaaaaaaaaaa\"\n \
+                    environment = [\"T=0123456789abcdefghij\"]\n \
+                    x = 'odd:token@with#chars'\n \
+                    name = \"abc\" glrt-t1_aaaaaaaaaaaaaaaaaaaab\n";
+        let masked = mask_file_tokens(text, &entries);
+        for raw in [
+            "glrt-t1_aaaaaaaaaaaaaaaaaaaa\"",
+            "0123456789abcdefghij",
+            "odd:token@with#chars",
+        ] {
+            assert!(!masked.contains(raw), "{raw} in {masked}");
+        }
+        // Short values are no token; a longer word that merely starts like one is not it.
+        assert!(masked.contains("\"abc\""), "{masked}");
+        assert!(masked.contains("glrt-t1_aaaaaaaaaaaaaaaaaaaab"), "{masked}");
     }
 }

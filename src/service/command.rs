@@ -3,14 +3,14 @@
 //! pipes: an init script that starts a daemon hands it our pipes, and reading a pipe the daemon
 //! keeps open would hang until the daemon exits.
 //!
-//! A child inherits runner-medic's environment, which may hold the privileged token
-//! (`RUNNER_MEDIC_ADMIN_TOKEN`) or runner tokens (gitlab-runner expands `$VAR` tokens from its
-//! environment, so hosts keep them there). Hooks and init scripts are third-party code, and a
-//! daemon an init script starts keeps its environment for life, readable in
-//! `/proc/PID/environ`. So every child gets the environment minus those variables: see
-//! [`scrub_environment`].
+//! A child gets a cleared environment plus an allowlist ([`scrub_environment`]): runner-medic's
+//! own environment may hold the privileged token (`RUNNER_MEDIC_ADMIN_TOKEN`) or runner tokens
+//! (gitlab-runner expands `$VAR` tokens from its environment, so hosts keep them there), under any
+//! name. Hooks and init scripts are third-party code, and a daemon an init script starts keeps
+//! its environment for life, readable in `/proc/PID/environ`; so nothing is passed on but what a
+//! command needs to run.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,25 +18,83 @@ use std::time::{Duration, Instant};
 use super::Error;
 use crate::secret::is_secret_value;
 
-/// The variable runner-medic reads the privileged token from; never passed on, whatever it holds.
-const ADMIN_TOKEN_VAR: &str = "RUNNER_MEDIC_ADMIN_TOKEN";
+/// Inherited variables passed on to every child: where programs are, language and time zone,
+/// the home directory; and where a container engine or a user's service manager listens (the
+/// docker, podman and `systemctl --user` backends need them; none carries a credential).
+pub const PASSED_ON: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "HOME",
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "CONTAINER_HOST",
+    "CONTAINER_CONNECTION",
+    "XDG_RUNTIME_DIR",
+    "DBUS_SESSION_BUS_ADDRESS",
+];
 
-/// Remove from `cmd`'s environment `RUNNER_MEDIC_ADMIN_TOKEN` and every variable whose value is a
-/// secret (a token this process holds, or any value shaped like a GitLab token), whether it was
-/// inherited or set on `cmd`. Returns the names removed, for the log.
+/// Every `LC_*` variable is passed on too.
+const PASSED_ON_PREFIX: &str = "LC_";
+
+/// The variables runner-medic sets for hooks (docs/reference.md, "Hooks"); only these may be set
+/// on a command besides [`PASSED_ON`].
+pub const HOOK_VARS: &[&str] = &[
+    "RUNNER_MEDIC_HOOK",
+    "RUNNER_MEDIC_RUNNERS",
+    "RUNNER_MEDIC_ACTIONS",
+    "RUNNER_MEDIC_RUNNER",
+    "RUNNER_MEDIC_ACTION",
+    "RUNNER_MEDIC_RUNNER_ID",
+    "RUNNER_MEDIC_RUNNER_CONFIG",
+];
+
+/// PATH for a child when runner-medic's own environment has none (init scripts need one).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn passed_on(key: &OsStr) -> bool {
+    key.to_str()
+        .is_some_and(|k| PASSED_ON.contains(&k) || k.starts_with(PASSED_ON_PREFIX))
+}
+
+/// A value that is not UTF-8 is no token GitLab issued; one that is may still be a secret (a
+/// token this process holds, or any value shaped like a GitLab token) and is left out whatever
+/// its name.
+fn secret(value: &OsStr) -> bool {
+    value.to_str().is_some_and(is_secret_value)
+}
+
+/// Give `cmd` a cleared environment plus the allowlist: the inherited [`PASSED_ON`] and `LC_*`
+/// variables, the [`HOOK_VARS`] (and [`PASSED_ON`]) set on `cmd`, and nothing else, so no token
+/// of any kind can pass; a value that is a secret is left out even under an allowed name. PATH is
+/// [`DEFAULT_PATH`] when none passes. Returns the names left out, for the log.
 pub fn scrub_environment(cmd: &mut Command) -> Vec<String> {
-    let inherited = std::env::vars_os();
-    let explicit: Vec<_> = cmd
+    let explicit: Vec<(OsString, OsString)> = cmd
         .get_envs()
         .filter_map(|(k, v)| Some((k.to_os_string(), v?.to_os_string())))
         .collect();
+    cmd.env_clear();
     let mut removed = Vec::new();
-    for (key, value) in inherited.chain(explicit) {
-        // A value that is not UTF-8 is no token GitLab issued.
-        if key == OsStr::new(ADMIN_TOKEN_VAR) || value.to_str().is_some_and(is_secret_value) {
+    let mut kept = |key: &OsStr, value: &OsStr, allowed: bool, cmd: &mut Command| {
+        if allowed && !secret(value) {
+            cmd.env(key, value);
+        } else {
             removed.push(key.to_string_lossy().into_owned());
-            cmd.env_remove(&key);
         }
+    };
+    for (key, value) in std::env::vars_os() {
+        kept(&key, &value, passed_on(&key), cmd);
+    }
+    for (key, value) in explicit {
+        let hook_var = key.to_str().is_some_and(|k| HOOK_VARS.contains(&k));
+        kept(&key, &value, hook_var || passed_on(&key), cmd);
+    }
+    if !cmd.get_envs().any(|(k, v)| k == "PATH" && v.is_some()) {
+        cmd.env("PATH", DEFAULT_PATH);
     }
     removed.sort();
     removed.dedup();
@@ -84,7 +142,7 @@ pub fn run_with_env(
     cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
     let removed = scrub_environment(&mut cmd);
     if !removed.is_empty() {
-        tracing::debug!(command = %shown, variables = ?removed, "secrets left out of the child's environment");
+        tracing::trace!(command = %shown, variables = ?removed, "variables left out of the child's environment");
     }
     let mut child = cmd
         .stdin(Stdio::null())

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{run as run_command, run_with_env as run_command_with_env, Output};
+pub use command::{
+    run as run_command, run_with_env as run_command_with_env, Output, DEFAULT_PATH, HOOK_VARS,
+    PASSED_ON,
+};
 pub use container::Container;
 pub use gitlab_runner::GitlabRunnerCli;
 pub use launchd::Launchd;

@@ -297,7 +297,7 @@ fn a_concurrent_modification_is_refused() {
         "the other writer's file stands"
     );
     assert!(
-        !dir.path().join(".config.toml.runner-medic-tmp").exists(),
+        crate::harness::temp_files(dir.path()).is_empty(),
         "no temp file left"
     );
 }
@@ -355,7 +355,11 @@ fn a_crash_between_temp_write_and_rename_leaves_the_original() {
     // The next run cleans up and completes.
     let run = env.run(&["rotate"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(!env.path(".config.toml.runner-medic-tmp").exists());
+    assert!(
+        crate::harness::temp_files(env.dir.path()).is_empty(),
+        "{:?}",
+        crate::harness::temp_files(env.dir.path())
+    );
 }
 
 mod fuzz {

@@ -305,7 +305,7 @@ fn a_full_state_dir_means_no_token_is_requested() {
     env.write_config(&entries);
     std::fs::create_dir_all(&env.state).unwrap();
     assert!(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
         .arg(&env.state)
         .status()
         .unwrap()
@@ -593,12 +593,31 @@ fn temp_files_of_a_killed_run_are_removed() {
     env.write_config(&entries);
     let journal_dir = env.state.join("journal");
     std::fs::create_dir_all(&journal_dir).unwrap();
-    let stale_journal = journal_dir.join(".abc.json.tmp.4242");
+    let key = &runner_medic::fs::sha256_hex(
+        std::fs::canonicalize(&env.config)
+            .unwrap()
+            .as_os_str()
+            .as_encoded_bytes(),
+    )[..16];
+    let marker = runner_medic::fs::TEMP_MARKER;
+    // What a run killed midway leaves, named as runner-medic names its temp files.
+    let stale_journal = journal_dir.join(format!(".{key}.json{marker}Xq3vB9aZk2Lm"));
     std::fs::write(&stale_journal, "glrt-secret").unwrap();
-    let stale_config = env.path(".config.toml.runner-medic-tmp");
+    let stale_reserve = journal_dir.join(format!(".runner-medic-reserve{marker}Pw8eR4tYu1Io"));
+    std::fs::write(&stale_reserve, vec![0u8; 4096]).unwrap();
+    let stale_config = env.path(&format!(".config.toml{marker}Hj5kL7mN0bVc"));
     std::fs::write(&stale_config, "token = glrt-secret").unwrap();
+    // Not runner-medic's: another program's file beside config.toml, and a symlink under a
+    // temp name (never followed, never removed).
+    let foreign = env.path(".other.tmp.4242");
+    std::fs::write(&foreign, "keep").unwrap();
+    let planted = journal_dir.join(format!(".x.json{marker}Aa1Bb2Cc3Dd4"));
+    std::os::unix::fs::symlink(&foreign, &planted).unwrap();
     let run = rotate(&env);
     assert_eq!(run.code, 0, "{}", run.stdout);
     assert!(!stale_journal.exists());
+    assert!(!stale_reserve.exists());
     assert!(!stale_config.exists());
+    assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "keep");
+    assert!(std::fs::symlink_metadata(&planted).is_ok());
 }

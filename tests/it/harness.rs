@@ -256,6 +256,8 @@ impl TestEnv {
             .env_remove("RUNNER_MEDIC_SETTINGS")
             .env_remove("RUNNER_MEDIC_METRICS_FILE")
             .env_remove("RUNNER_MEDIC_CRASH_AT")
+            .env_remove("RUNNER_MEDIC_RUN_TIMEOUT")
+            .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("NO_COLOR")
             .env("RUNNER_MEDIC_TEST_FAST_RETRY", "1")
             .env("RUST_LOG", "runner_medic=debug");
@@ -338,6 +340,18 @@ impl TestEnv {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+}
+
+/// The temp files runner-medic left in `dir` (`.<name>.runner-medic-tmp.<random>`).
+pub fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(runner_medic::fs::TEMP_MARKER))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn mode(path: &Path) -> u32 {

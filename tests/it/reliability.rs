@@ -762,7 +762,15 @@ fn two_rotations_started_together_never_rotate_a_runner_twice() {
         .spawn()
         .unwrap();
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert_eq!((a.status.code(), b.status.code()), (Some(0), Some(0)));
+    assert_eq!(
+        (a.status.code(), b.status.code()),
+        (Some(0), Some(0)),
+        "{}\n{}\n{}\n{}",
+        String::from_utf8_lossy(&a.stdout),
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stdout),
+        String::from_utf8_lossy(&b.stderr)
+    );
     assert_eq!(
         env.sim
             .state()
