@@ -515,9 +515,11 @@ fn under_journald_every_log_line_has_its_priority_and_no_timestamp() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/cron.d/runner-medic"),
     )
     .unwrap();
+    // The job line (shipped commented out, so that installing enables nothing), not the
+    // comment that explains how to enable it.
     let job = cron
         .lines()
-        .find(|l| l.contains("runner-medic rotate"))
+        .find(|l| l.contains(" root ") && l.contains("runner-medic rotate"))
         .unwrap();
     assert!(
         job.contains("--log-format syslog") && job.contains("logger --prio-prefix"),
@@ -709,7 +711,7 @@ fn packaged_units_pass_no_flag_a_setting_sets_and_the_packaged_settings_parse() 
     let cron = std::fs::read_to_string(root.join("packaging/cron.d/runner-medic")).unwrap();
     commands.extend(
         cron.lines()
-            .filter(|l| l.contains("runner-medic rotate"))
+            .filter(|l| l.contains(" root ") && l.contains("runner-medic rotate"))
             .map(str::to_string),
     );
     assert_eq!(commands.len(), 3, "{commands:?}");
@@ -728,7 +730,7 @@ fn packaged_units_pass_no_flag_a_setting_sets_and_the_packaged_settings_parse() 
     assert_eq!(
         settings.metrics_file.as_deref(),
         Some(std::path::Path::new(
-            "/var/lib/node_exporter/textfile_collector/runner-medic.prom"
+            "/var/lib/prometheus/node-exporter/runner-medic.prom"
         ))
     );
     assert_eq!(settings.agent.listen.as_deref(), Some("127.0.0.1:9852"));
