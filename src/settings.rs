@@ -49,6 +49,7 @@ pub struct SettingsFile {
     pub delete_replaced: Option<bool>,
     pub keep_backups: Option<usize>,
     pub clock_skew_warning: Option<String>,
+    pub record_refresh: Option<String>,
     #[serde(default)]
     pub service: ServiceFile,
     #[serde(default)]
@@ -139,6 +140,9 @@ pub struct Settings {
     pub delete_replaced: bool,
     pub keep_backups: usize,
     pub clock_skew_warning: Duration,
+    /// A remembered runner record (and privileged token check) older than this is read again;
+    /// younger, a healthy runner costs one request (its verify). See `diagnose::known`.
+    pub record_refresh: Duration,
     pub service: ServiceSettings,
     pub hooks: HooksFile,
     pub agent: AgentSettings,
@@ -631,6 +635,11 @@ impl Settings {
                 "clock_skew_warning",
                 file.clock_skew_warning.as_deref(),
                 Duration::from_secs(60),
+            )?,
+            record_refresh: duration(
+                "record_refresh",
+                file.record_refresh.as_deref(),
+                Duration::from_secs(86_400),
             )?,
             service: ServiceSettings {
                 manager,

@@ -4,5 +4,8 @@ use crate::report::Report;
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings) -> Report {
-    crate::diagnose::diagnose(settings).await.report
+    let mut diagnosis = crate::diagnose::diagnose(settings).await;
+    // The records read are remembered (state directory), so the next run need not read them.
+    diagnosis.known.save(settings);
+    diagnosis.report
 }

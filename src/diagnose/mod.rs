@@ -7,6 +7,7 @@
 mod admin;
 mod config_checks;
 mod judge;
+pub mod known;
 mod network;
 pub mod sharing;
 
@@ -21,6 +22,7 @@ pub use crate::report::describe_in as describe_expiry;
 pub use crate::report::{Finding, FindingCode, Severity};
 pub use admin::AdminAccess;
 pub use judge::{renew_window, Judged, TokenState};
+pub use known::KnownRunners;
 
 use crate::gitlab::{self, AdminApi, ClientOptions, RunnerApi, RunnerDetails, TlsFiles};
 use crate::report::{Report, RunnerReport};
@@ -69,6 +71,9 @@ pub struct Diagnosis {
     pub skew: Option<chrono::Duration>,
     /// What the privileged token may do, when it was checked and works.
     pub admin_access: Option<AdminAccess>,
+    /// The runner records and privileged check remembered, with what this run read added;
+    /// saved by the caller ([`KnownRunners::save`]) unless it is a dry run.
+    pub known: KnownRunners,
 }
 
 impl Diagnosis {
@@ -240,6 +245,7 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
                 facts: Vec::new(),
                 skew: None,
                 admin_access: None,
+                known: KnownRunners::default(),
             };
         }
     };
@@ -256,24 +262,21 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
     }
     let system_id = read_system_id(&config);
     let mut clock = Clock::default();
+    let mut known = KnownRunners::load(settings);
+    let started = host_now();
 
-    // The privileged credential first: its answers also tell the server's clock.
-    let mut admin_access = None;
-    let admin = match &settings.admin {
+    // The privileged credential: checked at once when no recent check is remembered, else only
+    // when a runner needs it (see `Privileged`), alongside the runners' verifies either way.
+    let privileged = match &settings.admin {
         Some(cred) => match admin_api(settings, cred, &entries) {
-            Ok(api) => {
-                let checked = admin::check(&api, settings).await;
-                for (date, local) in &checked.dates {
-                    clock.add(Some(*date), *local);
-                }
-                report.findings.extend(checked.findings);
-                report.admin_token_expires_at = checked
-                    .expires_at
-                    .and_then(|d| d.and_hms_opt(0, 0, 0))
-                    .map(|t| t.and_utc());
-                admin_access.clone_from(&checked.access);
-                checked.usable.then(|| Arc::new(api))
-            }
+            Ok(api) => Some(Privileged {
+                api: Arc::new(api),
+                settings,
+                remembered: known
+                    .admin_facts(cred, started, settings.record_refresh)
+                    .cloned(),
+                checked: tokio::sync::OnceCell::new(),
+            }),
             Err(e) => {
                 report.findings.push(Finding::error(
                     FindingCode::AdminTokenInvalid,
@@ -285,6 +288,7 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
         },
         None => None,
     };
+    let privileged = privileged.as_ref();
 
     let clients = Clients::new(settings, system_id.clone());
     let pre: Vec<config_checks::Pre> = entries
@@ -292,18 +296,36 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
         .map(|e| config_checks::check_entry(e, &config, settings))
         .collect();
 
-    let observations: Vec<network::Observation> =
-        futures::stream::iter(entries.iter().zip(&pre).map(|(entry, p)| {
-            let client = p.url.as_ref().map(|u| clients.for_url(u, tls_files(entry)));
-            let admin = admin.clone().filter(|_| p.admin_usable);
-            async move { network::observe(entry, p, client, admin).await }
-        }))
-        .buffered(settings.concurrency)
-        .collect()
-        .await;
+    let observe_all = futures::stream::iter(entries.iter().zip(&pre).map(|(entry, p)| {
+        let client = p.url.as_ref().map(|u| clients.for_url(u, tls_files(entry)));
+        let admin = privileged.filter(|_| p.admin_usable);
+        let wants = network::Wants {
+            force,
+            fresh: entry
+                .id
+                .is_some_and(|id| known.fresh(id, started, settings.record_refresh)),
+            settings,
+        };
+        async move { network::observe(entry, p, client, admin, wants).await }
+    }))
+    .buffered(settings.concurrency)
+    .collect::<Vec<network::Observation>>();
+    let check_admin = async {
+        if let Some(p) = privileged.filter(|p| p.remembered.is_none()) {
+            p.usable().await;
+        }
+    };
+    let (mut observations, ()) = tokio::join!(observe_all, check_admin);
     for o in &observations {
         for (date, local) in &o.dates {
             clock.add(Some(*date), *local);
+        }
+    }
+    if let Some(p) = privileged {
+        if let Some((checked, _)) = p.checked.get() {
+            for (date, local) in &checked.dates {
+                clock.add(Some(*date), *local);
+            }
         }
     }
 
@@ -312,19 +334,20 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
         let now = host_now();
         report.server_time = Some(now + skew);
         report.clock_skew_seconds = Some(skew.num_milliseconds() as f64 / 1000.0);
-        if let Some(f) = admin::clock_finding(skew, settings) {
-            report.findings.push(f);
-        }
     }
     let server_now = host_now() + skew.unwrap_or_else(chrono::Duration::zero);
 
-    let judgements: Vec<Judged> = entries
+    let mut judgements: Vec<Judged> = entries
         .iter()
         .zip(&pre)
         .zip(&observations)
         .map(|((entry, p), obs)| judge::judge(entry, p, obs, server_now, settings))
         .collect();
-    let sharings: Vec<Option<sharing::Sharing>> = futures::stream::iter(
+    // A runner whose token may change needs its record and its managers. `observe` reads both
+    // when its answer already suggests a change; what it could not foresee is read now.
+    let window = chrono::Duration::from_std(settings.fleet.manager_window)
+        .unwrap_or_else(|_| chrono::Duration::hours(2));
+    let late: Vec<Late> = futures::stream::iter(
         entries
             .iter()
             .zip(&pre)
@@ -337,27 +360,123 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
                         .findings
                         .iter()
                         .any(|f| f.code == FindingCode::TokenExpiring);
-                let admin = admin.clone().filter(|_| {
-                    p.admin_usable && considered && matches!(obs.record_state(), Record::Exists(_))
-                });
-                let own = system_id.clone();
-                // A dead token was last used when it died: count the hosts that used it then.
-                let anchor = match judged.expires_at {
-                    Some(at) if judged.state == TokenState::Dead => at.min(server_now),
-                    _ => server_now,
-                };
-                let window = chrono::Duration::from_std(settings.fleet.manager_window)
-                    .unwrap_or_else(|_| chrono::Duration::hours(2));
+                let wanted = privileged
+                    .filter(|_| p.admin_usable && considered && obs.network.is_none())
+                    .zip(entry.id);
+                let has_record = obs.record.is_some();
+                let has_managers = obs.managers_read;
                 async move {
-                    let (admin, id) = (admin?, entry.id?);
-                    let list = sharing::read(&admin, id).await?;
-                    Some(sharing::count(&list, own.as_deref(), anchor, window))
+                    let mut late = Late::default();
+                    let Some((admin, id)) = wanted else {
+                        return late;
+                    };
+                    if has_record && has_managers {
+                        return late;
+                    }
+                    let Some(api) = admin.usable().await else {
+                        return late;
+                    };
+                    if !has_record {
+                        late.record = Some(api.runner(id).await);
+                    }
+                    let exists = late.record.as_ref().is_none_or(Result::is_ok);
+                    if exists && !has_managers {
+                        late.managers = sharing::read(&api, id).await;
+                        late.managers_read = true;
+                    }
+                    late
                 }
             }),
     )
     .buffered(settings.concurrency)
     .collect()
     .await;
+    for (i, late) in late.into_iter().enumerate() {
+        let obs = &mut observations[i];
+        if late.managers_read {
+            obs.managers_read = true;
+            obs.managers = late.managers;
+        }
+        if let Some(record) = late.record {
+            if let Ok(reply) = &record {
+                if let Some(d) = reply.server_date {
+                    clock.add(Some(d), host_now());
+                }
+            }
+            obs.record = Some(record.map(|r| r.value));
+            judgements[i] = judge::judge(&entries[i], &pre[i], obs, server_now, settings);
+        }
+    }
+
+    // The privileged token: as checked in this run, else as remembered.
+    let mut admin_access = None;
+    let mut admin = None;
+    if let (Some(p), Some(cred)) = (privileged, &settings.admin) {
+        let checked = match p.checked.get() {
+            Some((checked, facts)) => {
+                match facts {
+                    Some(f) if checked.usable => known.note_admin(cred, f, host_now()),
+                    _ => known.forget_admin(),
+                }
+                checked.clone()
+            }
+            None => p
+                .remembered
+                .as_ref()
+                .map_or_else(admin::AdminCheck::default, |f| {
+                    admin::judge(f, &url_key(&cred.url), settings)
+                }),
+        };
+        report.findings.extend(checked.findings);
+        report.admin_token_expires_at = checked
+            .expires_at
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc());
+        admin_access = checked.access;
+        if checked.usable {
+            admin = Some(p.api.clone());
+        }
+    }
+    if let Some(skew) = skew {
+        if let Some(f) = admin::clock_finding(skew, settings) {
+            report.findings.push(f);
+        }
+    }
+
+    let sharings: Vec<Option<sharing::Sharing>> = entries
+        .iter()
+        .zip(&pre)
+        .zip(&observations)
+        .zip(&judgements)
+        .map(|(((entry, p), obs), judged)| {
+            let considered = force
+                || judged.state == TokenState::Dead
+                || judged
+                    .findings
+                    .iter()
+                    .any(|f| f.code == FindingCode::TokenExpiring);
+            if !(p.admin_usable
+                && admin.is_some()
+                && considered
+                && matches!(obs.record_state(), Record::Exists(_)))
+            {
+                return None;
+            }
+            entry.id?;
+            let list = obs.managers.clone()?;
+            // A dead token was last used when it died: count the hosts that used it then.
+            let anchor = match judged.expires_at {
+                Some(at) if judged.state == TokenState::Dead => at.min(server_now),
+                _ => server_now,
+            };
+            Some(sharing::count(&list, system_id.as_deref(), anchor, window))
+        })
+        .collect();
+    for obs in &observations {
+        if let Some(Ok(record)) = &obs.record {
+            known.note_record(record, started);
+        }
+    }
 
     let duplicates = config_checks::duplicate_tokens(&entries);
     let mut facts = Vec::new();
@@ -428,5 +547,36 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
         facts,
         skew,
         admin_access,
+        known,
+    }
+}
+
+/// What was read for a runner after the judgement.
+#[derive(Default)]
+struct Late {
+    record: Option<Result<gitlab::Reply<RunnerDetails>, gitlab::Error>>,
+    managers_read: bool,
+    managers: Option<Vec<gitlab::RunnerManagerInfo>>,
+}
+
+/// The privileged client, checked once per run and only when needed: at once when no recent
+/// check is remembered, else by the first runner that needs the token (a refused token, a stale
+/// record, a change to plan). A run of healthy runners with fresh records never sends it.
+pub(crate) struct Privileged<'a> {
+    api: Arc<AdminApi>,
+    settings: &'a Settings,
+    /// The facts of a check younger than `record_refresh`.
+    remembered: Option<admin::AdminFacts>,
+    checked: tokio::sync::OnceCell<(admin::AdminCheck, Option<admin::AdminFacts>)>,
+}
+
+impl Privileged<'_> {
+    /// The client, once the token is known to work in this run (checked on first use).
+    pub(crate) async fn usable(&self) -> Option<Arc<AdminApi>> {
+        let (checked, _) = self
+            .checked
+            .get_or_init(|| admin::check(&self.api, self.settings))
+            .await;
+        checked.usable.then(|| self.api.clone())
     }
 }
