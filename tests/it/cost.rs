@@ -174,3 +174,20 @@ fn a_dead_token_still_has_its_record_read_when_the_remembered_one_is_fresh() {
         "the privileged token is checked again before it is used: {sent:#?}"
     );
 }
+
+/// A throttle that would be overrun: its `RateLimit-Remaining` slows runner-medic down before
+/// GitLab has to refuse anything, across concurrent requests and both kinds of token.
+#[test]
+fn a_low_ratelimit_remaining_slows_the_pace_before_any_429() {
+    let env = TestEnv::new();
+    let entries = healthy_fleet(&env, 8);
+    env.write_config(&entries);
+    // 8 verifies, 8 record reads and the privileged check: 18 requests, 12 allowed per 2 s.
+    env.sim.state().throttle = Some(gitlab_sim::Throttle::new(12, 2, true));
+    let run = env.run(&["diagnose", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let s = env.sim.state();
+    assert_eq!(s.throttle.as_ref().unwrap().refused, 0);
+    assert_eq!(s.requests_to("GET", "/api/v4/runners/:id"), 8);
+    assert!(s.log.iter().all(|e| e.status != 429));
+}
