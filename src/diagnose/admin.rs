@@ -55,7 +55,11 @@ pub struct AdminFacts {
 
 /// Check the privileged token: `GET /personal_access_tokens/self` and `GET /application/settings`,
 /// sent together. The facts come back when the token works, to be remembered.
-pub async fn check(api: &AdminApi, settings: &Settings) -> (AdminCheck, Option<AdminFacts>) {
+pub async fn check(
+    api: &AdminApi,
+    settings: &Settings,
+    limit: &super::Limit,
+) -> (AdminCheck, Option<AdminFacts>) {
     let mut out = AdminCheck {
         access: None,
         findings: Vec::new(),
@@ -64,7 +68,10 @@ pub async fn check(api: &AdminApi, settings: &Settings) -> (AdminCheck, Option<A
         dates: Vec::new(),
     };
     let url = super::url_key(api.url());
-    let (pat_reply, settings_reply) = tokio::join!(api.pat_self(), api.application_settings());
+    let (pat_reply, settings_reply) = tokio::join!(
+        limit.run(api.pat_self()),
+        limit.run(api.application_settings())
+    );
     let pat = match pat_reply {
         Err(e) if e.status() == Some(401) => {
             out.findings.push(Finding::error(

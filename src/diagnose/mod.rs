@@ -267,11 +267,16 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
 
     // The privileged credential: checked at once when no recent check is remembered, else only
     // when a runner needs it (see `Privileged`), alongside the runners' verifies either way.
+    // Every request of the diagnosis takes a place here: a runner may send two at once (its record
+    // and its managers), the privileged check runs alongside, and `concurrency` still holds.
+    let limit = Limit(tokio::sync::Semaphore::new(settings.concurrency));
+    let limit = &limit;
     let privileged = match &settings.admin {
         Some(cred) => match admin_api(settings, cred, &entries) {
             Ok(api) => Some(Privileged {
                 api: Arc::new(api),
                 settings,
+                limit,
                 remembered: known
                     .admin_facts(cred, started, settings.record_refresh)
                     .cloned(),
@@ -296,26 +301,32 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
         .map(|e| config_checks::check_entry(e, &config, settings))
         .collect();
 
-    let observe_all = futures::stream::iter(entries.iter().zip(&pre).map(|(entry, p)| {
-        let client = p.url.as_ref().map(|u| clients.for_url(u, tls_files(entry)));
-        let admin = privileged.filter(|_| p.admin_usable);
-        let wants = network::Wants {
-            force,
-            fresh: entry
-                .id
-                .is_some_and(|id| known.fresh(id, started, settings.record_refresh)),
-            settings,
-        };
-        async move { network::observe(entry, p, client, admin, wants).await }
-    }))
-    .buffered(settings.concurrency)
-    .collect::<Vec<network::Observation>>();
+    // Unordered: a runner that needs two rounds does not hold up the places of those after it.
+    let observe_all =
+        futures::stream::iter(entries.iter().zip(&pre).enumerate().map(|(i, (entry, p))| {
+            let client = p.url.as_ref().map(|u| clients.for_url(u, tls_files(entry)));
+            let admin = privileged.filter(|_| p.admin_usable);
+            let wants = network::Wants {
+                force,
+                fresh: entry
+                    .id
+                    .is_some_and(|id| known.fresh(id, started, settings.record_refresh)),
+                settings,
+                limit,
+            };
+            async move { (i, network::observe(entry, p, client, admin, wants).await) }
+        }))
+        .buffer_unordered(settings.concurrency)
+        .collect::<Vec<(usize, network::Observation)>>();
     let check_admin = async {
         if let Some(p) = privileged.filter(|p| p.remembered.is_none()) {
             p.usable().await;
         }
     };
-    let (mut observations, ()) = tokio::join!(observe_all, check_admin);
+    let (mut observed, ()) = tokio::join!(observe_all, check_admin);
+    observed.sort_by_key(|(i, _)| *i);
+    let mut observations: Vec<network::Observation> =
+        observed.into_iter().map(|(_, o)| o).collect();
     for o in &observations {
         for (date, local) in &o.dates {
             clock.add(Some(*date), *local);
@@ -347,13 +358,14 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
     // when its answer already suggests a change; what it could not foresee is read now.
     let window = chrono::Duration::from_std(settings.fleet.manager_window)
         .unwrap_or_else(|_| chrono::Duration::hours(2));
-    let late: Vec<Late> = futures::stream::iter(
+    let late: Vec<(usize, Late)> = futures::stream::iter(
         entries
             .iter()
             .zip(&pre)
             .zip(&observations)
             .zip(&judgements)
-            .map(|(((entry, p), obs), judged)| {
+            .enumerate()
+            .map(|(i, (((entry, p), obs), judged))| {
                 let considered = force
                     || judged.state == TokenState::Dead
                     || judged
@@ -368,30 +380,30 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
                 async move {
                     let mut late = Late::default();
                     let Some((admin, id)) = wanted else {
-                        return late;
+                        return (i, late);
                     };
                     if has_record && has_managers {
-                        return late;
+                        return (i, late);
                     }
                     let Some(api) = admin.usable().await else {
-                        return late;
+                        return (i, late);
                     };
                     if !has_record {
-                        late.record = Some(api.runner(id).await);
+                        late.record = Some(limit.run(api.runner(id)).await);
                     }
                     let exists = late.record.as_ref().is_none_or(Result::is_ok);
                     if exists && !has_managers {
-                        late.managers = sharing::read(&api, id).await;
+                        late.managers = limit.run(sharing::read(&api, id)).await;
                         late.managers_read = true;
                     }
-                    late
+                    (i, late)
                 }
             }),
     )
-    .buffered(settings.concurrency)
+    .buffer_unordered(settings.concurrency)
     .collect()
     .await;
-    for (i, late) in late.into_iter().enumerate() {
+    for (i, late) in late {
         let obs = &mut observations[i];
         if late.managers_read {
             obs.managers_read = true;
@@ -551,6 +563,19 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
     }
 }
 
+/// The places for requests in flight during a diagnosis (`concurrency`).
+#[derive(Debug)]
+pub(crate) struct Limit(tokio::sync::Semaphore);
+
+impl Limit {
+    /// Send `request` once a place is free.
+    pub(crate) async fn run<F: std::future::Future>(&self, request: F) -> F::Output {
+        // Never closed, so a place always comes.
+        let _place = self.0.acquire().await.ok();
+        request.await
+    }
+}
+
 /// What was read for a runner after the judgement.
 #[derive(Default)]
 struct Late {
@@ -565,6 +590,7 @@ struct Late {
 pub(crate) struct Privileged<'a> {
     api: Arc<AdminApi>,
     settings: &'a Settings,
+    limit: &'a Limit,
     /// The facts of a check younger than `record_refresh`.
     remembered: Option<admin::AdminFacts>,
     checked: tokio::sync::OnceCell<(admin::AdminCheck, Option<admin::AdminFacts>)>,
@@ -575,7 +601,7 @@ impl Privileged<'_> {
     pub(crate) async fn usable(&self) -> Option<Arc<AdminApi>> {
         let (checked, _) = self
             .checked
-            .get_or_init(|| admin::check(&self.api, self.settings))
+            .get_or_init(|| admin::check(&self.api, self.settings, self.limit))
             .await;
         checked.usable.then(|| self.api.clone())
     }

@@ -45,6 +45,7 @@ pub struct Wants<'a> {
     /// A remembered record is recent enough and not paused (`known`).
     pub fresh: bool,
     pub settings: &'a Settings,
+    pub limit: &'a super::Limit,
 }
 
 /// Slack on the renew window when guessing from one answer's `Date` whether a token is about
@@ -82,7 +83,7 @@ pub async fn observe(
     let mut expiring = false;
     if pre.token_usable {
         if let Some(token) = &entry.token {
-            let result = client.verify(token).await;
+            let result = wants.limit.run(client.verify(token)).await;
             let local = host_now();
             match &result {
                 Ok(reply) => {
@@ -122,11 +123,14 @@ pub async fn observe(
         return obs;
     };
     let (record, managers) = if wants.force || dead || expiring {
-        let (record, managers) = tokio::join!(api.runner(id), super::sharing::read(&api, id));
+        let (record, managers) = tokio::join!(
+            wants.limit.run(api.runner(id)),
+            wants.limit.run(super::sharing::read(&api, id))
+        );
         obs.managers_read = true;
         (record, managers)
     } else {
-        (api.runner(id).await, None)
+        (wants.limit.run(api.runner(id)).await, None)
     };
     if let Ok(reply) = &record {
         if let Some(d) = reply.server_date {
