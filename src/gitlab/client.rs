@@ -145,11 +145,11 @@ impl Http {
         let shown = format!("{}{}", url.origin().ascii_serialization(), url.path());
         let started = Instant::now();
         // The throttle this request counts against (see `pace`).
-        let origin = url.origin().ascii_serialization();
+        let pacer = Pacer::of(&url.origin().ascii_serialization());
         let private = private_token.is_some();
         let mut attempt = 0;
         loop {
-            let admitted = Pacer::shared(&origin, private).admit(Instant::now());
+            let admitted = pacer.admit(private, Instant::now());
             if let Some(wait) = admitted.wait {
                 self.wait_for_quota(wait).await;
             }
@@ -165,11 +165,8 @@ impl Http {
                     let status = resp.status();
                     let date = server_date(resp.headers());
                     let retry_after = asked_wait(resp.headers(), status.as_u16(), date);
-                    let throttle = resp
-                        .headers()
-                        .get("RateLimit-Name")
-                        .and_then(|v| v.to_str().ok());
-                    Pacer::named(&origin, private, throttle).seen(
+                    pacer.seen(
+                        private,
                         quota_seen(resp.headers(), status.as_u16(), date),
                         Instant::now(),
                     );
@@ -353,7 +350,7 @@ fn quota_seen(
     headers: &reqwest::header::HeaderMap,
     status: u16,
     date: Option<DateTime<Utc>>,
-) -> Seen {
+) -> Seen<'_> {
     let number = |name: &str| {
         headers
             .get(name)
@@ -361,6 +358,10 @@ fn quota_seen(
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
     Seen {
+        name: headers
+            .get("RateLimit-Name")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim),
         remaining: number("RateLimit-Remaining"),
         limit: number("RateLimit-Limit"),
         reset_in: rate_limit_reset(headers, date),

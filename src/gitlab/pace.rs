@@ -1,20 +1,23 @@
 //! Pacing by GitLab's rate-limit headers, before a 429 happens.
 //!
-//! Every GitLab answer of a throttled path carries `RateLimit-Limit`, `RateLimit-Remaining` and
-//! `RateLimit-Reset` (reference §4.2). A [`Pacer`] keeps the latest of them for one throttle,
-//! shared by every request of the process that counts against it (all clients of one instance,
-//! in every phase of a run and every agent cycle), and admits requests:
+//! Every GitLab answer of a throttled path carries `RateLimit-Name`, `RateLimit-Limit`,
+//! `RateLimit-Remaining` and `RateLimit-Reset` (reference §4.2). The [`Pacer`] of an instance
+//! keeps the latest of them for each throttle, shared by every request of the process (all
+//! clients, every phase of a run, every agent cycle), and admits requests:
 //!
 //! - while more than a quarter of the limit is left, at once;
 //! - below that, spread evenly over the time left until the reset: the quota left, less the
 //!   requests already in flight (they will use some of it), divided over that time;
 //! - with nothing left after the requests in flight, at the reset.
 //!
+//! The quarter left is not runner-medic's to use up: a per-address throttle is shared with
+//! gitlab-runner's own job requests from the same host, and with the other hosts behind one NAT.
+//!
 //! Rack::Attack counts requests with a personal access token per user and those with a runner
 //! token per client address (GitLab `lib/gitlab/rack_attack.rb`), under throttles of their own,
-//! which each answer names (`RateLimit-Name`). So a pacer is one named throttle of one instance,
-//! and each kind of request (privileged or not) is paced by the throttle its answers named last;
-//! until one has answered, by a pacer of its own.
+//! which each answer names. So each kind of request (privileged or not) is paced by the
+//! throttle its answers named last; requests in flight count against it whatever their kind,
+//! unless their kind is known to answer to another throttle.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -31,46 +34,46 @@ struct Quota {
     remaining: Option<u64>,
     limit: Option<u64>,
     reset_at: Option<Instant>,
-    /// Requests admitted whose answer has not come back.
-    in_flight: u64,
     /// The earliest start of the next request while requests are spread out.
     next_slot: Option<Instant>,
 }
 
-#[derive(Default)]
-struct Registry {
-    /// The throttle each kind of request to an origin counts against, as its answers named it.
-    names: HashMap<(String, bool), String>,
-    pacers: HashMap<(String, String), Arc<Pacer>>,
+#[derive(Debug, Default)]
+struct State {
+    /// The throttle each kind of request (`true`: privileged) answered to last.
+    names: HashMap<bool, String>,
+    quotas: HashMap<String, Quota>,
+    /// Requests admitted whose answer has not come back, by kind.
+    in_flight: HashMap<bool, u64>,
 }
 
-fn registry() -> &'static Mutex<Registry> {
-    static ALL: OnceLock<Mutex<Registry>> = OnceLock::new();
-    ALL.get_or_init(Mutex::default)
-}
-
+/// The rate-limit state of one GitLab instance (one origin).
 #[derive(Debug, Default)]
 pub struct Pacer {
-    quota: Mutex<Quota>,
+    state: Mutex<State>,
 }
 
 /// A request admitted by a [`Pacer`]: in flight until dropped.
 pub struct Admitted {
     pacer: Arc<Pacer>,
+    private: bool,
     /// How long to wait before sending.
     pub wait: Option<Duration>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut q = self.pacer.lock();
-        q.in_flight = q.in_flight.saturating_sub(1);
+        let mut s = self.pacer.lock();
+        if let Some(n) = s.in_flight.get_mut(&self.private) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
 /// What an answer said about the quota.
-#[derive(Debug, Clone, Copy)]
-pub struct Seen {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen<'a> {
+    pub name: Option<&'a str>,
     pub remaining: Option<u64>,
     pub limit: Option<u64>,
     /// Until the quota resets, as a wait from now.
@@ -79,76 +82,53 @@ pub struct Seen {
 }
 
 impl Pacer {
-    /// The pacer requests to `origin` with a personal access token (`private`), or with a
-    /// runner token or none, count against: the throttle their answers named last.
-    pub fn shared(origin: &str, private: bool) -> Arc<Pacer> {
-        let mut all = registry().lock().unwrap_or_else(PoisonError::into_inner);
-        let name = all
-            .names
-            .get(&(origin.to_string(), private))
-            .cloned()
-            .unwrap_or_else(|| format!("(unnamed, private: {private})"));
-        all.pacers
-            .entry((origin.to_string(), name))
+    /// The pacer of the instance at `origin`, shared by the whole process.
+    pub fn of(origin: &str) -> Arc<Pacer> {
+        static ALL: OnceLock<Mutex<HashMap<String, Arc<Pacer>>>> = OnceLock::new();
+        ALL.get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(origin.to_string())
             .or_default()
             .clone()
     }
 
-    /// The pacer of the throttle an answer named (`RateLimit-Name`), which requests of this kind
-    /// count against from now on; without a name, [`Pacer::shared`].
-    pub fn named(origin: &str, private: bool, name: Option<&str>) -> Arc<Pacer> {
-        let Some(name) = name.filter(|n| !n.is_empty()) else {
-            return Self::shared(origin, private);
-        };
-        let mut all = registry().lock().unwrap_or_else(PoisonError::into_inner);
-        all.names
-            .insert((origin.to_string(), private), name.to_string());
-        all.pacers
-            .entry((origin.to_string(), name.to_string()))
-            .or_default()
-            .clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Quota> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A poisoned lock only means another task panicked; the numbers are still usable.
-        self.quota.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admit one request at `now`: how long it waits, and its place among those in flight.
-    pub fn admit(self: &Arc<Self>, now: Instant) -> Admitted {
-        let mut q = self.lock();
-        if q.reset_at.is_some_and(|at| now >= at) {
-            // A new window: the whole quota again.
-            q.remaining = None;
-            q.reset_at = None;
-            q.next_slot = None;
-        }
-        let others = q.in_flight;
-        q.in_flight += 1;
-        let wait = match (q.remaining, q.reset_at) {
-            (Some(remaining), Some(reset_at)) if low(remaining, q.limit, others) => {
-                let left = remaining.saturating_sub(others);
-                if left == 0 {
-                    Some(reset_at - now)
-                } else {
-                    let spacing = (reset_at - now) / u32::try_from(left).unwrap_or(u32::MAX);
-                    let start = q.next_slot.map_or(now, |slot| slot.max(now));
-                    q.next_slot = Some(start + spacing);
-                    (start > now).then(|| start - now)
-                }
-            }
-            _ => None,
-        };
-        drop(q);
+    /// Admit one request (`private`: with the personal access token) at `now`: how long it
+    /// waits, and its place among those in flight.
+    pub fn admit(self: &Arc<Self>, private: bool, now: Instant) -> Admitted {
+        let mut s = self.lock();
+        let name = s.names.get(&private).cloned();
+        // In flight and counting against the same throttle: this kind's, and any kind whose
+        // throttle is not known to be another one.
+        let others: u64 = s
+            .in_flight
+            .iter()
+            .filter(|(kind, _)| match (s.names.get(kind), &name) {
+                (Some(theirs), Some(ours)) => theirs == ours,
+                _ => true,
+            })
+            .map(|(_, n)| *n)
+            .sum();
+        *s.in_flight.entry(private).or_insert(0) += 1;
+        let wait = name
+            .and_then(|name| s.quotas.get_mut(&name))
+            .and_then(|q| q.admit(others, now));
+        drop(s);
         Admitted {
             pacer: self.clone(),
+            private,
             wait,
         }
     }
 
-    /// Take in what an answer said. Answers come back out of order: within one window the
-    /// lowest `Remaining` is the latest.
-    pub fn seen(&self, seen: Seen, now: Instant) {
+    /// Take in what an answer to a request of this kind said. Answers come back out of order:
+    /// within one window the lowest `Remaining` is the latest.
+    pub fn seen(&self, private: bool, seen: Seen<'_>, now: Instant) {
         let remaining = if seen.rate_limited {
             Some(0)
         } else {
@@ -157,22 +137,54 @@ impl Pacer {
         let (Some(remaining), Some(reset_in)) = (remaining, seen.reset_in) else {
             return;
         };
-        let reset_at = now + reset_in;
-        let mut q = self.lock();
-        let same_window = q
+        let mut s = self.lock();
+        let name = seen.name.unwrap_or_default().to_string();
+        s.names.insert(private, name.clone());
+        s.quotas
+            .entry(name)
+            .or_default()
+            .seen(remaining, seen.limit, now + reset_in);
+    }
+}
+
+impl Quota {
+    fn admit(&mut self, others: u64, now: Instant) -> Option<Duration> {
+        if self.reset_at.is_some_and(|at| now >= at) {
+            // A new window: the whole quota again.
+            self.remaining = None;
+            self.reset_at = None;
+            self.next_slot = None;
+        }
+        let (Some(remaining), Some(reset_at)) = (self.remaining, self.reset_at) else {
+            return None;
+        };
+        if !low(remaining, self.limit, others) {
+            return None;
+        }
+        let left = remaining.saturating_sub(others);
+        if left == 0 {
+            return Some(reset_at - now);
+        }
+        let spacing = (reset_at - now) / u32::try_from(left).unwrap_or(u32::MAX);
+        let start = self.next_slot.map_or(now, |slot| slot.max(now));
+        self.next_slot = Some(start + spacing);
+        (start > now).then(|| start - now)
+    }
+
+    fn seen(&mut self, remaining: u64, limit: Option<u64>, reset_at: Instant) {
+        let same_window = self
             .reset_at
             .is_some_and(|at| at.max(reset_at) - at.min(reset_at) <= Duration::from_secs(2));
-        q.remaining = Some(match (same_window, q.remaining) {
+        self.remaining = Some(match (same_window, self.remaining) {
             (true, Some(before)) => before.min(remaining),
             _ => remaining,
         });
-        q.reset_at = Some(if same_window {
-            q.reset_at.map_or(reset_at, |at| at.max(reset_at))
-        } else {
-            reset_at
+        self.reset_at = Some(match (same_window, self.reset_at) {
+            (true, Some(at)) => at.max(reset_at),
+            _ => reset_at,
         });
-        if seen.limit.is_some() {
-            q.limit = seen.limit;
+        if limit.is_some() {
+            self.limit = limit;
         }
     }
 }
@@ -188,8 +200,11 @@ fn low(remaining: u64, limit: Option<u64>, in_flight: u64) -> bool {
 mod tests {
     use super::*;
 
-    fn seen(remaining: u64, limit: u64, reset_in: u64) -> Seen {
+    const NAME: &str = "throttle_authenticated_api";
+
+    fn seen(remaining: u64, limit: u64, reset_in: u64) -> Seen<'static> {
         Seen {
+            name: Some(NAME),
             remaining: Some(remaining),
             limit: Some(limit),
             reset_in: Some(Duration::from_secs(reset_in)),
@@ -201,13 +216,13 @@ mod tests {
     fn plenty_left_goes_at_once_and_little_left_is_spread_to_the_reset() {
         let p = Arc::new(Pacer::default());
         let t0 = Instant::now();
-        p.seen(seen(600, 1000, 60), t0);
-        assert!(p.admit(t0).wait.is_none());
-        // 10 left, 10 s to the reset: one request a second, shared by every caller.
-        p.seen(seen(10, 1000, 10), t0);
-        let first = p.admit(t0);
-        let second = p.admit(t0);
-        let third = p.admit(t0);
+        p.seen(true, seen(600, 1000, 60), t0);
+        assert!(p.admit(true, t0).wait.is_none());
+        // 10 left, 10 s to the reset: about one request a second, shared by every caller.
+        p.seen(true, seen(10, 1000, 10), t0);
+        let first = p.admit(true, t0);
+        let second = p.admit(true, t0);
+        let third = p.admit(true, t0);
         assert_eq!(first.wait, None);
         // Each later one counts those still in flight: 9 left over 10 s, then 8.
         let w2 = second.wait.unwrap();
@@ -223,51 +238,59 @@ mod tests {
     fn nothing_left_after_those_in_flight_waits_for_the_reset_and_a_new_window_frees_it() {
         let p = Arc::new(Pacer::default());
         let t0 = Instant::now();
-        p.seen(seen(2, 100, 5), t0);
-        let _a = p.admit(t0);
-        let _b = p.admit(t0);
-        let c = p.admit(t0);
+        p.seen(true, seen(2, 100, 5), t0);
+        let _a = p.admit(true, t0);
+        let _b = p.admit(true, t0);
+        let c = p.admit(true, t0);
         assert_eq!(c.wait, Some(Duration::from_secs(5)));
         drop(c);
         // After the reset: the whole quota again.
         let later = t0 + Duration::from_secs(6);
-        assert!(p.admit(later).wait.is_none());
+        assert!(p.admit(true, later).wait.is_none());
     }
 
     #[test]
     fn an_older_answer_does_not_raise_what_is_left_and_a_429_empties_it() {
         let p = Arc::new(Pacer::default());
         let t0 = Instant::now();
-        p.seen(seen(3, 100, 10), t0);
-        p.seen(seen(40, 100, 10), t0);
-        assert_eq!(p.lock().remaining, Some(3));
+        p.seen(true, seen(3, 100, 10), t0);
+        p.seen(true, seen(40, 100, 10), t0);
+        assert_eq!(p.lock().quotas[NAME].remaining, Some(3));
         p.seen(
+            true,
             Seen {
                 rate_limited: true,
                 ..seen(3, 100, 10)
             },
             t0,
         );
-        assert_eq!(p.admit(t0).wait, Some(Duration::from_secs(10)));
+        assert_eq!(p.admit(true, t0).wait, Some(Duration::from_secs(10)));
     }
 
     #[test]
-    fn a_throttle_is_shared_by_the_requests_its_answers_name() {
-        let origin = "https://pace-test.example.com";
-        let a = Pacer::shared(origin, true);
-        let b = Pacer::shared(origin, false);
-        assert!(Arc::ptr_eq(&a, &Pacer::shared(origin, true)));
-        assert!(!Arc::ptr_eq(&a, &b));
-        // Both kinds answered by one throttle: one pacer.
-        let named = Pacer::named(origin, true, Some("throttle_authenticated_api"));
-        Pacer::named(origin, false, Some("throttle_authenticated_api"));
-        assert!(Arc::ptr_eq(&named, &Pacer::shared(origin, true)));
-        assert!(Arc::ptr_eq(&named, &Pacer::shared(origin, false)));
-        // Apart again once the answers name two.
-        Pacer::named(origin, false, Some("throttle_unauthenticated_api"));
-        assert!(!Arc::ptr_eq(
-            &Pacer::shared(origin, true),
-            &Pacer::shared(origin, false)
-        ));
+    fn requests_in_flight_count_against_the_throttle_their_kind_answers_to() {
+        let p = Arc::new(Pacer::default());
+        let t0 = Instant::now();
+        // Sent before any answer: nothing known, nothing paced.
+        let runner: Vec<_> = (0..3).map(|_| p.admit(false, t0)).collect();
+        assert!(runner.iter().all(|a| a.wait.is_none()));
+        // One throttle for both kinds, 3 left: the three in flight use it up.
+        p.seen(false, seen(3, 100, 5), t0);
+        p.seen(true, seen(3, 100, 5), t0);
+        assert_eq!(p.admit(true, t0).wait, Some(Duration::from_secs(5)));
+        // Runner requests answer to a throttle of their own: privileged ones no longer count them.
+        let p = Arc::new(Pacer::default());
+        let _runner: Vec<_> = (0..3).map(|_| p.admit(false, t0)).collect();
+        p.seen(
+            false,
+            Seen {
+                name: Some("throttle_unauthenticated_api"),
+                ..seen(500, 1000, 5)
+            },
+            t0,
+        );
+        p.seen(true, seen(3, 100, 5), t0);
+        let admitted = p.admit(true, t0);
+        assert_eq!(admitted.wait, None, "3 left, none of ours in flight");
     }
 }
