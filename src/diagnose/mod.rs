@@ -318,8 +318,21 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
         }))
         .buffer_unordered(settings.concurrency)
         .collect::<Vec<(usize, network::Observation)>>();
+    // At once, alongside the verifies, when a runner will need the token anyway (config.toml
+    // says a token is expired or about to be, a record is due, `--force`): waiting for the
+    // first verify to ask for it would add a round to that runner's path.
+    let needed_soon = force
+        || entries.iter().zip(&pre).any(|(entry, p)| {
+            let due = entry.token_expires_at.is_some_and(|at| {
+                at - started <= renew_window(entry, Some(at), settings) + network::EXPIRING_SLACK
+            });
+            let stale = entry
+                .id
+                .is_some_and(|id| !known.fresh(id, started, settings.record_refresh));
+            p.admin_usable && (due || stale || !p.token_usable)
+        });
     let check_admin = async {
-        if let Some(p) = privileged.filter(|p| p.remembered.is_none()) {
+        if let Some(p) = privileged.filter(|p| p.remembered.is_none() || needed_soon) {
             p.usable().await;
         }
     };

@@ -51,7 +51,7 @@ pub struct Wants<'a> {
 /// Slack on the renew window when guessing from one answer's `Date` whether a token is about
 /// to be judged expiring (the judgement uses the median clock of all answers): a guess that
 /// misses costs one more round after the judgement, never a wrong decision.
-const EXPIRING_SLACK: chrono::Duration = chrono::Duration::hours(1);
+pub(super) const EXPIRING_SLACK: chrono::Duration = chrono::Duration::hours(1);
 
 /// Verify the runner's token, then read what the answer calls for: the record when the token is
 /// refused or could not be checked (it tells deleted from expired or revoked), when it is about
