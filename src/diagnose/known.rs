@@ -71,6 +71,34 @@ fn age_within(at: Option<DateTime<Utc>>, now: DateTime<Utc>, max: std::time::Dur
     at.is_some_and(|at| at <= now && now - at < max)
 }
 
+/// The file's text: this layout, or the earlier one (records by id, no times), whose records are
+/// then all due for a refresh; nothing when it is neither.
+fn parse(text: &str) -> File {
+    serde_json::from_str::<File>(text)
+        .ok()
+        .filter(|f| !f.runners.is_empty() || f.admin.is_some())
+        .or_else(|| {
+            serde_json::from_str::<BTreeMap<u64, RunnerDetails>>(text)
+                .ok()
+                .map(|old| File {
+                    runners: old
+                        .into_iter()
+                        .map(|(id, record)| {
+                            (
+                                id,
+                                Known {
+                                    seen_at: None,
+                                    record,
+                                },
+                            )
+                        })
+                        .collect(),
+                    admin: None,
+                })
+        })
+        .unwrap_or_default()
+}
+
 impl KnownRunners {
     /// What was seen before; nothing when there is no file or it cannot be read. A file of the
     /// earlier layout (records by id, no times) is read as records due for a refresh.
@@ -78,29 +106,7 @@ impl KnownRunners {
         let Ok(text) = fs_err::read_to_string(path(settings)) else {
             return Self::default();
         };
-        let file = serde_json::from_str::<File>(&text)
-            .ok()
-            .filter(|f| !f.runners.is_empty() || f.admin.is_some())
-            .or_else(|| {
-                serde_json::from_str::<BTreeMap<u64, RunnerDetails>>(&text)
-                    .ok()
-                    .map(|old| File {
-                        runners: old
-                            .into_iter()
-                            .map(|(id, record)| {
-                                (
-                                    id,
-                                    Known {
-                                        seen_at: None,
-                                        record,
-                                    },
-                                )
-                            })
-                            .collect(),
-                        admin: None,
-                    })
-            })
-            .unwrap_or_default();
+        let file = parse(&text);
         Self {
             file,
             changed: false,
@@ -187,5 +193,44 @@ impl KnownRunners {
                 tracing::warn!(path = %file.display(), error = %e, "could not save the known runner records");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECORD: &str = r#"{"id": 7, "runner_type": "project_type", "tag_list": ["linux"], "projects": [{"id": 42}]}"#;
+
+    #[test]
+    fn records_of_the_earlier_layout_are_kept_and_due_for_a_refresh() {
+        let known = KnownRunners {
+            file: parse(&format!(r#"{{"7": {RECORD}}}"#)),
+            changed: false,
+        };
+        assert_eq!(known.get(7).unwrap().tag_list, vec!["linux"]);
+        let day = std::time::Duration::from_secs(86_400);
+        assert!(!known.fresh(7, Utc::now(), day));
+    }
+
+    #[test]
+    fn a_record_is_fresh_for_record_refresh_unless_paused() {
+        let mut known = KnownRunners::default();
+        let record: RunnerDetails = serde_json::from_str(RECORD).unwrap();
+        let t0 = Utc::now();
+        known.note_record(&record, t0);
+        let day = std::time::Duration::from_secs(86_400);
+        assert!(known.fresh(7, t0 + chrono::Duration::hours(23), day));
+        assert!(!known.fresh(7, t0 + chrono::Duration::hours(25), day));
+        // Written and read back in this layout.
+        let again = parse(&serde_json::to_string(&known.file).unwrap());
+        assert_eq!(again.runners[&7].seen_at, Some(t0));
+        let paused = RunnerDetails {
+            paused: true,
+            ..record
+        };
+        known.note_record(&paused, t0);
+        assert!(!known.fresh(7, t0, day));
+        assert!(parse("not json").runners.is_empty());
     }
 }

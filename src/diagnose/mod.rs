@@ -265,12 +265,12 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
     let mut known = KnownRunners::load(settings);
     let started = host_now();
 
-    // The privileged credential: checked at once when no recent check is remembered, else only
-    // when a runner needs it (see `Privileged`), alongside the runners' verifies either way.
     // Every request of the diagnosis takes a place here: a runner may send two at once (its record
     // and its managers), the privileged check runs alongside, and `concurrency` still holds.
     let limit = Limit(tokio::sync::Semaphore::new(settings.concurrency));
     let limit = &limit;
+    // The privileged credential: checked alongside the runners' verifies when no recent check is
+    // remembered or a runner will need it, else only on first use (see `Privileged`).
     let privileged = match &settings.admin {
         Some(cred) => match admin_api(settings, cred, &entries) {
             Ok(api) => Some(Privileged {
