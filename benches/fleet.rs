@@ -4,7 +4,10 @@
 //!
 //! `cargo bench --bench fleet` runs everything (a few minutes on 2 cores);
 //! `cargo bench --bench fleet -- --quick` runs small sizes only, as CI does, and checks the
-//! invariants (one stop and one start per config.toml, every runner healthy).
+//! invariants (one stop and one start, or one reload, per config.toml, every runner healthy, at
+//! most one request per healthy runner in steady state);
+//! `cargo bench --bench fleet -- --cost` runs only the cost and critical-path section, at 48 and
+//! 500 runners and 100 ms per request.
 //! The table goes to stdout and to target/bench/report.md.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -27,6 +30,8 @@ const CONCURRENCY: usize = 16;
 enum Mix {
     /// Every token expired: every runner needs a privileged reset.
     AllExpired,
+    /// Every token valid, far from expiry.
+    AllHealthy,
     /// 70 % healthy, 10 % expired, 5 % revoked, 5 % deleted, 10 % near expiry.
     Realistic,
 }
@@ -71,6 +76,7 @@ impl World {
             let bucket = i % 20;
             let kind = match mix {
                 Mix::AllExpired => "expired",
+                Mix::AllHealthy => "healthy",
                 Mix::Realistic => match bucket {
                     0..=13 => "healthy",
                     14 | 15 => "expired",
@@ -195,6 +201,42 @@ impl World {
             .iter()
             .filter(|e| e.route != "/api/v4/jobs/request")
             .count()
+    }
+
+    /// API requests runner-medic made, by `METHOD route`, from the `from`-th log entry on.
+    fn routes_since(&self, from: usize) -> std::collections::BTreeMap<String, usize> {
+        let mut by = std::collections::BTreeMap::new();
+        for e in self.sim.state().log[from..]
+            .iter()
+            .filter(|e| e.route != "/api/v4/jobs/request")
+        {
+            *by.entry(format!("{} {}", e.method, e.route)).or_insert(0) += 1;
+        }
+        by
+    }
+
+    /// Each runner's id and token in config.toml now.
+    fn credentials(&self) -> Vec<(String, (u64, String))> {
+        let doc: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&self.config).unwrap()).unwrap();
+        doc["runners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    (
+                        r["id"].as_integer().unwrap_or_default() as u64,
+                        r["token"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    fn log_len(&self) -> usize {
+        self.sim.state().log.len()
     }
 
     fn healthy(&self) -> bool {
@@ -401,6 +443,13 @@ fn main() {
         print!("{report}");
         return;
     }
+    // `--cost`: the cost and critical-path section alone, at full size (48 and 500 runners).
+    if std::env::args().any(|a| a == "--cost") {
+        let mut report = String::from("# runner-medic benchmarks (cost)\n");
+        cost(&mut report, quick);
+        print!("{report}");
+        return;
+    }
     let sizes: &[usize] = if quick { &[1, 10] } else { &[1, 10, 100, 500] };
     let latencies: &[u64] = if quick { &[20] } else { &[20, 100] };
     let mut report = String::new();
@@ -456,18 +505,28 @@ fn main() {
                 // rounds each, plus the two checks of the privileged token.
                 let rounds = 3 * n.div_ceil(CONCURRENCY) + 2;
                 let min = Duration::from_millis(rounds as u64 * latency);
+                // One stop and one start per config.toml, or (the default `restart = "reload"`,
+                // when gitlab-runner re-reads the file by itself) one reload and no restart.
                 let restarts = if manager == Manager::SysV {
                     let quits = world.log_ts("SIGQUIT");
                     let starts = world.log_ts("started pid=");
-                    assert_eq!(quits.len(), 1, "one stop per config.toml");
-                    assert_eq!(
-                        starts.len(),
-                        2,
-                        "one start per config.toml (plus the initial one)"
-                    );
-                    1
+                    let reloads = world.log_ts("reloaded config");
+                    if json["service"]["reloaded"] == true {
+                        assert_eq!(quits.len(), 0, "no stop when reloaded");
+                        assert_eq!(starts.len(), 1, "no start when reloaded");
+                        assert!(!reloads.is_empty(), "the runner re-read config.toml");
+                        "0 (reloaded)".to_string()
+                    } else {
+                        assert_eq!(quits.len(), 1, "one stop per config.toml");
+                        assert_eq!(
+                            starts.len(),
+                            2,
+                            "one start per config.toml (plus the initial one)"
+                        );
+                        "1".to_string()
+                    }
                 } else {
-                    0
+                    "0".to_string()
                 };
                 let service = &json["service"];
                 let seconds = |k: &str| {
@@ -509,7 +568,7 @@ fn main() {
                         } else {
                             "-".into()
                         },
-                        restarts.to_string(),
+                        restarts,
                         seconds("stop_seconds"),
                         seconds("held_seconds"),
                         seconds("start_seconds"),
@@ -524,6 +583,9 @@ fn main() {
     for r in &rows {
         let _ = writeln!(report, "| {} |", r.cells.join(" | "));
     }
+
+    // 2. What a run costs GitLab, and how close a rotation gets to its round-trip minimum.
+    cost(&mut report, quick);
 
     // 2. The sequential curl script, same simulator, same init script, same runners.
     let _ = writeln!(
@@ -690,6 +752,136 @@ fn main() {
         &report,
     )
     .unwrap();
+}
+
+/// Requests and time of cold and steady-state runs: all expired (a rotation against its round-trip
+/// minimum), all healthy, and the realistic mix, each run three times on the same state directory.
+fn cost(report: &mut String, quick: bool) {
+    let sizes: &[usize] = if quick { &[20] } else { &[48, 500] };
+    let latency: u64 = if quick { 20 } else { 100 };
+    let _ = writeln!(
+        report,
+        "\n## cost on GitLab and critical path ({latency} ms per request, concurrency {CONCURRENCY})\n"
+    );
+    let _ = writeln!(report, "| runners | mix | run | s | min rounds s | s / min | requests | per runner | per changed runner (minimum 3) | per unchanged runner, privileged check included |");
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|---|");
+    let mut routes = String::new();
+    for &n in sizes {
+        for mix in [Mix::AllExpired, Mix::AllHealthy, Mix::Realistic] {
+            let world = World::new(n, latency, mix, Manager::None);
+            // `diagnose` with nothing remembered (it reads every record); `rotate`; the run after
+            // (a recreated runner's new record is read once); steady state.
+            for run in [
+                "diagnose (cold)",
+                "rotate",
+                "rotate (next)",
+                "rotate (steady)",
+            ] {
+                let from = world.log_len();
+                let before = world.credentials();
+                let command = run.split(' ').next().unwrap();
+                let (took, code, stdout, stderr) = world.run(&[command, "--output", "json"]);
+                if command == "rotate" {
+                    assert_eq!(code, 0, "rotate failed for {n} runners:\n{stderr}");
+                    assert!(world.healthy(), "every runner healthy after rotate ({n})");
+                }
+                let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+                let after = world.credentials();
+                let changed: Vec<String> = json["runners"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r["outcome"] == "done")
+                    .map(|r| r["name"].as_str().unwrap().to_string())
+                    .collect();
+                let by = world.routes_since(from);
+                let requests: usize = by.values().sum();
+                // Each request to the runner it concerns (its token, or its id in the path);
+                // creations to the changed runners; the privileged check to nobody.
+                let (mut dead, mut healthy, mut overhead) = (0usize, 0usize, 0usize);
+                for e in world.sim.state().log[from..]
+                    .iter()
+                    .filter(|e| e.route != "/api/v4/jobs/request")
+                {
+                    let id_in_path = e
+                        .path
+                        .split('/')
+                        .skip_while(|p| *p != "runners")
+                        .nth(1)
+                        .and_then(|p| p.parse::<u64>().ok());
+                    let owner = before.iter().chain(after.iter()).find(|(_, (id, token))| {
+                        (e.credential_kind == "runner_token"
+                            && e.credential.as_deref() == Some(token))
+                            || (id_in_path.is_some() && id_in_path == Some(*id))
+                    });
+                    match owner {
+                        Some((name, _)) if changed.contains(name) => dead += 1,
+                        Some(_) => healthy += 1,
+                        None if e.route.contains("/runners") => dead += 1,
+                        None => overhead += 1,
+                    }
+                }
+                let n_dead = changed.len();
+                let n_healthy = n - n_dead;
+                // The round-trip minimum: verify every runner, then a new token and its verify for
+                // each changed one, `CONCURRENCY` at a time, plus the privileged token's check.
+                let rounds = n.div_ceil(CONCURRENCY) + 2 * n_dead.div_ceil(CONCURRENCY) + 2;
+                let min = Duration::from_millis(rounds as u64 * latency);
+                // Every request of a diagnosis to the runner it concerns, broken or not.
+                if command == "diagnose" {
+                    healthy += dead;
+                    dead = 0;
+                }
+                if run.contains("steady") || (mix == Mix::AllHealthy && command == "rotate") {
+                    assert!(
+                        healthy + overhead <= n_healthy,
+                        "steady state costs at most one request per healthy runner ({} for {n_healthy})",
+                        healthy + overhead
+                    );
+                }
+                let _ = writeln!(
+                    report,
+                    "| {n} | {} | {run} | {} | {} | {} | {requests} ({overhead} privileged check) | {:.2} | {} | {} |",
+                    match mix {
+                        Mix::AllExpired => "all expired",
+                        Mix::AllHealthy => "all healthy",
+                        Mix::Realistic => "realistic",
+                    },
+                    secs(took),
+                    if n_dead > 0 { secs(min) } else { "-".into() },
+                    if n_dead > 0 {
+                        format!("{:.2}", took.as_secs_f64() / min.as_secs_f64())
+                    } else {
+                        "-".into()
+                    },
+                    requests as f64 / n as f64,
+                    if n_dead > 0 {
+                        format!("{:.2} ({n_dead})", dead as f64 / n_dead as f64)
+                    } else {
+                        "-".into()
+                    },
+                    if n_healthy > 0 && command == "rotate" {
+                        format!(
+                            "{:.2} ({n_healthy})",
+                            (healthy + overhead) as f64 / n_healthy as f64
+                        )
+                    } else {
+                        "-".into()
+                    },
+                );
+                if mix == Mix::AllExpired && run == "rotate" && n == sizes[0] {
+                    let _ = writeln!(
+                        routes,
+                        "\nrequests of the rotation of {n} expired runners:\n"
+                    );
+                    for (k, v) in &by {
+                        let _ = writeln!(routes, "- `{k}`: {v}");
+                    }
+                }
+            }
+        }
+    }
+    report.push_str(&routes);
 }
 
 fn idle_agent_rss(world: &World) -> u64 {

@@ -52,6 +52,7 @@ pub struct SettingsFile {
     pub keep_backups: Option<usize>,
     pub clock_skew_warning: Option<String>,
     pub run_timeout: Option<String>,
+    pub record_refresh: Option<String>,
     #[serde(default)]
     pub service: ServiceFile,
     #[serde(default)]
@@ -146,6 +147,9 @@ pub struct Settings {
     pub run_timeout: Duration,
     /// When the current run started; [`Settings::start_run`] resets it.
     pub run_started: std::time::Instant,
+    /// A remembered runner record (and privileged token check) older than this is read again;
+    /// younger, a healthy runner costs one request (its verify). See `diagnose::known`.
+    pub record_refresh: Duration,
     pub service: ServiceSettings,
     pub hooks: HooksFile,
     pub agent: AgentSettings,
@@ -737,6 +741,11 @@ impl Settings {
                 env.fast_retry,
             )?,
             run_started: std::time::Instant::now(),
+            record_refresh: duration(
+                "record_refresh",
+                file.record_refresh.as_deref(),
+                Duration::from_secs(86_400),
+            )?,
             service: ServiceSettings {
                 manager,
                 name: overrides

@@ -5,7 +5,12 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings) -> Report {
     match crate::diagnose::diagnose_by_deadline(settings, "diagnose", false).await {
-        Ok(diagnosis) => diagnosis.report,
+        Ok(mut diagnosis) => {
+            // The records read are remembered (state directory), so the next run need not read
+            // them.
+            diagnosis.known.save(settings);
+            diagnosis.report
+        }
         Err(report) => report,
     }
 }

@@ -2,9 +2,10 @@
 //! expiration policy, and the host clock against GitLab's.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::host_now;
-use crate::gitlab::AdminApi;
+use crate::gitlab::{AdminApi, AppSettings, PatInfo};
 use crate::report::{Finding, FindingCode, Severity};
 use crate::settings::Settings;
 
@@ -25,6 +26,7 @@ impl AdminAccess {
     }
 }
 
+#[derive(Debug, Clone, Default)]
 pub struct AdminCheck {
     pub access: Option<AdminAccess>,
     pub findings: Vec<Finding>,
@@ -40,7 +42,24 @@ const NEW_TOKEN_FIX: &str =
      user who owns the runners (an administrator for instance runners, with `admin_mode` if Admin \
      Mode is on), write it to the admin token file (mode 0600), then run `runner-medic diagnose`";
 
-pub async fn check(api: &AdminApi, settings: &Settings) -> AdminCheck {
+/// What the privileged token's two reads answered: kept in the state directory (see `known`), so
+/// that a run that does not need the token reports it without asking GitLab again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminFacts {
+    pub pat: PatInfo,
+    /// `GET /application/settings` answered (`Some(true)`), was refused (`Some(false)`), or failed.
+    pub instance_admin: Option<bool>,
+    #[serde(default)]
+    pub app_settings: Option<AppSettings>,
+}
+
+/// Check the privileged token: `GET /personal_access_tokens/self` and `GET /application/settings`,
+/// sent together. The facts come back when the token works, to be remembered.
+pub async fn check(
+    api: &AdminApi,
+    settings: &Settings,
+    limit: &super::Limit,
+) -> (AdminCheck, Option<AdminFacts>) {
     let mut out = AdminCheck {
         access: None,
         findings: Vec::new(),
@@ -49,19 +68,23 @@ pub async fn check(api: &AdminApi, settings: &Settings) -> AdminCheck {
         dates: Vec::new(),
     };
     let url = super::url_key(api.url());
-    match api.pat_self().await {
+    let (pat_reply, settings_reply) = tokio::join!(
+        limit.run(api.pat_self()),
+        limit.run(api.application_settings())
+    );
+    let pat = match pat_reply {
         Err(e) if e.status() == Some(401) => {
             out.findings.push(Finding::error(
                 FindingCode::AdminTokenInvalid,
                 format!("the privileged token is not accepted by `{url}` (expired, revoked or unknown): {e}"),
                 NEW_TOKEN_FIX,
             ));
-            return out;
+            return (out, None);
         }
         Err(e) if e.is_transport() => {
             let finding = super::network::probe("(privileged API)", api.url(), &e).await;
             out.findings.push(finding);
-            return out;
+            return (out, None);
         }
         Err(e) => {
             out.findings.push(Finding::error(
@@ -69,77 +92,102 @@ pub async fn check(api: &AdminApi, settings: &Settings) -> AdminCheck {
                 format!("`{url}` could not check the privileged token: {e}"),
                 "retry later; check GitLab's health",
             ));
-            return out;
+            return (out, None);
         }
         Ok(reply) => {
             if let Some(d) = reply.server_date {
                 out.dates.push((d, host_now()));
             }
-            let pat = reply.value;
-            out.usable = true;
-            out.expires_at = pat.expires_at;
-            let access = AdminAccess {
-                scopes: pat.scopes.clone(),
-                instance_admin: None,
-            };
-            // Per action (GitLab `lib/api/ci/runners.rb` `allow_access_with_scope :manage_runner`
-            // for `/runners/:id…`, `lib/api/user_runners.rb` `allow_access_with_scope
-            // :create_runner`): a reset needs `manage_runner`, a creation `create_runner`, and
-            // `api` covers both. A token with neither can do nothing for rotate.
-            let mut missing = Vec::new();
-            if !access.has("manage_runner") {
-                missing.push("`manage_runner` (resets and deletions by id are planned `manual`)");
-            }
-            if !access.has("create_runner") {
-                missing.push("`create_runner` (recreations are planned `manual`)");
-            }
-            if !access.has("read_api") && access.has("create_runner") {
-                missing.push("`read_api` (an interrupted creation cannot be looked up)");
-            }
-            let useless = !access.has("manage_runner") && !access.has("create_runner");
-            if !missing.is_empty() {
-                let message = format!(
-                    "the privileged token `{}` lacks the scope(s) {} (it has: {})",
-                    pat.name.as_deref().unwrap_or("?"),
-                    missing.join(", "),
-                    if pat.scopes.is_empty() {
-                        "none".to_string()
-                    } else {
-                        pat.scopes.join(", ")
-                    }
-                );
-                out.findings.push(if useless {
-                    Finding::error(FindingCode::AdminTokenScopeMissing, message, NEW_TOKEN_FIX)
-                } else {
-                    Finding::warning(FindingCode::AdminTokenScopeMissing, message, NEW_TOKEN_FIX)
-                });
-            }
-            out.access = Some(access);
-            if let Some(expires) = pat.expires_at {
-                let today = host_now().date_naive();
-                let days = (expires - today).num_days();
-                if days <= 30 {
-                    out.findings.push(Finding::warning(
-                        FindingCode::AdminTokenExpiring,
-                        format!("the privileged token expires on {expires} (in {days} days)"),
-                        format!("rotate it before then (`POST {url}/api/v4/personal_access_tokens/self/rotate`, or create a new one) and update the admin token file"),
-                    ));
-                }
-            }
+            reply.value
         }
-    }
+    };
     // The instance policy is readable by administrators only; others simply skip it. Whether it
     // answers also tells whether the token acts as an administrator.
-    let settings_reply = api.application_settings().await;
-    if let Some(access) = out.access.as_mut() {
-        access.instance_admin = match &settings_reply {
-            Ok(_) => Some(true),
-            Err(e) if e.status() == Some(403) => Some(false),
-            Err(_) => None,
-        };
+    let instance_admin = match &settings_reply {
+        Ok(_) => Some(true),
+        Err(e) if e.status() == Some(403) => Some(false),
+        Err(_) => None,
+    };
+    let app_settings = settings_reply.ok().map(|reply| {
+        if let Some(d) = reply.server_date {
+            out.dates.push((d, host_now()));
+        }
+        reply.value
+    });
+    let facts = AdminFacts {
+        pat,
+        instance_admin,
+        app_settings,
+    };
+    let judged = judge(&facts, &url, settings);
+    out.access = judged.access;
+    out.findings = judged.findings;
+    out.expires_at = judged.expires_at;
+    out.usable = judged.usable;
+    (out, Some(facts))
+}
+
+/// What the answers of a working privileged token mean: its access, its expiry and scope
+/// findings, the instance's token lifetimes. Pure, so remembered facts give the same findings.
+pub fn judge(facts: &AdminFacts, url: &str, settings: &Settings) -> AdminCheck {
+    let mut out = AdminCheck {
+        access: None,
+        findings: Vec::new(),
+        expires_at: None,
+        usable: true,
+        dates: Vec::new(),
+    };
+    let pat = &facts.pat;
+    out.expires_at = pat.expires_at;
+    let access = AdminAccess {
+        scopes: pat.scopes.clone(),
+        instance_admin: facts.instance_admin,
+    };
+    // Per action (GitLab `lib/api/ci/runners.rb` `allow_access_with_scope :manage_runner`
+    // for `/runners/:id…`, `lib/api/user_runners.rb` `allow_access_with_scope
+    // :create_runner`): a reset needs `manage_runner`, a creation `create_runner`, and
+    // `api` covers both. A token with neither can do nothing for rotate.
+    let mut missing = Vec::new();
+    if !access.has("manage_runner") {
+        missing.push("`manage_runner` (resets and deletions by id are planned `manual`)");
     }
-    if let Ok(reply) = settings_reply {
-        let s = reply.value;
+    if !access.has("create_runner") {
+        missing.push("`create_runner` (recreations are planned `manual`)");
+    }
+    if !access.has("read_api") && access.has("create_runner") {
+        missing.push("`read_api` (an interrupted creation cannot be looked up)");
+    }
+    let useless = !access.has("manage_runner") && !access.has("create_runner");
+    if !missing.is_empty() {
+        let message = format!(
+            "the privileged token `{}` lacks the scope(s) {} (it has: {})",
+            pat.name.as_deref().unwrap_or("?"),
+            missing.join(", "),
+            if pat.scopes.is_empty() {
+                "none".to_string()
+            } else {
+                pat.scopes.join(", ")
+            }
+        );
+        out.findings.push(if useless {
+            Finding::error(FindingCode::AdminTokenScopeMissing, message, NEW_TOKEN_FIX)
+        } else {
+            Finding::warning(FindingCode::AdminTokenScopeMissing, message, NEW_TOKEN_FIX)
+        });
+    }
+    out.access = Some(access);
+    if let Some(expires) = pat.expires_at {
+        let today = host_now().date_naive();
+        let days = (expires - today).num_days();
+        if days <= 30 {
+            out.findings.push(Finding::warning(
+                FindingCode::AdminTokenExpiring,
+                format!("the privileged token expires on {expires} (in {days} days)"),
+                format!("rotate it before then (`POST {url}/api/v4/personal_access_tokens/self/rotate`, or create a new one) and update the admin token file"),
+            ));
+        }
+    }
+    if let Some(s) = &facts.app_settings {
         for (kind, key, value) in [
             (
                 "instance",

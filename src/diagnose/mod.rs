@@ -7,6 +7,7 @@
 mod admin;
 mod config_checks;
 mod judge;
+pub mod known;
 mod network;
 pub mod sharing;
 
@@ -21,6 +22,7 @@ pub use crate::report::describe_in as describe_expiry;
 pub use crate::report::{Finding, FindingCode, Severity};
 pub use admin::AdminAccess;
 pub use judge::{renew_window, Judged, TokenState};
+pub use known::KnownRunners;
 
 use crate::gitlab::{self, AdminApi, ClientOptions, RunnerApi, RunnerDetails, TlsFiles};
 use crate::report::{Report, RunnerReport};
@@ -70,6 +72,9 @@ pub struct Diagnosis {
     pub skew: Option<chrono::Duration>,
     /// What the privileged token may do, when it was checked and works.
     pub admin_access: Option<AdminAccess>,
+    /// The runner records and privileged check remembered, with what this run read added;
+    /// saved by the caller ([`KnownRunners::save`]) unless it is a dry run.
+    pub known: KnownRunners,
 }
 
 /// Client options for a runner: its TLS files, the settings' timeouts and retries.
@@ -262,6 +267,7 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
                 facts: Vec::new(),
                 skew: None,
                 admin_access: None,
+                known: KnownRunners::default(),
             };
         }
     };
@@ -278,24 +284,26 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
     }
     let system_id = read_system_id(&config);
     let mut clock = Clock::default();
+    let mut known = KnownRunners::load(settings);
+    let started = host_now();
 
-    // The privileged credential first: its answers also tell the server's clock.
-    let mut admin_access = None;
-    let admin = match &settings.admin {
+    // Every request of the diagnosis takes a place here: a runner may send two at once (its record
+    // and its managers), the privileged check runs alongside, and `concurrency` still holds.
+    let limit = Limit(tokio::sync::Semaphore::new(settings.concurrency));
+    let limit = &limit;
+    // The privileged credential: checked alongside the runners' verifies when no recent check is
+    // remembered or a runner will need it, else only on first use (see `Privileged`).
+    let privileged = match &settings.admin {
         Some(cred) => match admin_api(settings, cred, &entries) {
-            Ok(api) => {
-                let checked = admin::check(&api, settings).await;
-                for (date, local) in &checked.dates {
-                    clock.add(Some(*date), *local);
-                }
-                report.findings.extend(checked.findings);
-                report.admin_token_expires_at = checked
-                    .expires_at
-                    .and_then(|d| d.and_hms_opt(0, 0, 0))
-                    .map(|t| t.and_utc());
-                admin_access.clone_from(&checked.access);
-                checked.usable.then(|| Arc::new(api))
-            }
+            Ok(api) => Some(Privileged {
+                api: Arc::new(api),
+                settings,
+                limit,
+                remembered: known
+                    .admin_facts(cred, started, settings.record_refresh)
+                    .cloned(),
+                checked: tokio::sync::OnceCell::new(),
+            }),
             Err(e) => {
                 report.findings.push(Finding::error(
                     FindingCode::AdminTokenInvalid,
@@ -307,6 +315,7 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
         },
         None => None,
     };
+    let privileged = privileged.as_ref();
 
     let clients = Clients::new(settings, system_id.clone());
     let pre: Vec<config_checks::Pre> = entries
@@ -314,18 +323,55 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
         .map(|e| config_checks::check_entry(e, &config, settings))
         .collect();
 
-    let observations: Vec<network::Observation> =
-        futures::stream::iter(entries.iter().zip(&pre).map(|(entry, p)| {
+    // Unordered: a runner that needs two rounds does not hold up the places of those after it.
+    let observe_all =
+        futures::stream::iter(entries.iter().zip(&pre).enumerate().map(|(i, (entry, p))| {
             let client = p.url.as_ref().map(|u| clients.for_url(u, tls_files(entry)));
-            let admin = admin.clone().filter(|_| p.admin_usable);
-            async move { network::observe(entry, p, client, admin).await }
+            let admin = privileged.filter(|_| p.admin_usable);
+            let wants = network::Wants {
+                force,
+                fresh: entry
+                    .id
+                    .is_some_and(|id| known.fresh(id, started, settings.record_refresh)),
+                settings,
+                limit,
+            };
+            async move { (i, network::observe(entry, p, client, admin, wants).await) }
         }))
-        .buffered(settings.concurrency)
-        .collect()
-        .await;
+        .buffer_unordered(settings.concurrency)
+        .collect::<Vec<(usize, network::Observation)>>();
+    // At once, alongside the verifies, when a runner will need the token anyway (config.toml
+    // says a token is expired or about to be, a record is due, `--force`): waiting for the
+    // first verify to ask for it would add a round to that runner's path.
+    let needed_soon = force
+        || entries.iter().zip(&pre).any(|(entry, p)| {
+            let due = entry.token_expires_at.is_some_and(|at| {
+                at - started <= renew_window(entry, Some(at), settings) + network::EXPIRING_SLACK
+            });
+            let stale = entry
+                .id
+                .is_some_and(|id| !known.fresh(id, started, settings.record_refresh));
+            p.admin_usable && (due || stale || !p.token_usable)
+        });
+    let check_admin = async {
+        if let Some(p) = privileged.filter(|p| p.remembered.is_none() || needed_soon) {
+            p.usable().await;
+        }
+    };
+    let (mut observed, ()) = tokio::join!(observe_all, check_admin);
+    observed.sort_by_key(|(i, _)| *i);
+    let mut observations: Vec<network::Observation> =
+        observed.into_iter().map(|(_, o)| o).collect();
     for o in &observations {
         for (date, local) in &o.dates {
             clock.add(Some(*date), *local);
+        }
+    }
+    if let Some(p) = privileged {
+        if let Some((checked, _)) = p.checked.get() {
+            for (date, local) in &checked.dates {
+                clock.add(Some(*date), *local);
+            }
         }
     }
 
@@ -334,52 +380,150 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
         let now = host_now();
         report.server_time = Some(now + skew);
         report.clock_skew_seconds = Some(skew.num_milliseconds() as f64 / 1000.0);
-        if let Some(f) = admin::clock_finding(skew, settings) {
-            report.findings.push(f);
-        }
     }
     let server_now = host_now() + skew.unwrap_or_else(chrono::Duration::zero);
 
-    let judgements: Vec<Judged> = entries
+    let mut judgements: Vec<Judged> = entries
         .iter()
         .zip(&pre)
         .zip(&observations)
         .map(|((entry, p), obs)| judge::judge(entry, p, obs, server_now, settings))
         .collect();
-    let sharings: Vec<Option<sharing::Sharing>> = futures::stream::iter(
+    // A runner whose token may change needs its record and its managers. `observe` reads both
+    // when its answer already suggests a change; what it could not foresee is read now.
+    let window = chrono::Duration::from_std(settings.fleet.manager_window)
+        .unwrap_or_else(|_| chrono::Duration::hours(2));
+    let late: Vec<(usize, Late)> = futures::stream::iter(
         entries
             .iter()
             .zip(&pre)
             .zip(&observations)
             .zip(&judgements)
-            .map(|(((entry, p), obs), judged)| {
+            .enumerate()
+            .map(|(i, (((entry, p), obs), judged))| {
                 let considered = force
                     || judged.state == TokenState::Dead
                     || judged
                         .findings
                         .iter()
                         .any(|f| f.code == FindingCode::TokenExpiring);
-                let admin = admin.clone().filter(|_| {
-                    p.admin_usable && considered && matches!(obs.record_state(), Record::Exists(_))
-                });
-                let own = system_id.clone();
-                // A dead token was last used when it died: count the hosts that used it then.
-                let anchor = match judged.expires_at {
-                    Some(at) if judged.state == TokenState::Dead => at.min(server_now),
-                    _ => server_now,
-                };
-                let window = chrono::Duration::from_std(settings.fleet.manager_window)
-                    .unwrap_or_else(|_| chrono::Duration::hours(2));
+                let wanted = privileged
+                    .filter(|_| p.admin_usable && considered && obs.network.is_none())
+                    .zip(entry.id);
+                let has_record = obs.record.is_some();
+                let has_managers = obs.managers_read;
                 async move {
-                    let (admin, id) = (admin?, entry.id?);
-                    let list = sharing::read(&admin, id).await?;
-                    Some(sharing::count(&list, own.as_deref(), anchor, window))
+                    let mut late = Late::default();
+                    let Some((admin, id)) = wanted else {
+                        return (i, late);
+                    };
+                    if has_record && has_managers {
+                        return (i, late);
+                    }
+                    let Some(api) = admin.usable().await else {
+                        return (i, late);
+                    };
+                    if !has_record {
+                        late.record = Some(limit.run(api.runner(id)).await);
+                    }
+                    let exists = late.record.as_ref().is_none_or(Result::is_ok);
+                    if exists && !has_managers {
+                        late.managers = limit.run(sharing::read(&api, id)).await;
+                        late.managers_read = true;
+                    }
+                    (i, late)
                 }
             }),
     )
-    .buffered(settings.concurrency)
+    .buffer_unordered(settings.concurrency)
     .collect()
     .await;
+    for (i, late) in late {
+        let obs = &mut observations[i];
+        if late.managers_read {
+            obs.managers_read = true;
+            obs.managers = late.managers;
+        }
+        if let Some(record) = late.record {
+            if let Ok(reply) = &record {
+                if let Some(d) = reply.server_date {
+                    clock.add(Some(d), host_now());
+                }
+            }
+            obs.record = Some(record.map(|r| r.value));
+            judgements[i] = judge::judge(&entries[i], &pre[i], obs, server_now, settings);
+        }
+    }
+
+    // The privileged token: as checked in this run, else as remembered.
+    let mut admin_access = None;
+    let mut admin = None;
+    if let (Some(p), Some(cred)) = (privileged, &settings.admin) {
+        let checked = match p.checked.get() {
+            Some((checked, facts)) => {
+                match facts {
+                    Some(f) if checked.usable => known.note_admin(cred, f, host_now()),
+                    _ => known.forget_admin(),
+                }
+                checked.clone()
+            }
+            None => p
+                .remembered
+                .as_ref()
+                .map_or_else(admin::AdminCheck::default, |f| {
+                    admin::judge(f, &url_key(&cred.url), settings)
+                }),
+        };
+        report.findings.extend(checked.findings);
+        report.admin_token_expires_at = checked
+            .expires_at
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc());
+        admin_access = checked.access;
+        if checked.usable {
+            admin = Some(p.api.clone());
+        }
+    }
+    if let Some(skew) = skew {
+        if let Some(f) = admin::clock_finding(skew, settings) {
+            report.findings.push(f);
+        }
+    }
+
+    let sharings: Vec<Option<sharing::Sharing>> = entries
+        .iter()
+        .zip(&pre)
+        .zip(&observations)
+        .zip(&judgements)
+        .map(|(((entry, p), obs), judged)| {
+            let considered = force
+                || judged.state == TokenState::Dead
+                || judged
+                    .findings
+                    .iter()
+                    .any(|f| f.code == FindingCode::TokenExpiring);
+            if !(p.admin_usable
+                && admin.is_some()
+                && considered
+                && matches!(obs.record_state(), Record::Exists(_)))
+            {
+                return None;
+            }
+            entry.id?;
+            let list = obs.managers.clone()?;
+            // A dead token was last used when it died: count the hosts that used it then.
+            let anchor = match judged.expires_at {
+                Some(at) if judged.state == TokenState::Dead => at.min(server_now),
+                _ => server_now,
+            };
+            Some(sharing::count(&list, system_id.as_deref(), anchor, window))
+        })
+        .collect();
+    for obs in &observations {
+        if let Some(Ok(record)) = &obs.record {
+            known.note_record(record, started);
+        }
+    }
 
     let duplicates = config_checks::duplicate_tokens(&entries);
     let mut facts = Vec::new();
@@ -450,5 +594,50 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
         facts,
         skew,
         admin_access,
+        known,
+    }
+}
+
+/// The places for requests in flight during a diagnosis (`concurrency`).
+#[derive(Debug)]
+pub(crate) struct Limit(tokio::sync::Semaphore);
+
+impl Limit {
+    /// Send `request` once a place is free.
+    pub(crate) async fn run<F: std::future::Future>(&self, request: F) -> F::Output {
+        // Never closed, so a place always comes.
+        let _place = self.0.acquire().await.ok();
+        request.await
+    }
+}
+
+/// What was read for a runner after the judgement.
+#[derive(Default)]
+struct Late {
+    record: Option<Result<gitlab::Reply<RunnerDetails>, gitlab::Error>>,
+    managers_read: bool,
+    managers: Option<Vec<gitlab::RunnerManagerInfo>>,
+}
+
+/// The privileged client, checked once per run and only when needed: at once when no recent
+/// check is remembered, else by the first runner that needs the token (a refused token, a stale
+/// record, a change to plan). A run of healthy runners with fresh records never sends it.
+pub(crate) struct Privileged<'a> {
+    api: Arc<AdminApi>,
+    settings: &'a Settings,
+    limit: &'a Limit,
+    /// The facts of a check younger than `record_refresh`.
+    remembered: Option<admin::AdminFacts>,
+    checked: tokio::sync::OnceCell<(admin::AdminCheck, Option<admin::AdminFacts>)>,
+}
+
+impl Privileged<'_> {
+    /// The client, once the token is known to work in this run (checked on first use).
+    pub(crate) async fn usable(&self) -> Option<Arc<AdminApi>> {
+        let (checked, _) = self
+            .checked
+            .get_or_init(|| admin::check(&self.api, self.settings, self.limit))
+            .await;
+        checked.usable.then(|| self.api.clone())
     }
 }

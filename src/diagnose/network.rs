@@ -8,15 +8,20 @@ use chrono::{DateTime, Utc};
 use url::Url;
 
 use super::config_checks::Pre;
-use super::{host_now, Record};
-use crate::gitlab::{self, AdminApi, RunnerApi, RunnerDetails, Verified};
+use super::{host_now, Privileged, Record};
+use crate::gitlab::{self, RunnerApi, RunnerDetails, RunnerManagerInfo, Verified};
 use crate::report::{Finding, FindingCode};
 use crate::runner_config::RunnerEntry;
+use crate::settings::Settings;
 
 #[derive(Debug, Default)]
 pub struct Observation {
     pub verify: Option<Result<Verified, gitlab::Error>>,
     pub record: Option<Result<RunnerDetails, gitlab::Error>>,
+    /// The runner's managers were asked for (alongside the record, when a change of its token
+    /// is likely); `managers` is `None` when GitLab could not tell.
+    pub managers_read: bool,
+    pub managers: Option<Vec<RunnerManagerInfo>>,
     /// A network finding, when the path to GitLab is broken.
     pub network: Option<Finding>,
     pub dates: Vec<(DateTime<Utc>, DateTime<Utc>)>,
@@ -32,11 +37,34 @@ impl Observation {
     }
 }
 
+/// What decides whether a runner's record is read on this run.
+#[derive(Debug, Clone, Copy)]
+pub struct Wants<'a> {
+    /// Every token is a candidate for a change (`rotate --force`).
+    pub force: bool,
+    /// A remembered record is recent enough and not paused (`known`).
+    pub fresh: bool,
+    pub settings: &'a Settings,
+    pub limit: &'a super::Limit,
+}
+
+/// Slack on the renew window when guessing from one answer's `Date` whether a token is about
+/// to be judged expiring (the judgement uses the median clock of all answers): a guess that
+/// misses costs one more round after the judgement, never a wrong decision.
+pub(super) const EXPIRING_SLACK: chrono::Duration = chrono::Duration::hours(1);
+
+/// Verify the runner's token, then read what the answer calls for: the record when the token is
+/// refused or could not be checked (it tells deleted from expired or revoked), when it is about
+/// to expire or `--force` makes it a candidate for a change, or when the remembered record is
+/// stale or shows a paused runner; with the record, when a change of the token is likely, the
+/// runner's managers (who else uses the token), both at once. A healthy runner whose record is
+/// remembered costs its verify alone.
 pub async fn observe(
     entry: &RunnerEntry,
     pre: &Pre,
     client: Option<Result<Arc<RunnerApi>, gitlab::Error>>,
-    admin: Option<Arc<AdminApi>>,
+    admin: Option<&Privileged<'_>>,
+    wants: Wants<'_>,
 ) -> Observation {
     let mut obs = Observation::default();
     let Some(url) = &pre.url else { return obs };
@@ -52,15 +80,22 @@ pub async fn observe(
         }
         None => return obs,
     };
+    let mut expiring = false;
     if pre.token_usable {
         if let Some(token) = &entry.token {
-            let result = client.verify(token).await;
+            let result = wants.limit.run(client.verify(token)).await;
             let local = host_now();
             match &result {
                 Ok(reply) => {
                     if let Some(d) = reply.server_date {
                         obs.dates.push((d, local));
                     }
+                    let at = reply.value.token_expires_at.or(entry.token_expires_at);
+                    let now = reply.server_date.unwrap_or(local);
+                    expiring = at.is_some_and(|at| {
+                        at - now
+                            <= super::renew_window(entry, Some(at), wants.settings) + EXPIRING_SLACK
+                    });
                 }
                 Err(e) if e.is_transport() => {
                     obs.network = Some(probe(&entry.name, url, e).await);
@@ -70,17 +105,40 @@ pub async fn observe(
             obs.verify = Some(result.map(|r| r.value));
         }
     }
-    // The record tells deleted from expired/revoked, and shows a paused runner.
-    let needs_record = obs.network.is_none();
-    if let (Some(admin), Some(id), true) = (admin, entry.id, needs_record) {
-        let result = admin.runner(id).await;
-        if let Ok(reply) = &result {
-            if let Some(d) = reply.server_date {
-                obs.dates.push((d, host_now()));
-            }
-        }
-        obs.record = Some(result.map(|r| r.value));
+    if obs.network.is_some() {
+        return obs;
     }
+    let (Some(admin), Some(id)) = (admin, entry.id) else {
+        return obs;
+    };
+    let dead = matches!(&obs.verify, Some(Err(e)) if matches!(e.status(), Some(403 | 422)));
+    let needed = match &obs.verify {
+        Some(Ok(_)) => wants.force || expiring || !wants.fresh,
+        _ => true,
+    };
+    if !needed {
+        return obs;
+    }
+    let Some(api) = admin.usable().await else {
+        return obs;
+    };
+    let (record, managers) = if wants.force || dead || expiring {
+        let (record, managers) = tokio::join!(
+            wants.limit.run(api.runner(id)),
+            wants.limit.run(super::sharing::read(&api, id))
+        );
+        obs.managers_read = true;
+        (record, managers)
+    } else {
+        (wants.limit.run(api.runner(id)).await, None)
+    };
+    if let Ok(reply) = &record {
+        if let Some(d) = reply.server_date {
+            obs.dates.push((d, host_now()));
+        }
+    }
+    obs.record = Some(record.map(|r| r.value));
+    obs.managers = managers;
     obs
 }
 

@@ -161,7 +161,7 @@ impl CreateRunner {
 }
 
 /// `GET /personal_access_tokens/self` (§3.9).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PatInfo {
     #[serde(default)]
     pub name: Option<String>,
@@ -172,7 +172,7 @@ pub struct PatInfo {
 }
 
 /// The runner token expiration intervals of `GET /application/settings` (§3.8), in seconds.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct AppSettings {
     #[serde(default)]
     pub runner_token_expiration_interval: Option<i64>,

@@ -21,6 +21,7 @@ use super::api::{
     RunnerSummary, TokenGrant, Verified,
 };
 use super::error::{classify, Error};
+use super::pace::{Pacer, Seen};
 use super::retry::{Idempotency, RetryPolicy};
 pub use super::tls::TlsFiles;
 use crate::secret::{mask_tokens_in, AdminToken, RunnerToken};
@@ -88,8 +89,6 @@ struct Http {
     client: reqwest::Client,
     base: Url,
     opts: ClientOptions,
-    /// No request before this moment: the rate-limit quota is used up until then.
-    not_before: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Http {
@@ -116,12 +115,7 @@ impl Http {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Ok(Self {
-            client,
-            base,
-            opts,
-            not_before: std::sync::Mutex::new(None),
-        })
+        Ok(Self { client, base, opts })
     }
 
     fn url(&self, path: &str) -> Result<Url, Error> {
@@ -150,9 +144,15 @@ impl Http {
         // The URL without its query, for messages.
         let shown = format!("{}{}", url.origin().ascii_serialization(), url.path());
         let started = Instant::now();
+        // The throttle this request counts against (see `pace`).
+        let pacer = Pacer::of(&url.origin().ascii_serialization());
+        let private = private_token.is_some();
         let mut attempt = 0;
         loop {
-            self.wait_for_quota().await;
+            let admitted = pacer.admit(private, Instant::now());
+            if let Some(wait) = admitted.wait {
+                self.wait_for_quota(wait).await;
+            }
             let mut req = self.client.request(method.clone(), url.clone());
             if let Some(token) = private_token {
                 req = req.header("PRIVATE-TOKEN", token.expose_secret());
@@ -165,7 +165,11 @@ impl Http {
                     let status = resp.status();
                     let date = server_date(resp.headers());
                     let retry_after = asked_wait(resp.headers(), status.as_u16(), date);
-                    self.pace(resp.headers(), status.as_u16(), date);
+                    pacer.seen(
+                        private,
+                        quota_seen(resp.headers(), status.as_u16(), date),
+                        Instant::now(),
+                    );
                     let next_page = resp
                         .headers()
                         .get("X-Next-Page")
@@ -219,39 +223,14 @@ impl Http {
         }
     }
 
-    /// Remember when the quota resets after an answer that used it up (`RateLimit-Remaining: 0`),
-    /// so the next request waits for it instead of earning a 429.
-    fn pace(&self, headers: &reqwest::header::HeaderMap, status: u16, date: Option<DateTime<Utc>>) {
-        let remaining = headers
-            .get("RateLimit-Remaining")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if status == 429 || remaining != Some(0) {
-            return;
-        }
-        if let Some(wait) = rate_limit_reset(headers, date) {
-            let mut at = self
-                .not_before
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            *at = Some(Instant::now() + wait);
-        }
-    }
-
-    /// Wait for a quota that an earlier answer said was used up, if the budget allows.
-    async fn wait_for_quota(&self) {
-        let at = *self
-            .not_before
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(wait) = at.and_then(|at| at.checked_duration_since(Instant::now())) {
-            if self.opts.retry.budget.take(wait) {
-                tracing::debug!(
-                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    "rate-limit quota used up; waiting for it to reset"
-                );
-                tokio::time::sleep(wait).await;
-            }
+    /// Wait as the rate-limit quota asks (see `pace`), if the run's retry budget allows.
+    async fn wait_for_quota(&self, wait: Duration) {
+        if self.opts.retry.budget.take(wait) {
+            tracing::debug!(
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "rate-limit quota low; pacing requests until it resets"
+            );
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -364,6 +343,30 @@ fn asked_wait(
     // `Retry-After` may also be an HTTP date (RFC 9110 §10.2.3).
     let at = DateTime::parse_from_rfc2822(text).ok()?.with_timezone(&Utc);
     Some(until(at, date))
+}
+
+/// What an answer's `RateLimit-*` headers say about the quota.
+fn quota_seen(
+    headers: &reqwest::header::HeaderMap,
+    status: u16,
+    date: Option<DateTime<Utc>>,
+) -> Seen<'_> {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Seen {
+        name: headers
+            .get("RateLimit-Name")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim),
+        remaining: number("RateLimit-Remaining"),
+        limit: number("RateLimit-Limit"),
+        reset_in: rate_limit_reset(headers, date),
+        rate_limited: status == 429,
+    }
 }
 
 /// When the rate-limit quota resets, as a wait from now.

@@ -8,6 +8,7 @@
 mod api;
 mod client;
 mod error;
+mod pace;
 mod retry;
 pub mod tls;
 mod url;

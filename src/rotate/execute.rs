@@ -9,7 +9,6 @@ use super::commit::commit;
 use super::custody::{self, Reserve};
 use super::hooks::{self, HookEnv};
 use super::journal::{token_sha, Journal, JournalEntry, JournalError, Step};
-use super::known::KnownRunners;
 use super::obtain::{obtain, NOT_REQUESTED_DEADLINE};
 use super::plan::{plan, PlanItem, Scope};
 use crate::crash;
@@ -118,16 +117,15 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             carried = journal.entries;
         }
     }
-    let diagnosis = match diagnose_by_deadline(settings, "rotate", opts.scope.force).await {
+    let mut diagnosis = match diagnose_by_deadline(settings, "rotate", opts.scope.force).await {
         Ok(diagnosis) => diagnosis,
         Err(report) => return Ok(report),
     };
     check_runner_names(&diagnosis, &opts.scope)?;
-    let mut known = KnownRunners::load(settings);
     if !opts.dry_run {
-        known.remember(settings, &diagnosis);
+        diagnosis.known.save(settings);
     }
-    let plan = plan(&diagnosis, settings, &opts.scope, &known);
+    let plan = plan(&diagnosis, settings, &opts.scope, &diagnosis.known);
     let mut report = diagnosis.report.clone();
     report.command = "rotate";
     report.dry_run = opts.dry_run;

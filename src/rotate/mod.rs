@@ -8,7 +8,7 @@ pub mod custody;
 mod execute;
 pub mod hooks;
 pub mod journal;
-pub mod known;
+pub use crate::diagnose::known;
 mod obtain;
 pub mod plan;
 

@@ -9,6 +9,7 @@ mod harness;
 
 mod agent;
 mod config_editor;
+mod cost;
 mod custody;
 mod diagnose;
 mod fidelity;
