@@ -353,3 +353,104 @@ impl Report {
         serde_json::to_string_pretty(&self.with_status()).expect("report serialises")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(
+        findings: Vec<Finding>,
+        action: Option<Action>,
+        outcome: Option<Outcome>,
+    ) -> RunnerReport {
+        RunnerReport {
+            name: "build".into(),
+            id: Some(42),
+            url: None,
+            token: None,
+            token_expires_at: None,
+            status: None,
+            findings,
+            action,
+            outcome,
+            managers: None,
+            shared: false,
+            line: 1,
+            new_token: None,
+            new_id: None,
+            calls: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn expired() -> Finding {
+        Finding::error(FindingCode::TokenExpired, "expired", "rotate")
+    }
+
+    fn report(command: &'static str, runners: Vec<RunnerReport>) -> Report {
+        let mut r = Report::new(command, "config.toml".into(), None);
+        r.runners = runners;
+        r
+    }
+
+    #[test]
+    fn a_rotated_runner_is_fixed_and_the_run_healthy() {
+        let r = runner(vec![expired()], Some(Action::Reset), Some(Outcome::Done));
+        assert_eq!(r.status("rotate"), RunnerStatus::Fixed);
+        assert_eq!(r.status("diagnose"), RunnerStatus::Broken);
+        assert_eq!(report("rotate", vec![r]).exit_status(), ExitStatus::Healthy);
+    }
+
+    #[test]
+    fn failed_manual_and_unfixed_errors_make_exit_1() {
+        for (r, status) in [
+            (
+                runner(vec![expired()], Some(Action::Reset), Some(Outcome::Failed)),
+                RunnerStatus::Broken,
+            ),
+            (
+                runner(
+                    vec![expired()],
+                    Some(Action::Manual),
+                    Some(Outcome::Skipped),
+                ),
+                RunnerStatus::NeedsPerson,
+            ),
+            (runner(vec![expired()], None, None), RunnerStatus::Broken),
+        ] {
+            assert_eq!(r.status("rotate"), status);
+            assert_eq!(
+                report("rotate", vec![r]).exit_status(),
+                ExitStatus::StillBroken
+            );
+        }
+    }
+
+    #[test]
+    fn warnings_alone_are_healthy_but_a_host_error_is_not() {
+        let warned = runner(
+            vec![Finding::warning(
+                FindingCode::TokenExpiring,
+                "soon",
+                "renew",
+            )],
+            Some(Action::None),
+            None,
+        );
+        assert_eq!(warned.status("rotate"), RunnerStatus::Warning);
+        let mut r = report("diagnose", vec![warned]);
+        assert_eq!(r.exit_status(), ExitStatus::Healthy);
+        r.findings
+            .push(Finding::error(FindingCode::ClockSkew, "clock", "ntp"));
+        assert_eq!(r.exit_status(), ExitStatus::StillBroken);
+    }
+
+    #[test]
+    fn a_dry_run_plan_that_fixes_everything_is_healthy() {
+        let r = runner(vec![expired()], Some(Action::Reset), Some(Outcome::Planned));
+        assert_eq!(r.status("rotate"), RunnerStatus::Planned);
+        let mut rep = report("rotate", vec![r]);
+        rep.dry_run = true;
+        assert_eq!(rep.exit_status(), ExitStatus::Healthy);
+    }
+}
