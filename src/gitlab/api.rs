@@ -140,6 +140,25 @@ pub struct CreateRunner {
 }
 
 impl CreateRunner {
+    /// An instance runner with GitLab's defaults for everything else (it runs untagged jobs, is
+    /// not locked, not paused): what a runner with no remembered record or template becomes.
+    pub fn instance(description: Option<String>) -> Self {
+        Self {
+            runner_type: "instance_type".into(),
+            group_id: None,
+            project_id: None,
+            more_project_ids: Vec::new(),
+            description,
+            tag_list: Vec::new(),
+            run_untagged: true,
+            locked: false,
+            access_level: None,
+            maximum_timeout: None,
+            paused: false,
+            maintenance_note: None,
+        }
+    }
+
     /// The parameters that recreate `old` as it was: every project (GitLab lists the owner
     /// project first) and its maintenance note.
     pub fn like(old: &RunnerDetails) -> Self {

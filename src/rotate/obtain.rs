@@ -128,20 +128,7 @@ pub(super) async fn obtain(
                             j.entries[slot].step = Step::Requesting;
                             j.save()?;
                         }
-                        let params = tagged(entry.create.clone().unwrap_or_else(|| CreateRunner {
-                            runner_type: "instance_type".into(),
-                            group_id: None,
-                            project_id: None,
-                            description: Some(entry.name.clone()),
-                            tag_list: vec![],
-                            run_untagged: true,
-                            locked: false,
-                            access_level: None,
-                            maximum_timeout: None,
-                            paused: false,
-                            maintenance_note: None,
-                            more_project_ids: vec![],
-                        }), &entry);
+                        let params = tagged(entry.create.clone().unwrap_or_else(|| CreateRunner::instance(Some(entry.name.clone()))), &entry);
                         create_once(admin, &params, &entry, &settings.retry).await
                     }
                     None => Err(("no privileged access".into(), false)),
@@ -519,17 +506,9 @@ mod tests {
     fn params(note: Option<&str>) -> CreateRunner {
         CreateRunner {
             runner_type: "project_type".into(),
-            group_id: None,
             project_id: Some(1),
-            description: None,
-            tag_list: vec![],
-            run_untagged: true,
-            locked: false,
-            access_level: None,
-            maximum_timeout: None,
-            paused: false,
             maintenance_note: note.map(str::to_string),
-            more_project_ids: vec![],
+            ..CreateRunner::instance(None)
         }
     }
 

@@ -25,13 +25,7 @@ fn diagnose(env: &TestEnv) -> Run {
 }
 
 fn finding(run: &Run, name: &str, code: &str) -> serde_json::Value {
-    run.runner(name)["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["code"] == code)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {code} for {name}: {}", run.stdout))
+    run.finding(name, code)
 }
 
 #[test]

@@ -7,13 +7,7 @@ use gitlab_sim::RunnerType;
 use crate::harness::{Entry, Run, TestEnv};
 
 fn finding(run: &Run, name: &str, code: &str) -> serde_json::Value {
-    run.runner(name)["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["code"] == code)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {code} for {name}: {}", run.stdout))
+    run.finding(name, code)
 }
 
 fn text(f: &serde_json::Value, key: &str) -> String {

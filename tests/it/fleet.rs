@@ -382,16 +382,7 @@ impl Host {
     }
 
     pub fn token(&self, name: &str) -> String {
-        let doc: toml::Table =
-            toml::from_str(&std::fs::read_to_string(&self.config).unwrap()).unwrap();
-        doc["runners"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"].as_str() == Some(name))
-            .and_then(|r| r["token"].as_str())
-            .unwrap()
-            .to_string()
+        crate::harness::token_in(&self.config, name)
     }
 }
 

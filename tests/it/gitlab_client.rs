@@ -202,18 +202,7 @@ fn a_creation_is_never_blindly_retried() {
     sim.state()
         .inject("POST /api/v4/user/runners", FaultKind::Status(502), Some(1));
     let params = CreateRunner {
-        runner_type: "instance_type".into(),
-        group_id: None,
-        project_id: None,
-        description: None,
-        tag_list: vec![],
-        run_untagged: true,
-        locked: false,
-        access_level: None,
-        maximum_timeout: None,
-        paused: false,
-        maintenance_note: None,
-        more_project_ids: vec![],
+        ..CreateRunner::instance(None)
     };
     let e = rt().block_on(api.create_runner(&params)).unwrap_err();
     assert_eq!(e.status(), Some(502));

@@ -62,6 +62,17 @@ impl Run {
             .cloned()
             .unwrap_or_else(|| panic!("no runner {name} in report"))
     }
+    /// The finding `code` of runner `name`; the test fails, showing the report, without it.
+    pub fn finding(&self, name: &str, code: &str) -> serde_json::Value {
+        self.runner(name)["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["code"] == code)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {code} for {name}: {}", self.stdout))
+    }
+
     pub fn codes(&self, name: &str) -> Vec<String> {
         self.runner(name)["findings"]
             .as_array()
@@ -300,15 +311,7 @@ impl TestEnv {
 
     /// Token currently in config.toml for `name`.
     pub fn config_token(&self, name: &str) -> String {
-        let doc: toml::Table = toml::from_str(&self.config_text()).unwrap();
-        doc["runners"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"].as_str() == Some(name))
-            .and_then(|r| r["token"].as_str())
-            .unwrap()
-            .to_string()
+        token_in(&self.config, name)
     }
 
     pub fn config_id(&self, name: &str) -> Option<i64> {
@@ -352,6 +355,19 @@ pub fn temp_files(dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The token of runner `name` in the config.toml at `path`.
+pub fn token_in(path: &Path, name: &str) -> String {
+    let doc: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    doc["runners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"].as_str() == Some(name))
+        .and_then(|r| r["token"].as_str())
+        .unwrap()
+        .to_string()
 }
 
 pub fn mode(path: &Path) -> u32 {
