@@ -31,7 +31,7 @@ pub fn file_finding(e: &ConfigError) -> Finding {
         ConfigError::Unreadable { .. } => {
             Finding::error(FindingCode::ConfigUnreadable, e.to_string(), e.fix())
         }
-        ConfigError::Invalid { line, column, .. } | ConfigError::Toml11 { line, column, .. } => {
+        ConfigError::Invalid { line, column, .. } => {
             let mut f =
                 Finding::error(FindingCode::ConfigInvalid, e.to_string(), e.fix()).at(Some(*line));
             f.column = Some(*column);

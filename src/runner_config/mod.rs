@@ -31,20 +31,6 @@ pub enum Error {
         column: usize,
         message: String,
     },
-    /// Valid TOML 1.1, which gitlab-runner reads (BurntSushi/toml), but not TOML 1.0, which is
-    /// all toml_edit 0.22 reads and writes.
-    #[error(
-        "`{path}:{line}:{column}` uses TOML 1.1 syntax ({feature}) that runner-medic cannot edit \
-         yet; gitlab-runner accepts it, runner-medic changed nothing (its TOML 1.0 parser says: \
-         {message})"
-    )]
-    Toml11 {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        feature: String,
-        message: String,
-    },
     #[error("runner `{runner}` (`{path}:{line}`) has no `{key}`; it cannot be rewritten")]
     EntryIncomplete {
         path: PathBuf,
@@ -81,12 +67,6 @@ impl Error {
             ),
             Error::Invalid { path, line, .. } => format!(
                 "correct the syntax at `{}:{line}` (or restore a backup), then run `runner-medic diagnose`",
-                path.display()
-            ),
-            Error::Toml11 { path, line, .. } => format!(
-                "write `{}:{line}` in TOML 1.0 syntax (an inline table on one line without a \
-                 trailing comma, `\\u001B` for `\\e`, `\\u00HH` for `\\xHH`, times with seconds), then run \
-                 `runner-medic diagnose`; gitlab-runner reads both",
                 path.display()
             ),
             Error::EntryIncomplete { key, .. } => {

@@ -5,7 +5,7 @@
 
 use gitlab_sim::{Options, TrustSetup};
 
-use crate::harness::{Entry, TestEnv};
+use crate::harness::{token_in, Entry, TestEnv};
 
 fn tls_env(trust: TrustSetup, client_cert: bool) -> TestEnv {
     TestEnv::with_options(Options {
@@ -382,33 +382,42 @@ fn a_recreated_project_runner_keeps_its_projects_and_note() {
     assert_eq!(s.requests_to("POST", "/api/v4/projects/:id/runners"), 2);
 }
 
-/// gitlab-runner (BurntSushi/toml) reads TOML 1.1; toml_edit 0.22 reads TOML 1.0. A config.toml
-/// that uses a TOML 1.1 addition is named as such, with line and column, and nothing changes:
-/// no request that changes GitLab, no write.
+/// gitlab-runner 18.9+ (BurntSushi/toml) reads TOML 1.1, and so does runner-medic: a config.toml
+/// that uses every TOML 1.1 addition (a newline and a trailing comma in an inline table, `\e` and
+/// `\xHH` escapes, a time without seconds) is rotated like any other, and every byte outside the
+/// credential keys stays as it was.
 #[test]
-fn a_toml_1_1_config_is_named_and_left_alone() {
+fn a_toml_1_1_config_is_rotated_and_kept_byte_for_byte() {
     let env = TestEnv::new();
     let e = env.expired("t11");
     env.write_config(std::slice::from_ref(&e));
     let mut text = env.config_text();
-    text.push_str("  [runners.custom_build_dir]\n  env = { A = \"1\",\n          B = \"2\", }\n");
+    text.push_str(
+        "  pre_build_script = \"printf '\\e[0m\\x41'\"\n  [runners.custom_build_dir]\n    enabled = true\n  [runners.cache]\n    Type = \"s3\"\n    [runners.cache.s3]\n      ServerAddress = \"s3.example.com\"\n  [runners.docker]\n    image = \"alpine\"\n    sysctls = { \"net.ipv4.ip_forward\" = \"1\",\n               \"net.core.somaxconn\" = \"1024\", }\n  [[runners.autoscaler.policy]]\n    periods = [\"* 7-19 * * mon-fri\"]\n    idle_time = 00:20\n",
+    );
     env.write_config_text(&text);
     let run = env.run(&["rotate", "--output", "json"]);
-    assert_ne!(run.code, 0, "{}", run.stdout);
-    let f = &run.json()["findings"][0];
-    assert_eq!(f["code"], "config_invalid", "{f}");
-    let message = f["message"].as_str().unwrap();
-    assert!(message.contains("TOML 1.1"), "{message}");
-    assert!(message.contains("inline table"), "{message}");
-    // The newline after `A = "1",` is where TOML 1.0 stops.
-    let line = text.lines().position(|l| l.contains("env = {")).unwrap() + 1;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let new_token = token_in(&env.config, "t11");
+    assert_ne!(new_token, e.token);
+    assert_eq!(env.sim.state().runner_by_token(&new_token), e.id);
+    let after = env.config_text();
+    let credential = |l: &&str| {
+        let key = l.trim_start();
+        key.starts_with("token =")
+            || key.starts_with("token_obtained_at =")
+            || key.starts_with("token_expires_at =")
+    };
+    let kept = |t: &str| {
+        t.lines()
+            .filter(|l| !credential(l))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kept(&after), kept(&text));
     assert!(
-        message.contains(&format!("config.toml:{line}:")),
-        "{message}"
+        after.contains("sysctls = { \"net.ipv4.ip_forward\" = \"1\",\n"),
+        "{after}"
     );
-    assert_eq!(f["line"], line as u64, "{f}");
-    assert!(f["column"].as_u64().is_some());
-    assert!(f["fix"].as_str().unwrap().contains("TOML 1.0"), "{f}");
-    assert_eq!(env.config_text(), text);
-    assert!(env.changing_requests().is_empty());
+    assert!(after.contains("idle_time = 00:20\n"), "{after}");
 }
