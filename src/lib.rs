@@ -3,6 +3,7 @@
 //! # Layout
 //! - `cli`: clap definitions of the contract's commands and flags.
 //! - `settings`: settings file + environment + flags merged into one validated value.
+//! - `logging`: stderr logging for a terminal, a pipe or the journal (priority prefixes).
 //! - `secret`: runner and admin tokens as secrets, and `Masked`, their only printable form.
 //! - `fs`: atomic replace, backups, private dirs, the lock; every write goes through it.
 //! - `crash`: named crash points for the crash-safety tests.
@@ -26,6 +27,7 @@ pub mod exit;
 pub mod fleet;
 pub mod fs;
 pub mod gitlab;
+pub mod logging;
 pub mod report;
 pub mod rotate;
 pub mod runner_config;

@@ -5,12 +5,11 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use runner_medic::cli::{Cli, Command, LogFormat, OutputFormat};
+use runner_medic::cli::{Cli, Command, OutputFormat};
 use runner_medic::commands::{self, CouldNotRun};
 use runner_medic::exit::ExitStatus;
 use runner_medic::report::{self, Report};
 use runner_medic::settings::{Environment, Fallback, Overrides, Settings};
-use tracing_subscriber::EnvFilter;
 
 mod docgen;
 
@@ -31,122 +30,13 @@ fn environment() -> Environment {
     }
 }
 
-/// Whether stderr is connected to the journal: `JOURNAL_STREAM` holds the `dev:ino` of the
-/// stream systemd connected, and it names stderr only when fd 2 still is that stream
-/// (systemd.exec(5)); a child whose stderr was redirected inherits the variable but not the match.
-// `dev_t` and `ino_t` are u64 on Linux but not everywhere (macOS has an i32 `dev_t`).
-#[allow(clippy::useless_conversion)]
-fn stderr_is_journal() -> bool {
-    use std::os::fd::AsRawFd;
-    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
-        let (dev, ino) = v.split_once(':')?;
-        Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?))
-    }) else {
-        return false;
-    };
-    nix::sys::stat::fstat(std::io::stderr().as_raw_fd()).is_ok_and(|st| {
-        u64::try_from(st.st_dev).ok() == Some(dev) && u64::try_from(st.st_ino).ok() == Some(ino)
-    })
-}
-
-/// Set once logging starts: lines on stderr carry a syslog priority prefix.
-static PRIORITY_PREFIX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-
-fn prefixed() -> bool {
-    PRIORITY_PREFIX.get().copied().unwrap_or(false)
-}
-
-/// An event format that starts every line of an event with its sd-daemon(3) priority, for the
-/// journal and `logger --prio-prefix`: `<3>` error, `<4>` warning, `<6>` info, `<7>` debug and
-/// trace. Every line, so that a multi-line message keeps its level throughout.
-struct Prioritized<F>(F);
-
-impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Prioritized<F>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
-    F: tracing_subscriber::fmt::FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
-        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        let priority = match *event.metadata().level() {
-            tracing::Level::ERROR => 3,
-            tracing::Level::WARN => 4,
-            tracing::Level::INFO => 6,
-            _ => 7,
-        };
-        let mut text = String::new();
-        self.0.format_event(
-            ctx,
-            tracing_subscriber::fmt::format::Writer::new(&mut text),
-            event,
-        )?;
-        for line in text.lines() {
-            writeln!(writer, "<{priority}>{line}")?;
-        }
-        Ok(())
-    }
-}
-
-fn init_tracing(cli: &Cli, env: &Environment) {
-    let default = match i16::from(cli.global.verbose) - i16::from(cli.global.quiet) {
-        i16::MIN..=-2 => "error",
-        -1 => "warn",
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("runner_medic={default},warn")));
-    let journal = stderr_is_journal();
-    let format = match cli.global.log_format {
-        // The journal stamps and levels each line itself: plain and human lines become
-        // prefixed ones there.
-        Some(LogFormat::Plain | LogFormat::Human) | None if journal => LogFormat::Syslog,
-        Some(f) => f,
-        None if env.is_tty_stderr => LogFormat::Human,
-        None => LogFormat::Plain,
-    };
-    let _ = PRIORITY_PREFIX.set(format == LogFormat::Syslog || journal);
-    // A closed or full stderr must never stop a run midway (a rotation must finish once GitLab
-    // has issued tokens): the subscriber's own report of a failed write would be an `eprintln!`,
-    // which panics on a broken pipe, so it is turned off and log lines that cannot be written
-    // are dropped.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .log_internal_errors(false);
-    match format {
-        LogFormat::Json if journal => builder
-            .event_format(Prioritized(
-                tracing_subscriber::fmt::format().json().without_time(),
-            ))
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .init(),
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Plain => builder.with_ansi(false).init(),
-        LogFormat::Syslog => builder
-            .with_ansi(false)
-            .event_format(Prioritized(
-                tracing_subscriber::fmt::format()
-                    .with_ansi(false)
-                    .without_time(),
-            ))
-            .init(),
-        LogFormat::Human => builder
-            .with_ansi(env.is_tty_stderr && std::env::var_os("NO_COLOR").is_none())
-            .without_time()
-            .init(),
-    }
-}
-
 /// Errors are rendered in one place: `error:`, then `fix:`.
 fn report_error(e: &CouldNotRun) -> ExitCode {
-    let prefix = if prefixed() { "<3>" } else { "" };
+    let prefix = if runner_medic::logging::prefixed() {
+        "<3>"
+    } else {
+        ""
+    };
     let mut text = format!("{prefix}error: {}\n", e.message);
     for cause in e.causes() {
         text = text + prefix + "caused by: " + &cause + "\n";
@@ -188,7 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     runner_medic::crash::arm(std::env::var("RUNNER_MEDIC_CRASH_AT").ok());
     let env = environment();
-    init_tracing(&cli, &env);
+    runner_medic::logging::init(&cli.global, env.is_tty_stderr);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -208,32 +98,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, env: Environment) -> ExitCode {
     let mut started = std::time::Instant::now();
-    let overrides = match &cli.command {
-        Command::Rotate(a) => Overrides {
-            renew_before: a.renew_before.clone(),
-            strategy: a.strategy,
-            service_manager: a.service_manager.clone(),
-            service_name: a.service_name.clone(),
-            no_restart: a.no_restart,
-            restart: a.restart,
-            ..Overrides::default()
-        },
-        Command::Diagnose(a) => Overrides {
-            renew_before: a.renew_before.clone(),
-            ..Overrides::default()
-        },
-        Command::Agent(a) => Overrides {
-            renew_before: a.rotate.renew_before.clone(),
-            service_manager: a.rotate.service_manager.clone(),
-            service_name: a.rotate.service_name.clone(),
-            restart: a.rotate.restart,
-            interval: a.interval.clone(),
-            jitter: a.jitter.clone(),
-            listen: a.listen.clone(),
-            ..Overrides::default()
-        },
-        _ => Overrides::default(),
-    };
+    let overrides = Overrides::of(&cli.command);
     match &cli.command {
         Command::Completions { shell } => {
             print(&String::from_utf8_lossy(&docgen::completions(*shell)));
@@ -263,7 +128,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
                 Command::Diagnose(_) | Command::Rotate(_) | Command::Agent(_)
             ) {
                 let fallback = Fallback::resolve(&cli.global, &env);
-                finish(
+                commands::finish(
                     Some(&fallback.store),
                     fallback.metrics_file.as_deref(),
                     None,
@@ -331,7 +196,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
         Ok(report) => {
             render(&report, settings.output, settings.color);
             let status = report.exit_status();
-            finish(
+            commands::finish(
                 Some(&settings.status_store()),
                 settings.metrics_file.as_deref(),
                 Some(&report),
@@ -344,7 +209,7 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
         Err(e) => {
             let code = report_error(&e);
             if !matches!(cli.command, Command::Agent(_)) {
-                finish(
+                commands::finish(
                     Some(&settings.status_store()),
                     settings.metrics_file.as_deref(),
                     None,
@@ -355,46 +220,6 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
             }
             code
         }
-    }
-}
-
-/// The end of every diagnose or rotate run, whatever its exit status: record it in the state
-/// directory, write the metrics file (when one is set) and log the exit status, so that cron
-/// (whose mail or `logger` pipe drops it) and the journal keep it.
-fn finish(
-    store: Option<&runner_medic::report::history::Store>,
-    metrics_file: Option<&std::path::Path>,
-    report: Option<&Report>,
-    status: ExitStatus,
-    started: std::time::Instant,
-    save: bool,
-) {
-    let code = status.code();
-    let previous = metrics_file
-        .and_then(|path| fs_err::read_to_string(path).ok())
-        .unwrap_or_default();
-    let text = runner_medic::report::metrics::finish(
-        store,
-        &runner_medic::report::metrics::Ending {
-            report,
-            exit_code: code,
-            duration: started.elapsed(),
-            save,
-        },
-        &previous,
-    );
-    if let Some(path) = metrics_file {
-        if let Err(e) = runner_medic::fs::write_private(path, text.as_bytes(), 0o644) {
-            tracing::error!(path = %path.display(), error = %e, "could not write the metrics file; check that its directory exists and is writable");
-        }
-    }
-    match code {
-        0 => tracing::info!(exit_status = code, "run finished"),
-        1 => tracing::warn!(
-            exit_status = code,
-            "run finished; a runner still needs attention"
-        ),
-        _ => tracing::error!(exit_status = code, "run finished; it could not do its work"),
     }
 }
 
