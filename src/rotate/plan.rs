@@ -384,3 +384,363 @@ fn plan_dead(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::diagnose::sharing::Sharing;
+    use crate::gitlab::{AdminCredential, RunnerDetails};
+    use crate::report::{Finding, Report, RunnerReport};
+    use crate::runner_config::ConfigFile;
+    use crate::secret::AdminToken;
+    use crate::settings::{Environment, Overrides};
+    use clap::Parser;
+
+    const URL: &str = "https://gitlab.example.com";
+
+    /// Settings as a bare command line gives them, with a privileged token when `admin`.
+    fn settings(dir: &tempfile::TempDir, admin: bool, strategy: Strategy) -> Settings {
+        let empty = dir.path().join("settings.toml");
+        std::fs::write(&empty, "").unwrap();
+        let cli = Cli::parse_from([
+            "runner-medic",
+            "--settings",
+            empty.to_str().unwrap(),
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+            "--gitlab-url",
+            URL,
+            "diagnose",
+        ]);
+        let mut s =
+            Settings::resolve(&cli.global, &Environment::default(), &Overrides::default()).unwrap();
+        s.strategy = strategy;
+        if admin {
+            s.admin = Some(AdminCredential {
+                url: url::Url::parse(URL).unwrap(),
+                token: AdminToken::new("glpat-privileged"),
+            });
+        }
+        s
+    }
+
+    /// One runner `build` (id 7) in a real config.toml, with what diagnose found of it.
+    struct Case {
+        dir: tempfile::TempDir,
+        state: TokenState,
+        record: Record,
+        findings: Vec<Finding>,
+        sharing: Option<Sharing>,
+        access: Option<AdminAccess>,
+        host_findings: Vec<Finding>,
+    }
+
+    fn case(state: TokenState, record: Record, finding: Option<FindingCode>) -> Case {
+        Case {
+            dir: tempfile::tempdir().unwrap(),
+            state,
+            record,
+            findings: finding
+                .map(|c| Finding::error(c, "found", "fix it"))
+                .into_iter()
+                .collect(),
+            sharing: None,
+            access: None,
+            host_findings: Vec::new(),
+        }
+    }
+
+    fn record(runner_type: &str, projects: &[u64]) -> Record {
+        Record::Exists(Box::new(details(runner_type, projects)))
+    }
+
+    fn details(runner_type: &str, projects: &[u64]) -> RunnerDetails {
+        let projects: Vec<_> = projects
+            .iter()
+            .map(|id| serde_json::json!({"id": id}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "id": 7, "runner_type": runner_type, "tag_list": ["linux"], "projects": projects,
+        }))
+        .unwrap()
+    }
+
+    impl Case {
+        fn plan(&self, settings: &Settings, scope: &Scope, known: &KnownRunners) -> PlanItem {
+            let path = self.dir.path().join("config.toml");
+            std::fs::write(
+                &path,
+                format!(
+                    "concurrent = 1\n[[runners]]\n  name = \"build\"\n  url = \"{URL}\"\n  id = 7\n  token = \"glrt-0123456789abcdefghij\"\n  executor = \"shell\"\n"
+                ),
+            )
+            .unwrap();
+            let config = ConfigFile::load(&path).unwrap();
+            let entry = config.runners().remove(0);
+            let mut report = Report::new("rotate", path.display().to_string(), Some(URL.into()));
+            report.findings = self.host_findings.clone();
+            report.runners.push(RunnerReport {
+                name: entry.name.clone(),
+                id: entry.id,
+                url: entry.url.clone(),
+                token: None,
+                token_expires_at: None,
+                status: None,
+                findings: self.findings.clone(),
+                action: None,
+                outcome: None,
+                managers: None,
+                shared: false,
+                line: entry.line,
+                new_token: None,
+                new_id: None,
+                calls: Vec::new(),
+                error: None,
+            });
+            let diagnosis = Diagnosis {
+                report,
+                config: Some(config),
+                facts: vec![RunnerFacts {
+                    entry,
+                    state: self.state,
+                    record: self.record.clone(),
+                    admin_usable: true,
+                    expires_at: None,
+                    sharing: self.sharing.clone(),
+                }],
+                skew: None,
+                admin_access: self.access.clone(),
+                known: KnownRunners::default(),
+            };
+            plan(&diagnosis, settings, scope, known).items.remove(0)
+        }
+
+        fn planned(&self, admin: bool, strategy: Strategy) -> PlanItem {
+            let settings = settings(&self.dir, admin, strategy);
+            self.plan(&settings, &Scope::default(), &KnownRunners::default())
+        }
+    }
+
+    #[test]
+    fn a_dead_token_whose_record_exists_is_reset_by_id() {
+        let c = case(
+            TokenState::Dead,
+            record("project_type", &[1]),
+            Some(FindingCode::TokenRevoked),
+        );
+        let item = c.planned(true, Strategy::Auto);
+        assert_eq!(item.action, Action::Reset);
+        assert!(item.token_was_dead);
+        assert_eq!(
+            item.calls,
+            vec![format!(
+                "POST {URL}/api/v4/runners/7/reset_authentication_token (privileged)"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_dead_token_without_a_privileged_token_is_left_to_a_person() {
+        let c = case(
+            TokenState::Dead,
+            Record::Unknown,
+            Some(FindingCode::TokenExpired),
+        );
+        let item = c.planned(false, Strategy::Auto);
+        assert_eq!(item.action, Action::Manual);
+        assert!(item.reason.unwrap().contains("--admin-token-file"));
+        assert!(item.calls.is_empty());
+    }
+
+    #[test]
+    fn a_valid_token_is_renewed_only_when_expiring_or_forced() {
+        let healthy = case(TokenState::Valid, record("instance_type", &[]), None);
+        assert_eq!(healthy.planned(true, Strategy::Auto).action, Action::None);
+        let settings = settings(&healthy.dir, true, Strategy::Auto);
+        let forced = Scope {
+            runners: Vec::new(),
+            force: true,
+        };
+        let item = healthy.plan(&settings, &forced, &KnownRunners::default());
+        assert_eq!(item.action, Action::Renew);
+        assert!(!item.token_was_dead);
+        let expiring = case(
+            TokenState::Valid,
+            record("instance_type", &[]),
+            Some(FindingCode::TokenExpiring),
+        );
+        let item = expiring.planned(false, Strategy::Auto);
+        assert_eq!(
+            item.action,
+            Action::Renew,
+            "renewal needs no privileged token"
+        );
+        assert_eq!(
+            item.calls,
+            vec![format!(
+                "POST {URL}/api/v4/runners/reset_authentication_token (runner token)"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_deleted_runner_is_recreated_from_its_remembered_record() {
+        let c = case(
+            TokenState::Dead,
+            Record::Deleted,
+            Some(FindingCode::RunnerDeleted),
+        );
+        let settings = settings(&c.dir, true, Strategy::Auto);
+        let mut known = KnownRunners::default();
+        known.note_record(&details("project_type", &[3, 4, 5]), chrono::Utc::now());
+        let item = c.plan(&settings, &Scope::default(), &known);
+        assert_eq!(item.action, Action::Recreate);
+        let create = item.create.unwrap();
+        assert_eq!(create.runner_type, "project_type");
+        assert_eq!(create.project_id, Some(3));
+        assert_eq!(create.more_project_ids, vec![4, 5]);
+        assert_eq!(create.tag_list, vec!["linux".to_string()]);
+        assert!(!item.delete_old, "nothing is left to delete");
+        // Unknown settings: nothing is invented, the fix names the template to write.
+        let item = c.plan(&settings, &Scope::default(), &KnownRunners::default());
+        assert_eq!(item.action, Action::Manual);
+        assert!(item.reason.unwrap().contains("[templates.\"build\"]"));
+        // `--strategy reset` forbids creating.
+        let reset_only = self::settings(&c.dir, true, Strategy::Reset);
+        let item = c.plan(&reset_only, &Scope::default(), &known);
+        assert_eq!(item.action, Action::Manual);
+    }
+
+    #[test]
+    fn strategy_recreate_replaces_an_existing_runner_and_deletes_the_old_one() {
+        let c = case(
+            TokenState::Dead,
+            record("group_type", &[]),
+            Some(FindingCode::TokenRevoked),
+        );
+        let item = c.planned(true, Strategy::Recreate);
+        assert_eq!(item.action, Action::Recreate);
+        assert!(item.delete_old);
+        assert_eq!(item.calls.len(), 2);
+        assert!(item.calls[1].starts_with(&format!("DELETE {URL}/api/v4/runners/7")));
+    }
+
+    #[test]
+    fn a_shared_token_is_changed_only_when_coordinated_or_named() {
+        let mut c = case(
+            TokenState::Dead,
+            record("project_type", &[1]),
+            Some(FindingCode::TokenRevoked),
+        );
+        c.sharing = Some(Sharing {
+            managers: 3,
+            others: vec!["s_other1".into(), "s_other2".into()],
+        });
+        c.findings.push(Finding::warning(
+            FindingCode::SharedToken,
+            "shared",
+            "configure the fleet store",
+        ));
+        let item = c.planned(true, Strategy::Auto);
+        assert_eq!(item.action, Action::Manual);
+        assert!(item.reason.unwrap().contains("other hosts use this token"));
+        assert!(item.calls.is_empty());
+        // An operator who names the runner takes it on (and distributes the token).
+        let settings = settings(&c.dir, true, Strategy::Auto);
+        let named = Scope {
+            runners: vec!["build".into()],
+            force: false,
+        };
+        let item = c.plan(&settings, &named, &KnownRunners::default());
+        assert_eq!(item.action, Action::Reset);
+    }
+
+    #[test]
+    fn a_missing_scope_or_admin_mode_makes_the_action_manual() {
+        let mut c = case(
+            TokenState::Dead,
+            record("instance_type", &[]),
+            Some(FindingCode::TokenRevoked),
+        );
+        c.access = Some(AdminAccess {
+            scopes: vec!["create_runner".into()],
+            instance_admin: Some(true),
+        });
+        let item = c.planned(true, Strategy::Auto);
+        assert_eq!(item.action, Action::Manual);
+        let why = item.reason.unwrap();
+        assert!(why.contains("`manage_runner`"), "{why}");
+        assert!(
+            why.contains("create_runner"),
+            "names what the token has: {why}"
+        );
+        c.access = Some(AdminAccess {
+            scopes: vec!["manage_runner".into()],
+            instance_admin: Some(false),
+        });
+        let why = c.planned(true, Strategy::Auto).reason.unwrap();
+        assert!(why.contains("admin_mode"), "{why}");
+        c.access = Some(AdminAccess {
+            scopes: vec!["api".into()],
+            instance_admin: Some(true),
+        });
+        assert_eq!(c.planned(true, Strategy::Auto).action, Action::Reset);
+    }
+
+    #[test]
+    fn a_broken_clock_or_disabled_rotation_or_unreachable_gitlab_stops_every_change() {
+        let mut c = case(
+            TokenState::Dead,
+            record("project_type", &[1]),
+            Some(FindingCode::TokenExpired),
+        );
+        c.host_findings.push(Finding::error(
+            FindingCode::ClockSkew,
+            "off by 2h",
+            "sync the clock",
+        ));
+        let item = c.planned(true, Strategy::Auto);
+        assert_eq!(item.action, Action::Manual);
+        assert!(item.reason.unwrap().contains("clock"));
+        c.host_findings.clear();
+        c.findings.push(Finding::info(
+            FindingCode::TokenRotationDisabled,
+            "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION",
+            "rotate it where it is managed",
+        ));
+        let item = c.planned(true, Strategy::Auto);
+        assert_eq!(item.action, Action::Manual);
+        assert_eq!(
+            item.reason.as_deref(),
+            Some("rotate it where it is managed")
+        );
+        let unreachable = case(
+            TokenState::Unknown,
+            Record::Unknown,
+            Some(FindingCode::ConnectFailure),
+        );
+        let item = unreachable.planned(true, Strategy::Auto);
+        assert_eq!(item.action, Action::Manual);
+        assert_eq!(item.reason.as_deref(), Some("fix it"));
+    }
+
+    #[test]
+    fn runners_not_named_by_runner_are_skipped() {
+        let c = case(
+            TokenState::Dead,
+            record("project_type", &[1]),
+            Some(FindingCode::TokenRevoked),
+        );
+        let settings = settings(&c.dir, true, Strategy::Auto);
+        for (named, skipped) in [("other", true), ("build", false), ("7", false)] {
+            let scope = Scope {
+                runners: vec![named.into()],
+                force: false,
+            };
+            let item = c.plan(&settings, &scope, &KnownRunners::default());
+            assert_eq!(item.skipped, skipped, "{named}");
+            assert_eq!(item.action == Action::None, skipped, "{named}");
+        }
+    }
+}
