@@ -185,18 +185,8 @@ pub struct RotateArgs {
     /// the runner when it is gone; `reset` never recreates; `recreate` always makes a new runner
     #[arg(long, value_enum)]
     pub strategy: Option<Strategy>,
-    /// auto, systemd, sysv, openrc, launchd, gitlab-runner, docker, podman or none [default: auto]
-    #[arg(long, value_name = "MANAGER")]
-    pub service_manager: Option<String>,
-    /// The service (unit, init script, container) name [default: gitlab-runner]
-    #[arg(long, value_name = "NAME")]
-    pub service_name: Option<String>,
-    /// How gitlab-runner picks up new tokens: `reload` (default) lets it re-read config.toml
-    /// (SIGHUP where the supervisor can send one), confirms the new token is in use and restarts
-    /// only if not; `always` stops, writes, starts; `when-needed` restarts only for dead tokens;
-    /// `never` only writes
-    #[arg(long, value_enum, value_name = "POLICY")]
-    pub restart: Option<crate::service::RestartPolicy>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// Write config.toml but do not stop or start the service (= `--restart never`)
     #[arg(long)]
     pub no_restart: bool,
@@ -233,16 +223,27 @@ pub struct AgentArgs {
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct AgentRotateArgs {
-    /// auto, systemd, sysv, openrc, launchd, gitlab-runner, docker, podman or none [default: auto]
-    #[arg(long, value_name = "MANAGER")]
-    pub service_manager: Option<String>,
-    /// The service (unit, init script, container) name [default: gitlab-runner]
-    #[arg(long, value_name = "NAME")]
-    pub service_name: Option<String>,
     /// Renew valid tokens that expire sooner than this (e.g. 30d)
     #[arg(long, value_name = "DURATION")]
     pub renew_before: Option<String>,
-    /// How gitlab-runner picks up new tokens (see `rotate --restart`) [default: reload]
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// How gitlab-runner is supervised and picks up new tokens: the same flags for `rotate` and
+/// `agent`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServiceArgs {
+    /// The supervisor of gitlab-runner [default: auto]
+    #[arg(long, value_enum, value_name = "MANAGER")]
+    pub service_manager: Option<crate::service::ManagerKind>,
+    /// The service (unit, init script, container) name [default: gitlab-runner]
+    #[arg(long, value_name = "NAME")]
+    pub service_name: Option<String>,
+    /// How gitlab-runner picks up new tokens: `reload` (default) lets it re-read config.toml
+    /// (SIGHUP where the supervisor can send one), confirms the new token is in use and restarts
+    /// only if not; `always` stops, writes, starts; `when-needed` restarts only for dead tokens;
+    /// `never` only writes
     #[arg(long, value_enum, value_name = "POLICY")]
     pub restart: Option<crate::service::RestartPolicy>,
 }

@@ -49,11 +49,12 @@ pub enum Error {
 }
 
 /// Which supervisor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ManagerKind {
     Auto,
     Systemd,
+    #[value(alias = "service")]
     Sysv,
     Openrc,
     Launchd,

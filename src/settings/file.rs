@@ -148,17 +148,16 @@ impl ServiceFile {
         let duration = |what: &str, v: Option<&str>, default: Duration| {
             v.map_or(Ok(default), |t| parse_duration(what, t))
         };
-        let manager_text = overrides
-            .service_manager
-            .clone()
-            .or(self.manager.clone())
-            .unwrap_or_else(|| "auto".into());
-        let manager = ManagerKind::parse(&manager_text).ok_or_else(|| {
-            bad(
-                format!("unknown service manager `{manager_text}`"),
-                "use one of auto, systemd, sysv, openrc, launchd, gitlab-runner, docker, podman, none",
-            )
-        })?;
+        let manager = match (overrides.service_manager, &self.manager) {
+            (Some(kind), _) => kind,
+            (None, None) => ManagerKind::Auto,
+            (None, Some(text)) => ManagerKind::parse(text).ok_or_else(|| {
+                bad(
+                    format!("unknown service manager `{text}` (`[service] manager`)"),
+                    "use one of auto, systemd, sysv, openrc, launchd, gitlab-runner, docker, podman, none",
+                )
+            })?,
+        };
         Ok(ServiceSettings {
             manager,
             name: overrides

@@ -410,7 +410,7 @@ impl Fallback {
 pub struct Overrides {
     pub renew_before: Option<String>,
     pub strategy: Option<Strategy>,
-    pub service_manager: Option<String>,
+    pub service_manager: Option<crate::service::ManagerKind>,
     pub service_name: Option<String>,
     pub no_restart: bool,
     pub restart: Option<RestartPolicy>,
@@ -426,10 +426,10 @@ impl Overrides {
             Command::Rotate(a) => Overrides {
                 renew_before: a.renew_before.clone(),
                 strategy: a.strategy,
-                service_manager: a.service_manager.clone(),
-                service_name: a.service_name.clone(),
+                service_manager: a.service.service_manager,
+                service_name: a.service.service_name.clone(),
                 no_restart: a.no_restart,
-                restart: a.restart,
+                restart: a.service.restart,
                 ..Overrides::default()
             },
             Command::Diagnose(a) => Overrides {
@@ -438,9 +438,9 @@ impl Overrides {
             },
             Command::Agent(a) => Overrides {
                 renew_before: a.rotate.renew_before.clone(),
-                service_manager: a.rotate.service_manager.clone(),
-                service_name: a.rotate.service_name.clone(),
-                restart: a.rotate.restart,
+                service_manager: a.rotate.service.service_manager,
+                service_name: a.rotate.service.service_name.clone(),
+                restart: a.rotate.service.restart,
                 interval: a.interval.clone(),
                 jitter: a.jitter.clone(),
                 listen: a.listen.clone(),

@@ -513,7 +513,18 @@ fn bad_input_catalogue() {
             setup: Box::new(good),
             args: vec!["rotate", "--service-manager", "upstartz"],
             expect_code: 2,
-            expect_text: "unknown service manager",
+            expect_text: "invalid value 'upstartz' for '--service-manager <MANAGER>'",
+        },
+        Bad {
+            name: "unknown service manager in the settings file",
+            setup: Box::new(move |env| {
+                good(env);
+                env.extra_settings
+                    .push_str("[service]\nmanager = \"upstartz\"\n");
+            }),
+            args: vec!["rotate"],
+            expect_code: 2,
+            expect_text: "unknown service manager `upstartz` (`[service] manager`)",
         },
         Bad {
             name: "unknown flag",
