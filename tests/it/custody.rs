@@ -621,3 +621,27 @@ fn temp_files_of_a_killed_run_are_removed() {
     assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "keep");
     assert!(std::fs::symlink_metadata(&planted).is_ok());
 }
+
+/// `diagnose` changes nothing of the runner's world; its own records are a convenience: on a
+/// read-only state directory it still diagnoses every runner and exits as the runners are.
+#[test]
+fn diagnose_on_a_read_only_state_dir_still_reports() {
+    let env = TestEnv::new();
+    let entries = [env.healthy("ok"), env.revoked("dead")];
+    env.write_config(&entries);
+    std::fs::create_dir_all(&env.state).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=64k,mode=0700", "tmpfs"])
+        .arg(&env.state)
+        .status()
+        .unwrap()
+        .success());
+    let before = env.config_text();
+    let run = env.run(&["diagnose", "--output", "json"]);
+    let _ = Command::new("umount").arg(&env.state).status();
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.runner("ok")["status"], "healthy", "{}", run.stdout);
+    assert_eq!(run.runner("dead")["status"], "broken", "{}", run.stdout);
+    assert_eq!(env.config_text(), before);
+    assert!(env.changing_requests().is_empty());
+}
