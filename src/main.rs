@@ -254,21 +254,7 @@ async fn demo(
 ) -> ExitCode {
     match commands::demo::run(env, args.keep).await {
         Ok(demo) => {
-            print(&format!("runner-medic demo in {}\n", demo.dir.display()));
-            for (title, report) in &demo.steps {
-                print(&format!("\n==== {title} ====\n"));
-                render(report, output, env.is_tty_stdout);
-            }
-            print("\n==== the stand-in gitlab-runner after the rotation ====\n");
-            for line in &demo.runner_log_tail {
-                print(&format!("{line}\n"));
-            }
-            let verdict = if demo.status == ExitStatus::Healthy {
-                "every runner is healthy again"
-            } else {
-                "some runner is still broken"
-            };
-            print(&format!("\ndemo: {verdict}\n"));
+            print(&demo.render(output, env.is_tty_stdout));
             ExitCode::from(demo.status.code())
         }
         Err(e) => report_error(&e),

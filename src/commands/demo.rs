@@ -25,6 +25,33 @@ pub struct DemoRun {
     pub status: ExitStatus,
 }
 
+impl DemoRun {
+    /// Each step's report in `format`, then the stand-in runner's log after the rotation and a
+    /// verdict.
+    pub fn render(&self, format: crate::cli::OutputFormat, color: bool) -> String {
+        let mut text = format!("runner-medic demo in {}\n", self.dir.display());
+        for (title, report) in &self.steps {
+            text.push_str(&format!("\n==== {title} ====\n"));
+            text.push_str(&match format {
+                crate::cli::OutputFormat::Json => format!("{}\n", report.to_json()),
+                crate::cli::OutputFormat::Human => crate::report::render_human(report, color),
+            });
+        }
+        text.push_str("\n==== the stand-in gitlab-runner after the rotation ====\n");
+        for line in &self.runner_log_tail {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let verdict = if self.status == ExitStatus::Healthy {
+            "every runner is healthy again"
+        } else {
+            "some runner is still broken"
+        };
+        text.push_str(&format!("\ndemo: {verdict}\n"));
+        text
+    }
+}
+
 fn io(e: impl std::fmt::Display) -> CouldNotRun {
     CouldNotRun {
         source: None,

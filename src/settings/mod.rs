@@ -50,7 +50,6 @@ pub struct Environment {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub runner_config: PathBuf,
-    pub settings_file: Option<PathBuf>,
     /// The operator's GitLab, normalised.
     pub gitlab_url: Option<Url>,
     pub admin: Option<AdminCredential>,
@@ -154,7 +153,6 @@ impl Settings {
         Ok(Self {
             certs_dirs: certs_dirs(env, &runner_config),
             runner_config,
-            settings_file: settings_path,
             gitlab_url,
             admin,
             state_dir,
