@@ -29,25 +29,31 @@ impl DemoRun {
     /// Each step's report in `format`, then the stand-in runner's log after the rotation and a
     /// verdict.
     pub fn render(&self, format: crate::cli::OutputFormat, color: bool) -> String {
-        let mut text = format!("runner-medic demo in {}\n", self.dir.display());
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(text, "runner-medic demo in {}", self.dir.display());
         for (title, report) in &self.steps {
-            text.push_str(&format!("\n==== {title} ====\n"));
-            text.push_str(&match format {
-                crate::cli::OutputFormat::Json => format!("{}\n", report.to_json()),
-                crate::cli::OutputFormat::Human => crate::report::render_human(report, color),
-            });
+            let _ = writeln!(text, "\n==== {title} ====");
+            match format {
+                crate::cli::OutputFormat::Json => {
+                    let _ = writeln!(text, "{}", report.to_json());
+                }
+                crate::cli::OutputFormat::Human => {
+                    text.push_str(&crate::report::render_human(report, color));
+                }
+            }
         }
         text.push_str("\n==== the stand-in gitlab-runner after the rotation ====\n");
         for line in &self.runner_log_tail {
-            text.push_str(line);
-            text.push('\n');
+            let _ = writeln!(text, "{line}");
         }
         let verdict = if self.status == ExitStatus::Healthy {
             "every runner is healthy again"
         } else {
             "some runner is still broken"
         };
-        text.push_str(&format!("\ndemo: {verdict}\n"));
+        let _ = writeln!(text, "\ndemo: {verdict}");
         text
     }
 }
