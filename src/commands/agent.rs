@@ -9,7 +9,6 @@ use rand::Rng;
 use tokio::sync::{mpsc, RwLock};
 
 use super::CouldNotRun;
-use crate::diagnose::FindingCode;
 use crate::exit::ExitStatus;
 use crate::report::metrics::{self, Ending};
 use crate::report::Report;
@@ -34,15 +33,7 @@ fn unreachable(report: &Report) -> bool {
         .findings
         .iter()
         .chain(report.runners.iter().flat_map(|r| r.findings.iter()))
-        .any(|f| {
-            matches!(
-                f.code,
-                FindingCode::DnsFailure
-                    | FindingCode::ConnectFailure
-                    | FindingCode::ServerError
-                    | FindingCode::TlsFailure
-            )
-        })
+        .any(|f| f.code.is_connectivity())
 }
 
 /// The metrics of the last finished cycle; `None` until the first cycle ends.

@@ -71,6 +71,30 @@ codes! {
     RunTimeout = "run_timeout",
 }
 
+impl FindingCode {
+    /// GitLab could not be reached or answered with a failure: the network, DNS, TLS or the
+    /// server, not the runner, is what is wrong.
+    pub fn is_connectivity(self) -> bool {
+        matches!(
+            self,
+            Self::DnsFailure | Self::ConnectFailure | Self::TlsFailure | Self::ServerError
+        )
+    }
+
+    /// A cause no new token fixes: a person must act (the finding's fix says how), and rotate
+    /// leaves the runner as it is.
+    pub fn needs_person(self) -> bool {
+        self.is_connectivity()
+            || matches!(
+                self,
+                Self::TokenFromEnvironment
+                    | Self::RunnerOrphaned
+                    | Self::UrlInvalid
+                    | Self::UrlMismatch
+            )
+    }
+}
+
 impl schemars::JsonSchema for FindingCode {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "FindingCode".into()

@@ -50,18 +50,6 @@ impl Plan {
     }
 }
 
-/// Codes whose cause rotation cannot fix: a person must act (the finding's fix says how).
-const MANUAL: &[FindingCode] = &[
-    FindingCode::TokenFromEnvironment,
-    FindingCode::RunnerOrphaned,
-    FindingCode::UrlInvalid,
-    FindingCode::UrlMismatch,
-    FindingCode::DnsFailure,
-    FindingCode::ConnectFailure,
-    FindingCode::TlsFailure,
-    FindingCode::ServerError,
-];
-
 fn selected(scope: &Scope, facts: &RunnerFacts) -> bool {
     scope.runners.is_empty()
         || scope.runners.iter().any(|r| {
@@ -127,7 +115,7 @@ pub fn plan(
             .and_then(|u| crate::diagnose::parse_runner_url(u).ok())
             .map(|u| url_key(&u))
             .unwrap_or_default();
-        if let Some(f) = report.findings.iter().find(|f| MANUAL.contains(&f.code)) {
+        if let Some(f) = report.findings.iter().find(|f| f.code.needs_person()) {
             manual(&mut item, f.fix.clone());
         } else if clock_broken {
             manual(
