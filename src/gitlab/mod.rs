@@ -8,6 +8,7 @@
 mod api;
 mod client;
 mod error;
+mod http;
 mod pace;
 mod retry;
 pub mod tls;
@@ -17,10 +18,10 @@ pub use api::{
     AppSettings, CreateRunner, PatInfo, RunnerDetails, RunnerManagerInfo, RunnerSummary,
     TokenGrant, Verified,
 };
-pub use client::{
-    AdminApi, AdminCredential, ClientOptions, Reply, RunnerApi, TlsFiles, MAX_BODY_BYTES,
-    MAX_PAGES, SERVER_TEXT_CHARS,
-};
+pub use client::{AdminApi, RunnerApi};
 pub use error::Error;
+pub use http::{
+    AdminCredential, ClientOptions, Reply, TlsFiles, MAX_BODY_BYTES, MAX_PAGES, SERVER_TEXT_CHARS,
+};
 pub use retry::{RetryBudget, RetryPolicy, MAX_RATE_LIMITED_ATTEMPTS};
 pub use url::{has_legacy_ci_suffix, normalize_url, parse_runner_url, url_key};
