@@ -745,11 +745,15 @@ fn two_rotations_started_together_never_rotate_a_runner_twice() {
         .spawn()
         .unwrap();
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    // One works; the other is refused while the first holds the lock, or, started after the
+    // first finished (a loaded machine), finds nothing left to do. Never a second reset.
     let mut codes = [a.status.code().unwrap(), b.status.code().unwrap()];
     codes.sort_unstable();
-    assert_eq!(codes, [0, 2], "one works, the other is refused");
-    let refused = if a.status.code() == Some(2) { &a } else { &b };
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("holds the lock"));
+    assert!(codes == [0, 2] || codes == [0, 0], "{codes:?}");
+    if codes == [0, 2] {
+        let refused = if a.status.code() == Some(2) { &a } else { &b };
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("holds the lock"));
+    }
     assert_eq!(
         env.sim
             .state()
