@@ -10,6 +10,7 @@
 
 mod host;
 mod openrc;
+mod systemd;
 
 use std::path::Path;
 use std::process::Command;
@@ -148,6 +149,8 @@ pub fn scenario(sup: &dyn Supervised, env: &TestEnv, runner: &Entry) -> Passed {
     let mut passed = Passed::default();
     let id = runner.id.unwrap();
     let name = runner.name.as_str();
+    // The stand-in the supervisor started is up (it polls, with its dead token).
+    assert!(wait_log(sup, 0, "poll name="), "{}", sup.log());
     // 1. Reload.
     let mark = sup.log().len();
     sup.job_at_next_start(Some(6000));
@@ -172,7 +175,11 @@ pub fn scenario(sup: &dyn Supervised, env: &TestEnv, runner: &Entry) -> Passed {
     let log = since(sup, mark);
     assert!(log.contains("SIGHUP: reloading"), "{log}");
     for never in ["SIGQUIT", "SIGTERM", "job aborted", "started pid="] {
-        assert!(!log.contains(never), "{never} after a reload:\n{log}");
+        assert!(
+            !log.contains(never),
+            "{never} after a reload:\n{log}\nwhole log:\n{}",
+            sup.log()
+        );
     }
     let token = env.config_token(name);
     assert_ne!(token, runner.token);
