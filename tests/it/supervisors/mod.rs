@@ -235,6 +235,7 @@ pub fn scenario(sup: &dyn Supervised, env: &TestEnv, runner: &Entry) -> Passed {
         "the supervisor's own words {:?} are not in: {error}",
         sup.failed_start_words()
     );
+    println!("{}: a failed start is reported as: {error}", sup.kind());
     let token = env.config_token(name);
     assert!(
         env.token_works(&token),

@@ -129,21 +129,31 @@ impl Nspawn {
             cgroup,
             machine,
         };
-        // The container's PID 1 is nspawn's child; wait for it and for the boot to finish.
-        for _ in 0..200 {
-            if me.leader == 0 {
-                me.leader = children(me.nspawn.id()).first().copied().unwrap_or(0);
-            }
+        // The container's PID 1 is the child of nspawn that runs systemd (nspawn's first child
+        // is a short-lived helper); wait for it and for the boot to finish.
+        let mut state = String::new();
+        for _ in 0..400 {
+            me.leader = children(me.nspawn.id())
+                .into_iter()
+                .find(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "systemd")
+                })
+                .unwrap_or(0);
             if me.leader != 0 {
                 let out = me.exec(&["systemctl", "is-system-running"]);
-                let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                state = String::from_utf8_lossy(&out.stdout).trim().to_string();
                 if state == "running" || state == "degraded" {
                     break;
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_ne!(me.leader, 0, "{}", me.nspawn_log());
+        assert!(
+            state == "running" || state == "degraded",
+            "the container did not boot (state {state:?}):\n{}",
+            me.nspawn_log()
+        );
         me.install();
         me
     }
