@@ -243,6 +243,23 @@ impl Nspawn {
     }
 }
 
+/// Every pid in the cgroup `dir` and below it.
+fn cgroup_procs(dir: &Path) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pids.extend(cgroup_procs(&e.path()));
+            }
+        }
+    }
+    pids
+}
+
 /// The pids whose parent is `pid`.
 fn children(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -305,6 +322,22 @@ impl Drop for Nspawn {
             let _ = self.nspawn.kill();
             let _ = self.nspawn.wait();
         }
+        // Whatever still runs in the container's cgroup (a container that did not power off)
+        // goes too, so its cgroups can be removed.
+        let procs = Path::new("/sys/fs/cgroup/systemd").join(&self.cgroup);
+        for _ in 0..50 {
+            let left = cgroup_procs(&procs);
+            if left.is_empty() {
+                break;
+            }
+            for pid in left {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         for h in ["systemd", "unified"] {
             remove_cgroup(&Path::new("/sys/fs/cgroup").join(h).join(&self.cgroup));
         }
@@ -313,6 +346,7 @@ impl Drop for Nspawn {
         let _ = std::fs::remove_dir_all(propagate.join(&self.machine));
         for d in [
             propagate,
+            Path::new("/run/systemd/nspawn/locks"),
             Path::new("/run/systemd/nspawn"),
             Path::new("/run/systemd"),
         ] {
