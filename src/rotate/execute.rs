@@ -103,6 +103,9 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         Some(locks)
     };
     let mut notes = Vec::new();
+    // What completing an earlier run did to the service (a start it still owed, say): reported
+    // when this run has nothing of its own to do.
+    let mut completed_service = None;
     // Work an earlier run left open (an uncertain creation, a record to delete) that recovery
     // could not settle yet; it is carried into this run's journal so it is never dropped.
     let mut carried: Vec<JournalEntry> = Vec::new();
@@ -111,6 +114,9 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             tracing::warn!(journal = %journal.path().display(), "an unfinished rotation was found; completing it first");
             let mut scratch = Report::new("rotate", String::new(), None);
             commit(settings, journal, &mut scratch).await?;
+            completed_service = scratch
+                .service
+                .filter(|s| s.started || s.stopped || s.error.is_some());
             notes.push("completed an unfinished rotation found in the journal".to_string());
         }
         if let Some(journal) = Journal::load(&settings.journal_path())? {
@@ -212,6 +218,9 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
     if changes.is_empty() {
         for note in notes {
             tracing::info!("{note}");
+        }
+        if report.service.is_none() {
+            report.service = completed_service;
         }
         if let Some(c) = coordination {
             c.release().await;

@@ -53,6 +53,11 @@ pub const HOOK_VARS: &[&str] = &[
     "RUNNER_MEDIC_RUNNER_CONFIG",
 ];
 
+/// Variables a service backend sets on a supervisor's own command (OpenRC's `supervise-daemon
+/// --signal` finds its service through `RC_SVCNAME`); like [`HOOK_VARS`], only when set on the
+/// command, never inherited.
+pub const SUPERVISOR_VARS: &[&str] = &["RC_SVCNAME"];
+
 /// PATH for a child when runner-medic's own environment has none (init scripts need one).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -90,7 +95,9 @@ pub fn scrub_environment(cmd: &mut Command) -> Vec<String> {
         kept(&key, &value, passed_on(&key), cmd);
     }
     for (key, value) in explicit {
-        let hook_var = key.to_str().is_some_and(|k| HOOK_VARS.contains(&k));
+        let hook_var = key
+            .to_str()
+            .is_some_and(|k| HOOK_VARS.contains(&k) || SUPERVISOR_VARS.contains(&k));
         kept(&key, &value, hook_var || passed_on(&key), cmd);
     }
     if !cmd.get_envs().any(|(k, v)| k == "PATH" && v.is_some()) {

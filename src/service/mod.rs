@@ -216,7 +216,9 @@ pub fn choose(settings: &ServiceSettings, root: &Path) -> Chosen {
             Box::new(Systemd::new(name, timeout).with_hard_stop(settings.hard_stop))
         }
         ManagerKind::Sysv => Box::new(SysV::new(name, settings.init_dir.clone(), timeout)),
-        ManagerKind::Openrc => Box::new(OpenRc::new(name, timeout)),
+        ManagerKind::Openrc => {
+            Box::new(OpenRc::new(name, timeout).with_hard_stop(settings.hard_stop))
+        }
         ManagerKind::Launchd => Box::new(
             Launchd::new(name, nix::unistd::geteuid().is_root(), timeout)
                 .with_hard_stop(settings.hard_stop),

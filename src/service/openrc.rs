@@ -1,22 +1,134 @@
-//! OpenRC: `rc-service NAME stop|start|status`.
+//! OpenRC: `rc-service NAME stop|start|status`, and signals through the service's own
+//! supervisor.
+//!
+//! The init script gitlab-runner's service library writes for OpenRC runs it under
+//! `supervise-daemon`, with no `reload` and no stop signal of its own: `rc-service stop` sends
+//! SIGTERM, which aborts running jobs, and SIGQUIT to the process makes `supervise-daemon` start
+//! it again at once (seen against the real OpenRC 0.45, tests/it/supervisors). So:
+//! - reload: `supervise-daemon NAME --signal HUP` (or SIGHUP to the pid in the script's pid file);
+//! - stop: SIGQUIT the same way, wait up to the stop timeout for that process to finish its jobs
+//!   and exit, then `rc-service stop` (it stops the supervisor, and the process it has just
+//!   started again, which has no job yet). Jobs that do not finish in time are never aborted,
+//!   unless `hard_stop`.
+//!
+//! Which process runs is read from OpenRC's own record of the service,
+//! `/run/openrc/options/NAME/` (`child_pid` for `supervise-daemon`, `pidfile` otherwise), the
+//! one `rc-service status` reads.
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use super::command::argv;
+use super::command::{argv, run_ok, run_with_env};
 use super::{Error, ManagerKind, ServiceManager, ServiceState};
 
 pub struct OpenRc {
     name: String,
     timeout: Duration,
+    hard_stop: bool,
+    state_dir: PathBuf,
+}
+
+/// How OpenRC runs the service's process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Process {
+    /// Under `supervise-daemon`, with this pid.
+    Supervised(u32),
+    /// Started in the background with a pid file (`start-stop-daemon`), holding this pid.
+    PidFile(u32),
+    /// Not known (stopped, or a script that keeps no pid).
+    Unknown,
 }
 
 impl OpenRc {
     pub fn new(name: String, timeout: Duration) -> Self {
-        Self { name, timeout }
+        Self {
+            name,
+            timeout,
+            hard_stop: false,
+            state_dir: PathBuf::from("/run/openrc/options"),
+        }
     }
+
+    /// Stop hard after `timeout` when jobs have not finished (`[service] hard_stop`).
+    #[must_use]
+    pub fn with_hard_stop(mut self, hard_stop: bool) -> Self {
+        self.hard_stop = hard_stop;
+        self
+    }
+
     pub fn argv(&self, action: &str) -> Vec<String> {
         argv(&["rc-service", &self.name, action])
     }
+
+    /// The service's process, from OpenRC's record of it.
+    pub fn process(&self) -> Process {
+        process_in(&self.state_dir.join(&self.name))
+    }
+
+    /// Send `signal` (`HUP`, `QUIT`) to the service's process. `Ok(false)`: no process known.
+    fn signal(&self, process: &Process, signal: &str) -> Result<bool, Error> {
+        match process {
+            Process::Supervised(_) => {
+                // supervise-daemon finds its service through RC_SVCNAME, as in an init script.
+                let argv = argv(&["supervise-daemon", &self.name, "--signal", signal]);
+                let env = [("RC_SVCNAME".to_string(), self.name.clone())];
+                let out = run_with_env(&argv, &env, Duration::from_secs(10))?;
+                if out.success() {
+                    Ok(true)
+                } else {
+                    Err(Error::Failed {
+                        argv: argv.join(" "),
+                        code: out.code,
+                        stderr: format!("{}{}", out.stdout, out.stderr).trim().to_string(),
+                    })
+                }
+            }
+            Process::PidFile(pid) => {
+                let argv = argv(&["kill", &format!("-{signal}"), &pid.to_string()]);
+                run_ok(&argv, Duration::from_secs(10)).map(|_| true)
+            }
+            Process::Unknown => Ok(false),
+        }
+    }
+
+    /// Wait up to the stop timeout for `pid` to exit.
+    fn drained(&self, pid: u32) -> bool {
+        let started = Instant::now();
+        while alive(pid) {
+            if started.elapsed() >= self.timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
+/// Read OpenRC's record of one service (`/run/openrc/options/NAME`).
+pub fn process_in(dir: &Path) -> Process {
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    if let Some(pid) = read("child_pid").and_then(|p| p.parse().ok()) {
+        return Process::Supervised(pid);
+    }
+    if let Some(pid) = read("pidfile")
+        .filter(|f| !f.is_empty())
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|p| p.trim().parse().ok())
+    {
+        return Process::PidFile(pid);
+    }
+    Process::Unknown
 }
 
 /// Parse ` * status: started|stopped|crashed|starting|stopping`.
@@ -38,20 +150,62 @@ impl ServiceManager for OpenRc {
     fn name(&self) -> &str {
         &self.name
     }
+    /// SIGQUIT to the process, a wait for its jobs, then `rc-service stop` (see the module).
     fn stop(&self) -> Result<(), Error> {
-        super::verb_stop(&self.argv("stop"), self.timeout)
+        let process = self.process();
+        let pid = match process {
+            Process::Supervised(pid) | Process::PidFile(pid) => pid,
+            Process::Unknown => return super::verb_stop(&self.argv("stop"), self.timeout),
+        };
+        // A failed signal (the process just exited) is no reason not to stop.
+        if let Err(e) = self.signal(&process, "QUIT") {
+            tracing::warn!(service = %self.name, error = %e, "could not send SIGQUIT");
+        }
+        if !self.drained(pid) {
+            if !self.hard_stop {
+                tracing::warn!(
+                    service = %self.name,
+                    "jobs are still running after the stop timeout; not stopping hard (hard_stop = false)"
+                );
+                return Err(Error::StateNotReached {
+                    name: self.name.clone(),
+                    state: "running",
+                    secs: self.timeout.as_secs(),
+                });
+            }
+            tracing::warn!(service = %self.name, "jobs did not drain in time, stopping hard (hard_stop = true)");
+        }
+        match super::verb_stop(&self.argv("stop"), self.timeout) {
+            // A pid-file script's own stop may fail on a process that has already gone.
+            Err(e) if matches!(process, Process::PidFile(_)) => match self.status() {
+                Ok(ServiceState::Stopped) => Ok(()),
+                _ => Err(e),
+            },
+            other => other,
+        }
     }
     fn start(&self) -> Result<(), Error> {
         super::verb_start(&self.argv("start"), self.timeout)
     }
     fn status(&self) -> Result<ServiceState, Error> {
         let out = super::query_status(&self.argv("status"))?;
-        Ok(parse_status(&format!("{}{}", out.stdout, out.stderr)))
+        Ok(
+            match parse_status(&format!("{}{}", out.stdout, out.stderr)) {
+                ServiceState::Running { .. } => ServiceState::Running {
+                    pid: match self.process() {
+                        Process::Supervised(pid) | Process::PidFile(pid) => Some(pid),
+                        Process::Unknown => None,
+                    },
+                },
+                other => other,
+            },
+        )
     }
-    /// SIGHUP to the pid `status` reports (the init script has no reload verb gitlab-runner
-    /// defines); no pid, no signal, and gitlab-runner's own re-read of the file is relied on.
+    /// SIGHUP through `supervise-daemon` (or to the pid file's process): the init script has no
+    /// `reload`. No process known, no signal, and gitlab-runner's own re-read of the file is
+    /// relied on.
     fn reload(&self) -> Result<bool, Error> {
-        super::hup_status_pid(self)
+        self.signal(&self.process(), "HUP")
     }
 }
 
@@ -85,5 +239,17 @@ mod tests {
                 .join(" "),
             "rc-service gitlab-runner stop"
         );
+    }
+
+    #[test]
+    fn reads_openrc_record_of_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(process_in(dir.path()), Process::Unknown);
+        let pid_file = dir.path().join("daemon.pid");
+        std::fs::write(&pid_file, "4321\n").unwrap();
+        std::fs::write(dir.path().join("pidfile"), pid_file.to_str().unwrap()).unwrap();
+        assert_eq!(process_in(dir.path()), Process::PidFile(4321));
+        std::fs::write(dir.path().join("child_pid"), "1234\n").unwrap();
+        assert_eq!(process_in(dir.path()), Process::Supervised(1234));
     }
 }

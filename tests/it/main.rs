@@ -22,4 +22,5 @@ mod reliability;
 mod reload;
 mod rotate;
 mod service;
+mod supervisors;
 mod trust;

@@ -4,7 +4,8 @@
 //! exits cleanly on SIGQUIT, SIGTERM or SIGINT. It logs `poll name=… status=…`, never a token.
 //!
 //! A build in progress is simulated with `STAND_IN_JOB_MS=N` in its environment at start: a job
-//! runs for N ms. As gitlab-runner does (reference §7.3): SIGHUP reloads and leaves it running,
+//! runs for N ms; or with `STAND_IN_JOB_FILE=FILE`, where FILE holds N and is removed by the
+//! process that takes the job (one process gets it, not those a supervisor starts after it). As gitlab-runner does (reference §7.3): SIGHUP reloads and leaves it running,
 //! SIGQUIT waits for it to finish before exiting, SIGTERM/SIGINT abort it (`job aborted`).
 //!
 //! Usage: stand-in-runner --config FILE [--pid-file FILE] [--interval-ms N]
@@ -51,6 +52,15 @@ fn load(path: &Path) -> Result<Vec<Entry>, String> {
         .collect())
 }
 
+/// A job waiting in `STAND_IN_JOB_FILE` (its length in ms): taken by the first process that
+/// starts, so a process a supervisor starts again afterwards has none.
+fn take_job_file() -> Option<u64> {
+    let file = std::env::var_os("STAND_IN_JOB_FILE")?;
+    let ms = std::fs::read_to_string(&file).ok()?.trim().parse().ok();
+    let _ = std::fs::remove_file(&file);
+    ms
+}
+
 fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -90,6 +100,7 @@ pub async fn main_with_args(args: Vec<String>) {
     let mut job_until = std::env::var("STAND_IN_JOB_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
+        .or_else(take_job_file)
         .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
     if job_until.is_some() {
         say!("job started");
