@@ -758,16 +758,26 @@ fn main() {
 /// minimum), all healthy, and the realistic mix, each run three times on the same state directory.
 fn cost(report: &mut String, quick: bool) {
     let sizes: &[usize] = if quick { &[20] } else { &[48, 500] };
-    let latency: u64 = if quick { 20 } else { 100 };
+    // `--latency MS` measures the same table at another latency (docs/performance.md: 20 ms).
+    let latency: u64 = arg_value("--latency")
+        .map(|v| v.parse().expect("--latency takes milliseconds"))
+        .unwrap_or(if quick { 20 } else { 100 });
+    // `--expired`: the all-expired mix alone (the critical path of a rotation).
+    let mixes: &[Mix] = if std::env::args().any(|a| a == "--expired") {
+        &[Mix::AllExpired]
+    } else {
+        &[Mix::AllExpired, Mix::AllHealthy, Mix::Realistic]
+    };
     let _ = writeln!(
         report,
         "\n## cost on GitLab and critical path ({latency} ms per request, concurrency {CONCURRENCY})\n"
     );
-    let _ = writeln!(report, "| runners | mix | run | s | min rounds s | s / min | requests | per runner | per changed runner (minimum 3) | per unchanged runner, privileged check included |");
-    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(report, "| runners | mix | run | s | min rounds s | s / min | its requests / concurrency s | s / that | requests | per runner | per changed runner (minimum 3) | per unchanged runner, privileged check included |");
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut routes = String::new();
+    let mut timelines = String::new();
     for &n in sizes {
-        for mix in [Mix::AllExpired, Mix::AllHealthy, Mix::Realistic] {
+        for &mix in mixes {
             let world = World::new(n, latency, mix, Manager::None);
             // `diagnose` with nothing remembered (it reads every record); `rotate`; the run after
             // (a recreated runner's new record is read once); steady state.
@@ -780,6 +790,7 @@ fn cost(report: &mut String, quick: bool) {
                 let from = world.log_len();
                 let before = world.credentials();
                 let command = run.split(' ').next().unwrap();
+                let started = Utc::now();
                 let (took, code, stdout, stderr) = world.run(&[command, "--output", "json"]);
                 if command == "rotate" {
                     assert_eq!(code, 0, "rotate failed for {n} runners:\n{stderr}");
@@ -827,6 +838,9 @@ fn cost(report: &mut String, quick: bool) {
                 // each changed one, `CONCURRENCY` at a time, plus the privileged token's check.
                 let rounds = n.div_ceil(CONCURRENCY) + 2 * n_dead.div_ceil(CONCURRENCY) + 2;
                 let min = Duration::from_millis(rounds as u64 * latency);
+                // What this run's own requests take at best, `CONCURRENCY` at a time: how close
+                // its critical path is to the limit its requests set.
+                let own = Duration::from_millis(requests.div_ceil(CONCURRENCY) as u64 * latency);
                 // Every request of a diagnosis to the runner it concerns, broken or not.
                 if command == "diagnose" {
                     healthy += dead;
@@ -841,7 +855,7 @@ fn cost(report: &mut String, quick: bool) {
                 }
                 let _ = writeln!(
                     report,
-                    "| {n} | {} | {run} | {} | {} | {} | {requests} ({overhead} privileged check) | {:.2} | {} | {} |",
+                    "| {n} | {} | {run} | {} | {} | {} | {} | {:.2} | {requests} ({overhead} privileged check) | {:.2} | {} | {} |",
                     match mix {
                         Mix::AllExpired => "all expired",
                         Mix::AllHealthy => "all healthy",
@@ -854,6 +868,8 @@ fn cost(report: &mut String, quick: bool) {
                     } else {
                         "-".into()
                     },
+                    secs(own),
+                    took.as_secs_f64() / own.as_secs_f64(),
                     requests as f64 / n as f64,
                     if n_dead > 0 {
                         format!("{:.2} ({n_dead})", dead as f64 / n_dead as f64)
@@ -869,6 +885,9 @@ fn cost(report: &mut String, quick: bool) {
                         "-".into()
                     },
                 );
+                if mix == Mix::AllExpired && run == "rotate" {
+                    timeline(&mut timelines, &world, from, started, &before, &after, took);
+                }
                 if mix == Mix::AllExpired && run == "rotate" && n == sizes[0] {
                     let _ = writeln!(
                         routes,
@@ -882,6 +901,64 @@ fn cost(report: &mut String, quick: bool) {
         }
     }
     report.push_str(&routes);
+    report.push_str(&timelines);
+}
+
+/// The value after `name` on the command line (`--latency 20`).
+fn arg_value(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// When each step of a rotation of expired runners was answered, from the simulator's log
+/// (seconds from the start of the process): where its time goes.
+fn timeline(
+    out: &mut String,
+    world: &World,
+    from: usize,
+    started: chrono::DateTime<Utc>,
+    before: &[(String, (u64, String))],
+    after: &[(String, (u64, String))],
+    took: Duration,
+) {
+    let state = world.sim.state();
+    let mut steps: std::collections::BTreeMap<&str, (f64, f64, usize)> = Default::default();
+    for e in state.log[from..]
+        .iter()
+        .filter(|e| e.route != "/api/v4/jobs/request")
+    {
+        let token = |set: &[(String, (u64, String))]| {
+            set.iter()
+                .any(|(_, (_, t))| e.credential.as_deref() == Some(t.as_str()))
+        };
+        let step = match (e.method.as_str(), e.route.as_str()) {
+            ("POST", "/api/v4/runners/verify") if token(before) => "1 verify (old token)",
+            ("POST", "/api/v4/runners/verify") if token(after) => "4 verify (new token)",
+            ("POST", r) if r.contains("reset_authentication_token") => "3 new token",
+            ("GET", r) if r.starts_with("/api/v4/runners/") => "2 record and managers",
+            _ => "0 privileged check",
+        };
+        let at = (e.at - started).num_milliseconds() as f64 / 1000.0;
+        let s = steps.entry(step).or_insert((f64::MAX, 0.0, 0));
+        s.0 = s.0.min(at);
+        s.1 = s.1.max(at);
+        s.2 += 1;
+    }
+    let _ = writeln!(
+        out,
+        "\ntimeline of the rotation of {} expired runners (answers, seconds from the start; exit at {}):\n",
+        before.len(),
+        secs(took)
+    );
+    for (step, (first, last, count)) in steps {
+        let _ = writeln!(
+            out,
+            "- {}: {count} answers, first at {first:.2}, last at {last:.2}",
+            &step[2..]
+        );
+    }
 }
 
 fn idle_agent_rss(world: &World) -> u64 {

@@ -156,6 +156,8 @@ impl RunState {
 #[derive(Debug, Clone)]
 pub struct Store {
     path: PathBuf,
+    /// The config.toml this state is about, as given.
+    runner_config: Option<PathBuf>,
 }
 
 impl Store {
@@ -163,7 +165,37 @@ impl Store {
     pub fn new(state_dir: &Path, config_key: &str) -> Self {
         Self {
             path: state_dir.join("status").join(format!("{config_key}.json")),
+            runner_config: None,
         }
+    }
+
+    /// The config.toml this state is about, for the metrics' `config` label.
+    #[must_use]
+    pub fn with_runner_config(mut self, runner_config: &Path) -> Self {
+        self.runner_config = Some(runner_config.to_path_buf());
+        self
+    }
+
+    /// The metrics' `config` label: the config.toml path, when more than one config.toml is
+    /// watched from this state directory (it records a state for each file runner-medic has
+    /// checked); `None` while there is only this one.
+    pub fn config_label(&self) -> Option<String> {
+        let config = self.runner_config.as_ref()?;
+        let dir = self.path.parent()?;
+        let others = fs_err::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            // Temp files of an atomic write start with a dot.
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                    && *p != self.path
+            })
+            .count();
+        (others > 0).then(|| config.display().to_string())
     }
 
     pub fn path(&self) -> &Path {

@@ -48,21 +48,42 @@ fn family(out: &mut String, name: &str, help: &str) {
 }
 
 /// The labels that identify a runner: its id (`line:N`, the line of its `[[runners]]` in
-/// config.toml, while no id is known), its name, and the config.toml when several are watched.
-fn runner_labels(r: &RunnerReport, config: Option<&str>) -> String {
+/// config.toml, while no id is known) and its name (the config.toml, when several are watched,
+/// is added to every series by [`with_config`]).
+fn runner_labels(r: &RunnerReport) -> String {
     let id = r
         .current_id()
         .map_or_else(|| format!("line:{}", r.line), |id| id.to_string());
-    let mut labels = format!("runner_id=\"{}\",name=\"{}\"", label(&id), label(&r.name));
-    if let Some(config) = config {
-        let _ = write!(labels, ",config=\"{}\"", label(config));
+    format!("runner_id=\"{}\",name=\"{}\"", label(&id), label(&r.name))
+}
+
+/// `text` with `config="<path>"` on every sample. When several config.toml files are watched,
+/// each has its own metrics file and node_exporter reads them all: without the label their
+/// run-level and check-level series would be the same series twice (a scrape error), and runners
+/// of two files could share an id and a name.
+fn with_config(text: &str, config: &str) -> String {
+    let config = format!("config=\"{}\"", label(config));
+    let mut out = String::with_capacity(text.len() + text.lines().count() * config.len());
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else if let Some(at) = line.find('{') {
+            // Label values never hold a bare `{`, so the first one opens the label set.
+            let _ = write!(out, "{}{config},{}", &line[..=at], &line[at + 1..]);
+        } else if let Some((name, value)) = line.split_once(' ') {
+            let _ = write!(out, "{name}{{{config}}} {value}");
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
     }
-    labels
+    out
 }
 
 /// The per-runner and check-level series of a report. `state` is the recorded run state with
 /// this report already recorded in it: it carries each runner's last rotation across runs.
-/// `config` is the config.toml path, given when several files are watched.
+/// `config` is the config.toml path, given when several files are watched: every series then
+/// carries it as the `config` label.
 pub fn render(report: &Report, state: &RunState, config: Option<&str>) -> String {
     let mut out = String::new();
     family(
@@ -86,7 +107,7 @@ pub fn render(report: &Report, state: &RunState, config: Option<&str>) -> String
         let _ = writeln!(
             out,
             "runner_medic_runner_healthy{{{}}} {}",
-            runner_labels(r, config),
+            runner_labels(r),
             u8::from(healthy)
         );
     }
@@ -98,7 +119,7 @@ pub fn render(report: &Report, state: &RunState, config: Option<&str>) -> String
     );
     for r in &report.runners {
         let status = r.status(report.command);
-        let labels = runner_labels(r, config);
+        let labels = runner_labels(r);
         for s in RunnerStatus::ALL {
             let _ = writeln!(
                 out,
@@ -119,7 +140,7 @@ pub fn render(report: &Report, state: &RunState, config: Option<&str>) -> String
             let _ = writeln!(
                 out,
                 "runner_medic_token_expiry_timestamp_seconds{{{}}} {}",
-                runner_labels(r, config),
+                runner_labels(r),
                 at.timestamp()
             );
         }
@@ -182,7 +203,7 @@ pub fn render(report: &Report, state: &RunState, config: Option<&str>) -> String
         let _ = writeln!(
             out,
             "runner_medic_last_rotation_timestamp_seconds{{{}}} {}",
-            runner_labels(r, config),
+            runner_labels(r),
             rot.at.timestamp()
         );
     }
@@ -195,7 +216,7 @@ pub fn render(report: &Report, state: &RunState, config: Option<&str>) -> String
         let _ = writeln!(
             out,
             "runner_medic_last_rotation_success{{{}}} {}",
-            runner_labels(r, config),
+            runner_labels(r),
             u8::from(rot.succeeded())
         );
     }
@@ -220,11 +241,14 @@ pub fn render(report: &Report, state: &RunState, config: Option<&str>) -> String
         );
         let _ = writeln!(out, "runner_medic_clock_skew_seconds {s}");
     }
-    out
+    match config {
+        Some(config) => with_config(&out, config),
+        None => out,
+    }
 }
 
-/// The run-level series.
-pub fn render_run(run: &RunEnd) -> String {
+/// The run-level series (with the `config` label when several config.toml files are watched).
+pub fn render_run(run: &RunEnd, config: Option<&str>) -> String {
     let mut out = String::new();
     family(
         &mut out,
@@ -248,7 +272,10 @@ pub fn render_run(run: &RunEnd) -> String {
     let _ = writeln!(out, "{} {}", RUN_LEVEL[2], run.exit_code);
     family(&mut out, RUN_LEVEL[3], "How long the last run took.");
     let _ = writeln!(out, "{} {:.3}", RUN_LEVEL[3], run.duration.as_secs_f64());
-    out
+    match config {
+        Some(config) => with_config(&out, config),
+        None => out,
+    }
 }
 
 /// The metric name a line of the text format is about (`# HELP name …`, `# TYPE name …`, or a
@@ -327,16 +354,22 @@ pub fn finish(
         .into_iter()
         .chain(last_success_in(previous_metrics))
         .max();
+    // Several config.toml files watched: every series says which one it is about.
+    let config = store.and_then(history::Store::config_label);
+    let config = config.as_deref();
     let mut text = match ending.report {
-        Some(report) => render(report, &state, None),
+        Some(report) => render(report, &state, config),
         None => without_run_level(previous_metrics),
     };
-    text.push_str(&render_run(&RunEnd {
-        at: now,
-        exit_code: ending.exit_code,
-        duration: ending.duration,
-        last_success_at,
-    }));
+    text.push_str(&render_run(
+        &RunEnd {
+            at: now,
+            exit_code: ending.exit_code,
+            duration: ending.duration,
+            last_success_at,
+        },
+        config,
+    ));
     text
 }
 
@@ -352,6 +385,24 @@ mod tests {
         assert!(!kept.contains("exit_code") && !kept.contains("last_success"));
         assert_eq!(
             last_success_in(previous).map(|t| t.timestamp()),
+            Some(1_700_000_000)
+        );
+    }
+
+    #[test]
+    fn the_config_label_goes_on_every_sample_and_is_escaped() {
+        let text = "# HELP a x\n# TYPE a gauge\na 1\nb{runner_id=\"1\",name=\"n{}\"} 0\n";
+        let labelled = with_config(text, "/etc/a \"b\".toml");
+        assert_eq!(
+            labelled,
+            "# HELP a x\n# TYPE a gauge\na{config=\"/etc/a \\\"b\\\".toml\"} 1\nb{config=\"/etc/a \\\"b\\\".toml\",runner_id=\"1\",name=\"n{}\"} 0\n"
+        );
+        assert_eq!(
+            last_success_in(&with_config(
+                "runner_medic_last_success_timestamp_seconds 1700000000\n",
+                "/c"
+            ))
+            .map(|t| t.timestamp()),
             Some(1_700_000_000)
         );
     }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::crash;
 use crate::fs;
 use crate::gitlab::CreateRunner;
 use crate::report::Action;
@@ -163,16 +164,12 @@ impl Journal {
 
     /// Write the journal durably (temp file, fsync, rename, fsync of the directory).
     pub fn save(&self) -> Result<(), JournalError> {
-        let err = |source| JournalError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        if let Some(dir) = self.path.parent() {
-            fs::private_dir(dir).map_err(err)?;
-        }
+        write_durably(&self.path, &self.to_bytes())
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
         // Serialising plain data cannot fail.
-        let text = serde_json::to_vec_pretty(self).expect("journal serialises");
-        fs::write_private(&self.path, &text, 0o600).map_err(err)
+        serde_json::to_vec_pretty(self).expect("journal serialises")
     }
 
     /// Save, and if that fails, remember why and carry on: once GitLab has issued a token, stopping
@@ -204,6 +201,99 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+fn write_durably(path: &Path, text: &[u8]) -> Result<(), JournalError> {
+    let err = |source| JournalError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::private_dir(dir).map_err(err)?;
+    }
+    fs::write_private(path, text, 0o600).map_err(err)
+}
+
+/// A journal that many tasks change at once (one per runner obtaining a token), saved by group
+/// commit: a change is durable once a save that began after it has completed. Changes made while
+/// a save is under way go to disk together in the next one, so `n` tokens cost far fewer than
+/// `n` rewrites and fsyncs of an `n`-entry file, and no task waits for more than the save in
+/// flight and its own. The custody rule is unchanged: a task goes on (reports its token, lets
+/// anything depend on it) only once [`Shared::durable`] has returned for its change.
+pub struct Shared {
+    /// The journal and the number of changes made to it so far.
+    journal: tokio::sync::Mutex<(Journal, u64)>,
+    /// How many changes are on disk; held for the whole of a save, so saves run one at a time
+    /// and those waiting behind one find their change saved with the next.
+    saved: tokio::sync::Mutex<u64>,
+}
+
+/// A change to a [`Shared`] journal, to wait for with [`Shared::durable`].
+#[derive(Debug, Clone, Copy)]
+#[must_use = "a change is not durable until `durable` returns for it"]
+pub struct Change(u64);
+
+impl Shared {
+    pub fn new(journal: Journal) -> Self {
+        Self {
+            journal: tokio::sync::Mutex::new((journal, 0)),
+            saved: tokio::sync::Mutex::new(0),
+        }
+    }
+
+    /// Read the journal as it is in memory.
+    pub async fn read<R>(&self, f: impl FnOnce(&Journal) -> R) -> R {
+        f(&self.journal.lock().await.0)
+    }
+
+    /// Change the journal in memory; the change is on disk once `durable` returns for it.
+    pub async fn change<R>(&self, f: impl FnOnce(&mut Journal) -> R) -> (R, Change) {
+        let mut guard = self.journal.lock().await;
+        let result = f(&mut guard.0);
+        guard.1 += 1;
+        (result, Change(guard.1))
+    }
+
+    /// Wait until `change` is on disk: saved by a save already under way, or by the next one,
+    /// which this call makes when no one else has (with every change made until then). The
+    /// file is written off the async workers.
+    pub async fn durable(&self, change: Change) -> Result<(), JournalError> {
+        let mut saved = self.saved.lock().await;
+        if *saved >= change.0 {
+            return Ok(());
+        }
+        let (path, text, upto) = {
+            let guard = self.journal.lock().await;
+            (guard.0.path.clone(), guard.0.to_bytes(), guard.1)
+        };
+        let written = tokio::task::spawn_blocking(move || write_durably(&path, &text))
+            .await
+            .unwrap_or_else(|e| {
+                Err(JournalError::Write {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+        written?;
+        let batch = upto - *saved;
+        *saved = upto;
+        tracing::debug!(changes = batch, "journal saved");
+        // Every change of the batch is on disk; none of the tasks waiting for it has gone on yet.
+        crash::checkpoint("after-journal-batch");
+        Ok(())
+    }
+
+    /// [`Shared::durable`], and if the save fails, remember why and carry on ([`Journal::keep`]).
+    pub async fn keep(&self, change: Change) {
+        if let Err(e) = self.durable(change).await {
+            tracing::error!(error = %e, "could not write the journal; carrying on so config.toml gets the new tokens");
+            self.journal.lock().await.0.save_error = Some(e.to_string());
+        }
+    }
+
+    pub fn into_inner(self) -> Journal {
+        self.journal.into_inner().0
     }
 }
 

@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use futures::StreamExt;
-use tokio::sync::Mutex;
 
 use super::custody::{self, Reserve};
-use super::journal::{Journal, JournalEntry, Step};
+use super::journal::{Journal, JournalEntry, Shared, Step};
 use crate::crash;
 use crate::diagnose::{admin_api, parse_runner_url, read_system_id, tls_files, Clients, Diagnosis};
 use crate::error::CouldNotRun;
@@ -62,8 +61,10 @@ pub(super) async fn obtain(
         .as_ref()
         .expect("changes imply a loaded config");
     let clients = Clients::new(settings, read_system_id(config));
-    let shared = Arc::new(Mutex::new(journal));
-    let count = shared.lock().await.entries.len();
+    // Saved by group commit: tokens that arrive while a save is under way are saved together by
+    // the next one, and each task goes on only once its token is on disk.
+    let shared = Shared::new(journal);
+    let count = shared.read(|j| j.entries.len()).await;
     // A progress bar on a terminal when several runners are handled; nothing otherwise.
     let bar = (settings.progress && count > 1).then(|| {
         let bar = indicatif::ProgressBar::new(count as u64);
@@ -77,14 +78,11 @@ pub(super) async fn obtain(
     });
     let bar = &bar;
     let results: Vec<Result<(), CouldNotRun>> = futures::stream::iter((0..count).map(|slot| {
-        let shared = shared.clone();
+        let shared = &shared;
         let admin = admin.clone();
         let clients = &clients;
         async move {
-            let entry = {
-                let j = shared.lock().await;
-                j.entries[slot].clone()
-            };
+            let entry = shared.read(|j| j.entries[slot].clone()).await;
             if entry.step != Step::Planned {
                 // Carried over from an earlier run; commit settles it.
                 return Ok(());
@@ -92,15 +90,16 @@ pub(super) async fn obtain(
             // The run's deadline: no token request starts after it. Requests already under way
             // finish (bounded by the request timeout), and what they obtained is kept.
             if settings.deadline_passed() {
-                let mut j = shared.lock().await;
-                let e = &mut j.entries[slot];
-                tracing::error!(runner = %e.name, "the run's deadline passed; not requesting a new token");
-                e.step = Step::Failed;
-                e.error = Some(format!(
-                    "{NOT_REQUESTED_DEADLINE} ({} `run_timeout`); nothing was asked of GitLab for this runner",
-                    humantime::format_duration(settings.run_timeout)
-                ));
-                j.keep();
+                let ((), change) = shared.change(|j| {
+                    let e = &mut j.entries[slot];
+                    tracing::error!(runner = %e.name, "the run's deadline passed; not requesting a new token");
+                    e.step = Step::Failed;
+                    e.error = Some(format!(
+                        "{NOT_REQUESTED_DEADLINE} ({} `run_timeout`); nothing was asked of GitLab for this runner",
+                        humantime::format_duration(settings.run_timeout)
+                    ));
+                }).await;
+                shared.keep(change).await;
                 return Ok(());
             }
             let facts = &diagnosis.facts[entry.index];
@@ -123,11 +122,9 @@ pub(super) async fn obtain(
                 },
                 Action::Recreate => match &admin {
                     Some(admin) => {
-                        {
-                            let mut j = shared.lock().await;
-                            j.entries[slot].step = Step::Requesting;
-                            j.save()?;
-                        }
+                        // On disk before the request: an uncertain outcome is then looked for by tag.
+                        let ((), change) = shared.change(|j| j.entries[slot].step = Step::Requesting).await;
+                        shared.durable(change).await?;
                         let params = tagged(entry.create.clone().unwrap_or_else(|| CreateRunner::instance(Some(entry.name.clone()))), &entry);
                         create_once(admin, &params, &entry, &settings.retry).await
                     }
@@ -142,31 +139,36 @@ pub(super) async fn obtain(
                 Ok(grant) => checked(grant, facts, admin.as_deref(), entry.old_id, clients).await,
                 Err(e) => Err(e),
             };
-            let mut j = shared.lock().await;
-            let e = &mut j.entries[slot];
-            match result {
-                Ok(grant) => {
-                    audit(&e.name, e.action, facts.entry.token.as_ref(), &grant.token, grant.id.or(e.old_id), &settings.user);
-                    e.new_id = grant.id.or(e.old_id);
-                    e.new_token = Some(grant.token);
-                    e.new_expires_at = grant.token_expires_at;
-                    e.obtained_at = Some(Utc::now());
-                    e.step = Step::Obtained;
-                }
-                Err((err, uncertain)) => {
-                    tracing::error!(runner = %e.name, action = e.action.as_str(), error = %err, "could not obtain a new token");
-                    e.error = Some(err);
-                    // An uncertain creation stays `Requesting`: the next run looks for it by tag.
-                    if !uncertain {
-                        e.step = Step::Failed;
+            let (obtained, change) = shared.change(|j| {
+                let e = &mut j.entries[slot];
+                match result {
+                    Ok(grant) => {
+                        e.new_id = grant.id.or(e.old_id);
+                        e.new_token = Some(grant.token);
+                        e.new_expires_at = grant.token_expires_at;
+                        e.obtained_at = Some(Utc::now());
+                        e.step = Step::Obtained;
+                        e.new_token.clone().map(|t| (e.name.clone(), e.action, t, e.new_id))
+                    }
+                    Err((err, uncertain)) => {
+                        tracing::error!(runner = %e.name, action = e.action.as_str(), error = %err, "could not obtain a new token");
+                        e.error = Some(err);
+                        // An uncertain creation stays `Requesting`: the next run looks for it by tag.
+                        if !uncertain {
+                            e.step = Step::Failed;
+                        }
+                        None
                     }
                 }
-            }
+            }).await;
             // The room set aside for the journal is given back just before the first write
             // that carries a token; that write must not fail for want of space.
             reserve.release();
-            j.keep();
-            drop(j);
+            shared.keep(change).await;
+            // On disk (or the failure to write it reported): only now is the token announced.
+            if let Some((name, action, token, new_id)) = obtained {
+                audit(&name, action, facts.entry.token.as_ref(), &token, new_id, &settings.user);
+            }
             if let Some(bar) = bar {
                 bar.inc(1);
             }
@@ -183,12 +185,7 @@ pub(super) async fn obtain(
     for r in results {
         r?;
     }
-    let journal = Arc::try_unwrap(shared).map_err(|_| CouldNotRun {
-        source: None,
-        message: "internal error: journal still shared".into(),
-        fix: "report this as a bug".into(),
-    })?;
-    Ok(journal.into_inner())
+    Ok(shared.into_inner())
 }
 
 /// GitLab's answer, if it is a token; otherwise what can be known about the runner now. A bad

@@ -249,6 +249,7 @@ impl Settings {
     /// The recorded state of runs on this config.toml (`list`, metrics).
     pub fn status_store(&self) -> crate::report::history::Store {
         crate::report::history::Store::new(&self.state_dir, &self.config_key())
+            .with_runner_config(&self.runner_config)
     }
 
     /// Where the locks of config.toml files live: one place for every run on this host, whatever
@@ -398,7 +399,8 @@ impl Fallback {
             .unwrap_or_else(|| default_state_dir(env));
         Self {
             metrics_file: global.metrics_file.clone().or_else(|| path("metrics_file")),
-            store: crate::report::history::Store::new(&state_dir, &config_key_of(&runner_config)),
+            store: crate::report::history::Store::new(&state_dir, &config_key_of(&runner_config))
+                .with_runner_config(&runner_config),
         }
     }
 }

@@ -659,3 +659,92 @@ fn diagnose_on_a_read_only_state_dir_still_reports() {
     assert_eq!(env.config_text(), before);
     assert!(env.changing_requests().is_empty());
 }
+
+/// The journal is saved by group commit: tokens that arrive while a save is under way are saved
+/// together by the next one. A crash right after the second save (the one that carries the
+/// tokens answered while the first was written), before any task whose token it carries has gone
+/// on: every token of that save is in the journal, still GitLab's current token, and the
+/// next run writes it without asking GitLab again; only the runners whose tokens were not yet on
+/// disk are reset once more.
+#[test]
+fn a_crash_right_after_a_batch_of_tokens_is_saved_loses_none_of_them() {
+    let env = TestEnv::with_options(gitlab_sim::Options {
+        // Answers arrive close together, so a save carries several tokens.
+        latency: std::time::Duration::from_millis(20),
+        ..gitlab_sim::Options::default()
+    });
+    let names: Vec<String> = (0..12).map(|i| format!("r{i:02}")).collect();
+    let entries: Vec<Entry> = names.iter().map(|n| env.expired(n)).collect();
+    env.write_config(&entries);
+    let before = env.config_text();
+    let mut cmd = env.command(&["rotate"]);
+    cmd.env("RUNNER_MEDIC_CRASH_AT", "after-journal-batch#2");
+    let crashed = env.run_cmd(cmd);
+    assert!(
+        crashed.stderr.contains("crash point reached"),
+        "{}",
+        crashed.stderr
+    );
+    assert_ne!(crashed.code, 0);
+    assert_eq!(env.config_text(), before, "nothing written yet");
+    let journal_dir = env.state.join("journal");
+    let journal = std::fs::read_dir(&journal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("the journal is on disk");
+    assert_eq!(crate::harness::mode(&journal), 0o600);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
+    let kept: Vec<(String, String)> = saved["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["step"] == "obtained")
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["new_token"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(!kept.is_empty(), "the save carried a token: {saved:#}");
+    for (name, token) in &kept {
+        assert!(
+            env.token_works(token),
+            "{name}: the journalled token is GitLab's current one"
+        );
+    }
+    let resets_before = env.sim.state().requests_to("POST", RESET);
+    let run = env.run(&["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    for (name, token) in &kept {
+        assert_eq!(
+            env.config_token(name),
+            *token,
+            "{name}: the journalled token was written"
+        );
+    }
+    for name in &names {
+        assert!(
+            env.token_works(&env.config_token(name)),
+            "{name}: healthy after the second run"
+        );
+    }
+    let resets_again = env.sim.state().requests_to("POST", RESET) - resets_before;
+    assert_eq!(
+        resets_again,
+        names.len() - kept.len(),
+        "a token on disk is never asked for again"
+    );
+    assert!(
+        !journal.exists(),
+        "the journal is removed once every token is in config.toml"
+    );
+    println!(
+        "figures: crash after the second journal save: {} of {} tokens in the journal, {} runners reset again",
+        kept.len(),
+        names.len(),
+        resets_again
+    );
+}

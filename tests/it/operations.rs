@@ -614,6 +614,7 @@ fn the_agent_serves_get_and_head_of_metrics_only_and_503_before_the_first_cycle(
     }));
     assert!(body.contains("runner_medic_runner_healthy"), "{body}");
     samples(&body);
+    promtool_check_metrics(&body, "the agent's /metrics");
     env.assert_no_secrets(&body, "/metrics");
 
     let head = client.head(&url).send().unwrap();
@@ -884,4 +885,260 @@ fn the_json_schema_is_current_and_real_reports_validate() {
     let mut bad = fixed.json();
     bad["surprise"] = 1.into();
     assert!(!validator.is_valid(&bad));
+}
+
+/// node_exporter (Debian's `prometheus-node-exporter`) with only its textfile collector, on a
+/// loopback port, reading `dir`: what Prometheus would scrape from the host.
+struct NodeExporter {
+    _child: Agent,
+    url: String,
+}
+
+impl NodeExporter {
+    fn start(dir: &std::path::Path, log: &std::path::Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("/usr/bin/prometheus-node-exporter")
+            .args([
+                "--collector.disable-defaults",
+                "--collector.textfile",
+                &format!("--collector.textfile.directory={}", dir.display()),
+                &format!("--web.listen-address=127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "node_exporter is missing ({e}): `apt-get install prometheus-node-exporter` (the test command `.ci/test` installs it)"
+                )
+            });
+        let exporter = Self {
+            _child: Agent(child),
+            url: format!("http://127.0.0.1:{port}/metrics"),
+        };
+        let client = reqwest::blocking::Client::new();
+        assert!(
+            eventually(|| client.get(&exporter.url).send().is_ok()),
+            "node_exporter listens:\n{}",
+            read(log)
+        );
+        exporter
+    }
+
+    /// One scrape: the body of a 200 answer, checked by promtool, with the families of
+    /// runner-medic and of the textfile collector kept (node_exporter's own go_* and process_*
+    /// summaries are of no interest here).
+    fn scrape(&self) -> String {
+        let r = reqwest::blocking::get(&self.url).unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.text().unwrap();
+        let kept: String = body
+            .lines()
+            .filter(|l| {
+                let rest = l
+                    .strip_prefix("# HELP ")
+                    .or_else(|| l.strip_prefix("# TYPE "))
+                    .unwrap_or(l);
+                rest.starts_with("runner_medic_") || rest.starts_with("node_textfile_")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(kept.contains("node_textfile_scrape_error"), "{body}");
+        kept
+    }
+}
+
+/// `promtool check metrics` on a metrics text (its stdin): the format and Prometheus' lint rules.
+fn promtool_check_metrics(text: &str, what: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool is missing ({e}): `apt-get install prometheus` (the test command `.ci/test` installs it)"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics of {what}:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn node_exporter_scrapes_three_same_named_runners_as_three_series_and_shows_the_broken_one() {
+    let env = TestEnv::new();
+    let mut entries = [
+        env.healthy("ci-host-01"),
+        env.revoked("ci-host-01"),
+        env.healthy("ci-host-01"),
+    ];
+    for e in &mut entries {
+        e.name = "ci-host-01".into();
+    }
+    env.write_config(&entries);
+    let textfiles = env.path("textfile");
+    std::fs::create_dir_all(&textfiles).unwrap();
+    let metrics = textfiles.join("runner-medic.prom");
+    let run = env.run(&["diagnose", "--metrics-file", metrics.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "the revoked runner is broken: {}", run.stderr);
+    let file = read(&metrics);
+    promtool_check_metrics(&file, "the metrics file");
+
+    let log = env.path("node-exporter.log");
+    let exporter = NodeExporter::start(&textfiles, &log);
+    let scraped = exporter.scrape();
+    assert_eq!(
+        value(&scraped, "node_textfile_scrape_error", &[]),
+        Some(0.0),
+        "{scraped}\n{}",
+        read(&log)
+    );
+    assert!(
+        !read(&log).contains("collected before"),
+        "no series collides:\n{}",
+        read(&log)
+    );
+    let healthy: Vec<(BTreeMap<String, String>, f64)> = samples(&scraped)
+        .into_iter()
+        .filter(|(n, _, _)| n == "runner_medic_runner_healthy")
+        .map(|(_, l, v)| (l, v))
+        .collect();
+    assert_eq!(healthy.len(), 3, "three series:\n{scraped}");
+    let ids: std::collections::BTreeSet<&str> = healthy
+        .iter()
+        .map(|(l, _)| l["runner_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 3, "three distinct runner ids: {healthy:?}");
+    for (e, want) in entries.iter().zip([1.0, 0.0, 1.0]) {
+        let id = e.id.unwrap().to_string();
+        assert_eq!(
+            value(
+                &scraped,
+                "runner_medic_runner_healthy",
+                &[("runner_id", &id), ("name", "ci-host-01")]
+            ),
+            Some(want),
+            "runner {id}:\n{scraped}"
+        );
+    }
+    let broken = entries[1].id.unwrap().to_string();
+    assert_eq!(
+        value(
+            &scraped,
+            "runner_medic_runner_status",
+            &[("runner_id", &broken), ("status", "broken")]
+        ),
+        Some(1.0),
+        "{scraped}"
+    );
+    assert_eq!(
+        value(&scraped, "runner_medic_last_run_exit_code", &[]),
+        Some(1.0)
+    );
+    // One config.toml watched: no `config` label.
+    assert!(
+        samples(&scraped)
+            .iter()
+            .all(|(_, l, _)| !l.contains_key("config")),
+        "{scraped}"
+    );
+}
+
+#[test]
+fn with_two_config_files_every_series_carries_its_config_and_node_exporter_reads_both() {
+    let mut env = TestEnv::new();
+    let textfiles = env.path("textfile");
+    std::fs::create_dir_all(&textfiles).unwrap();
+    // Two config.toml files of one host, each with a runner named after the host, one of them
+    // broken; each run writes its own metrics file into the textfile directory.
+    let first = env.config.clone();
+    let mut a = env.healthy("ci-host-01");
+    a.name = "ci-host-01".into();
+    env.write_config(&[a.clone()]);
+    let second = env.path("second.toml");
+    env.config = second.clone();
+    let mut b = env.revoked("ci-host-01");
+    b.name = "ci-host-01".into();
+    env.write_config(&[b.clone()]);
+
+    env.config = first.clone();
+    let a_file = textfiles.join("runner-medic-first.prom");
+    let run = env.run(&["diagnose", "--metrics-file", a_file.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        !read(&a_file).contains("config=\""),
+        "only one config.toml watched so far:\n{}",
+        read(&a_file)
+    );
+    env.config = second.clone();
+    let b_file = textfiles.join("runner-medic-second.prom");
+    let run = env.run(&["diagnose", "--metrics-file", b_file.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    env.config = first.clone();
+    let run = env.run(&["diagnose", "--metrics-file", a_file.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    for (file, config) in [(&a_file, &first), (&b_file, &second)] {
+        let text = read(file);
+        promtool_check_metrics(&text, &file.display().to_string());
+        for (name, labels, _) in samples(&text) {
+            assert_eq!(
+                labels.get("config").map(String::as_str),
+                config.to_str(),
+                "{name} {labels:?} in {}",
+                file.display()
+            );
+        }
+    }
+
+    let log = env.path("node-exporter.log");
+    let exporter = NodeExporter::start(&textfiles, &log);
+    let scraped = exporter.scrape();
+    assert_eq!(
+        value(&scraped, "node_textfile_scrape_error", &[]),
+        Some(0.0),
+        "{scraped}\n{}",
+        read(&log)
+    );
+    let healthy = |config: &std::path::Path, e: &Entry| {
+        value(
+            &scraped,
+            "runner_medic_runner_healthy",
+            &[
+                ("config", config.to_str().unwrap()),
+                ("runner_id", &e.id.unwrap().to_string()),
+                ("name", "ci-host-01"),
+            ],
+        )
+    };
+    assert_eq!(healthy(&first, &a), Some(1.0), "{scraped}");
+    assert_eq!(healthy(&second, &b), Some(0.0), "{scraped}");
+    for (config, code) in [(&first, 0.0), (&second, 1.0)] {
+        assert_eq!(
+            value(
+                &scraped,
+                "runner_medic_last_run_exit_code",
+                &[("config", config.to_str().unwrap())]
+            ),
+            Some(code),
+            "{scraped}"
+        );
+    }
 }
