@@ -30,11 +30,40 @@ pub struct Store {
     endpoints: String,
 }
 
-/// A runner's lock, held until [`Store::release`].
+/// A runner's lock, held until [`Store::release`]. Dropped without it (a run abandoned, a
+/// panic), it stops keeping its lease alive and asks etcd to revoke it, so that another host is
+/// not kept waiting by a process that lives on (the agent).
 pub struct Held {
     lock_key: Vec<u8>,
     lease: i64,
     keeper: tokio::task::JoinHandle<()>,
+    /// `Some` until released.
+    client: Option<Client>,
+}
+
+impl Held {
+    /// The lease the lock is held on.
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.keeper.abort();
+        if let Some(mut client) = self.client.take() {
+            let lease = self.lease;
+            tracing::warn!(
+                lease,
+                "a fleet lock was dropped without being released; revoking its lease"
+            );
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = client.lease_revoke(lease).await;
+                });
+            }
+        }
+    }
 }
 
 /// What the store holds for a runner now.
@@ -182,14 +211,16 @@ impl Store {
             lock_key,
             lease,
             keeper,
+            client: Some(client),
         })
     }
 
     /// Let go of a lock (and its lease). A failure only delays the next host by `lock_ttl`.
-    pub async fn release(&self, held: Held) {
-        let mut client = self.client.clone();
+    pub async fn release(&self, mut held: Held) {
         held.keeper.abort();
-        if let Err(e) = self.timed("unlock", client.unlock(held.lock_key)).await {
+        let mut client = held.client.take().unwrap_or_else(|| self.client.clone());
+        let lock_key = std::mem::take(&mut held.lock_key);
+        if let Err(e) = self.timed("unlock", client.unlock(lock_key)).await {
             tracing::warn!(error = %e, "could not release the fleet lock; it lapses with its lease");
         }
         let _ = self
