@@ -582,3 +582,58 @@ fn a_run_that_fails_lets_go_of_the_fleet_lock_at_once() {
     assert_eq!(env.sim.state().token_issuing_requests(), 1);
     assert!(env.token_works(&hosts[1].token("build")));
 }
+
+#[test]
+fn with_etcd_hung_shared_tokens_are_left_alone_and_the_next_round_heals() {
+    let etcd = Etcd::start();
+    let env = TestEnv::new();
+    let shared = env.expired("shared");
+    let alone = env.expired("alone");
+    let key = key_file(env.dir.path(), 0o600);
+    let settings = fleet_settings(&etcd.url, &key);
+    let mut hosts = fleet(&env, &shared, 2, &settings);
+    // Host 0 also has a runner of its own.
+    hosts[0] = Host::new(&env, 0, &[shared.clone(), alone.clone()]);
+    hosts[0].extra_settings = settings.clone();
+
+    // etcd answers nothing (its processes are frozen): connections open, no reply comes.
+    etcd.freeze(true);
+    let run = hosts[0].run(&env, &["rotate", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.top_codes()
+            .contains(&"fleet_store_unavailable".to_string()),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(action(&run, "shared"), "manual");
+    assert_eq!(run.runner("shared")["outcome"], "skipped");
+    assert_eq!(hosts[0].token("shared"), shared.token);
+    assert_eq!(action(&run, "alone"), "reset");
+    assert_eq!(run.runner("alone")["outcome"], "done");
+    assert!(env.token_works(&hosts[0].token("alone")));
+    let run = hosts[1].run(&env, &["rotate", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(action(&run, "shared"), "manual");
+    assert_eq!(hosts[1].token("shared"), shared.token);
+    assert_eq!(
+        env.sim.state().token_issuing_requests(),
+        1,
+        "only the runner that is host 0's alone: {:?}",
+        env.changing_requests()
+    );
+
+    // etcd is back: the next round gives the shared runner one new token, on both hosts.
+    etcd.freeze(false);
+    let runs = crate::fleet::run_all(&env, &hosts, &["rotate", "--output", "json"]);
+    for run in &runs {
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    }
+    let mut actions: Vec<String> = runs.iter().map(|r| action(r, "shared")).collect();
+    actions.sort();
+    assert_eq!(actions, vec!["adopt", "reset"]);
+    assert_eq!(env.sim.state().token_issuing_requests(), 2);
+    let new = hosts[0].token("shared");
+    assert!(env.token_works(&new));
+    assert_eq!(hosts[1].token("shared"), new);
+}
