@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, LockOptions, TlsOptions,
-    Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, Identity, LockOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 
 use super::seal::{FleetKey, Published};
@@ -61,6 +63,45 @@ impl Drop for Held {
                 runtime.spawn(async move {
                     let _ = client.lease_revoke(lease).await;
                 });
+            }
+        }
+    }
+}
+
+/// A watch on the tokens published for every runner under the prefix.
+pub struct Watching {
+    stream: WatchStream,
+    key: FleetKey,
+    pending: VecDeque<(String, Option<Published>)>,
+}
+
+impl Watching {
+    /// The next token published: its slot and record (`None`: a record this host's key does not
+    /// open). An error when the watch ended (etcd went away); watch again then.
+    pub async fn next(&mut self) -> Result<(String, Option<Published>), StoreError> {
+        loop {
+            if let Some(next) = self.pending.pop_front() {
+                return Ok(next);
+            }
+            let reply = match self.stream.message().await {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return Err(StoreError("etcd ended the watch".into())),
+                Err(e) => return Err(failed("etcd watch", e)),
+            };
+            if reply.canceled() {
+                return Err(StoreError(format!(
+                    "etcd cancelled the watch: {}",
+                    reply.cancel_reason()
+                )));
+            }
+            for event in reply.events() {
+                let Some(kv) = event.kv() else { continue };
+                if event.event_type() != EventType::Put || !kv.key().ends_with(b"/token") {
+                    continue;
+                }
+                let slot = String::from_utf8_lossy(kv.key()).into_owned();
+                let record = self.key.open(&slot, kv.value());
+                self.pending.push_back((slot, record));
             }
         }
     }
@@ -226,6 +267,34 @@ impl Store {
         let _ = self
             .timed("lease revoke", client.lease_revoke(held.lease))
             .await;
+    }
+
+    /// Watch every runner's published token (from now on).
+    pub async fn watch(&self) -> Result<Watching, StoreError> {
+        let prefix = format!("{}/runners/", self.prefix);
+        let mut client = self.client.clone();
+        let mut stream = self
+            .timed(
+                "watch",
+                client.watch(prefix, Some(WatchOptions::new().with_prefix())),
+            )
+            .await?;
+        // The first answer says the watch exists: from then on no publication is missed.
+        match self.timed("watch", stream.message()).await? {
+            Some(reply) if reply.created() => {}
+            _ => return Err(StoreError("etcd did not create the watch".into())),
+        }
+        Ok(Watching {
+            stream,
+            key: self.key.clone(),
+            pending: VecDeque::new(),
+        })
+    }
+
+    /// Revoke a lease (one a killed run of this host held its lock on): its lock goes with it.
+    pub async fn revoke(&self, lease: i64) {
+        let mut client = self.client.clone();
+        let _ = self.timed("lease revoke", client.lease_revoke(lease)).await;
     }
 
     /// The published token of `slot`. A record this key does not open counts as none (and is

@@ -8,9 +8,12 @@
 
 use std::time::Duration;
 
-use crate::diagnose::{parse_runner_url, url_key, Clients, Diagnosis, Finding, FindingCode};
+use crate::diagnose::{
+    parse_runner_url, read_system_id, url_key, Clients, Diagnosis, Finding, FindingCode,
+};
 use crate::fleet::{self, Held, Published, Store};
 use crate::report::{Action, Outcome, Report};
+use crate::runner_config::{ConfigFile, RunnerEntry};
 use crate::settings::Settings;
 
 use super::journal::{Journal, Step};
@@ -39,6 +42,17 @@ fn lock_wait(settings: &Settings) -> Duration {
         .as_ref()
         .map_or(Duration::from_secs(60), |s| s.lock_ttl);
     (ttl * 5).max(Duration::from_secs(300))
+}
+
+/// The store's key of an entry's runner: per GitLab instance and runner id.
+fn slot_of(store: &Store, entry: &RunnerEntry) -> String {
+    let instance = entry
+        .url
+        .as_deref()
+        .and_then(|u| parse_runner_url(u).ok())
+        .map(|u| url_key(&u))
+        .unwrap_or_default();
+    store.slot(&instance, entry.id.unwrap_or_default())
 }
 
 fn leave(report: &mut Report, index: usize, why: String) {
@@ -73,14 +87,7 @@ pub(super) async fn coordinate(
         match Store::connect(store_settings, settings.request_timeout).await {
             Ok(store) => {
                 for index in wanted {
-                    let entry = &diagnosis.facts[index].entry;
-                    let instance = entry
-                        .url
-                        .as_deref()
-                        .and_then(|u| parse_runner_url(u).ok())
-                        .map(|u| url_key(&u))
-                        .unwrap_or_default();
-                    shared.push((store.slot(&instance, entry.id.unwrap_or_default()), index));
+                    shared.push((slot_of(&store, &diagnosis.facts[index].entry), index));
                 }
                 store
             }
@@ -258,6 +265,77 @@ impl Coordination {
     pub(super) async fn release(self: Box<Self>) {
         for p in self.pending {
             self.store.release(p.held).await;
+        }
+    }
+}
+
+/// The runner of this host's config.toml that `record`, just published at `slot`, is news for:
+/// a token this host does not hold, published by another host.
+fn news_for(
+    settings: &Settings,
+    store: &Store,
+    slot: &str,
+    record: Option<&Published>,
+) -> Option<String> {
+    let record = record?;
+    let config = ConfigFile::load(&settings.runner_config).ok()?;
+    if record.by.is_some() && record.by == read_system_id(&config) {
+        return None;
+    }
+    config
+        .runners()
+        .into_iter()
+        .filter(|e| e.id.is_some() && slot_of(store, e) == slot)
+        .find(|e| e.token.as_ref().is_none_or(|t| !t.same_as(&record.token)))
+        .map(|e| e.name)
+}
+
+/// The agent's watch on the fleet store: the name of a runner of this host is sent on `news`
+/// whenever another host publishes a token for it that this host does not hold, so that the
+/// agent adopts it within seconds rather than at its next timer. (Re)connecting, it also checks
+/// what was published while it was not watching. Returns when `news` is closed.
+pub async fn watch(settings: Settings, news: tokio::sync::mpsc::Sender<String>) {
+    let Some(store_settings) = settings.fleet.store.clone() else {
+        return;
+    };
+    let mut failures: u32 = 0;
+    loop {
+        let outcome: Result<(), fleet::StoreError> = Box::pin(async {
+            let store = Store::connect(&store_settings, settings.request_timeout).await?;
+            let mut watching = store.watch().await?;
+            tracing::info!(endpoints = store.endpoints(), "watching the fleet store for tokens other hosts publish");
+            failures = 0;
+            // What was published before the watch began.
+            if let Ok(config) = ConfigFile::load(&settings.runner_config) {
+                for entry in config.runners().iter().filter(|e| e.id.is_some()) {
+                    let slot = slot_of(&store, entry);
+                    let current = store.read(&slot).await?;
+                    if let Some(name) = news_for(&settings, &store, &slot, current.published.as_ref()) {
+                        if news.send(name).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            loop {
+                let (slot, record) = watching.next().await?;
+                if let Some(name) = news_for(&settings, &store, &slot, record.as_ref()) {
+                    tracing::info!(runner = %name, "another host published a new token for this runner");
+                    if news.send(name).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        })
+        .await;
+        match outcome {
+            Ok(()) => return,
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_secs(1u64 << failures.min(6));
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "the watch on the fleet store stopped; watching again");
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 }

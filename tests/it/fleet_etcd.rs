@@ -637,3 +637,66 @@ fn with_etcd_hung_shared_tokens_are_left_alone_and_the_next_round_heals() {
     assert!(env.token_works(&new));
     assert_eq!(hosts[1].token("shared"), new);
 }
+
+#[test]
+fn the_agent_adopts_a_token_another_host_published_within_seconds() {
+    let etcd = Etcd::start();
+    let env = TestEnv::new();
+    let e = env.healthy("build");
+    let key = key_file(env.dir.path(), 0o600);
+    let hosts = fleet(&env, &e, 2, &fleet_settings(&etcd.url, &key));
+    for h in &hosts {
+        other_host(
+            &env,
+            e.id.unwrap(),
+            &h.system_id,
+            chrono::Duration::minutes(2),
+        );
+    }
+
+    // Host 1 runs the agent with a timer of an hour: only the watch can bring it the new token.
+    let agent = Background::spawn(
+        hosts[1].command(&env, &["agent", "--interval", "1h", "--jitter", "0s"]),
+        env.dir.path(),
+        "agent",
+    );
+    wait_for("the agent's first cycle and its watch", || {
+        let log = agent.stderr();
+        log.contains("waiting for the next cycle") && log.contains("watching the fleet store")
+    });
+
+    // Host 0 rotates the shared token (forced: it still works) through the store.
+    let run = hosts[0].run(&env, &["rotate", "--force", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(action(&run, "build"), "renew");
+    let new = hosts[0].token("build");
+    assert_ne!(new, e.token);
+    assert!(!env.token_works(&e.token), "host 1's token is dead now");
+
+    wait_for("host 1's agent to adopt the new token", || {
+        hosts[1].token("build") == new
+    });
+    let log = agent.stderr();
+    assert!(
+        log.contains("another host published a new token; adopting it now"),
+        "{log}"
+    );
+    assert!(
+        log.contains("adopting the token another host published"),
+        "{log}"
+    );
+    env.assert_no_secrets(&log, "agent log");
+    assert_eq!(
+        env.sim.state().token_issuing_requests(),
+        1,
+        "the agent asked GitLab for no token: {:?}",
+        env.changing_requests()
+    );
+    assert_eq!(
+        env.changing_requests().len(),
+        1,
+        "{:?}",
+        env.changing_requests()
+    );
+    drop(agent);
+}
