@@ -16,7 +16,7 @@ use crate::report::{Action, Outcome, Report};
 use crate::runner_config::{ConfigFile, RunnerEntry};
 use crate::settings::Settings;
 
-use super::journal::{Journal, Step};
+use super::journal::{token_sha, FleetClaim, Journal, Step};
 use super::plan::PlanItem;
 
 /// A lock this run holds, for a token it is to obtain and publish.
@@ -261,6 +261,19 @@ impl Coordination {
         }
     }
 
+    /// What the journal keeps of the locks held, for a run that completes it after a crash.
+    pub(super) fn claims(&self) -> Vec<FleetClaim> {
+        self.pending
+            .iter()
+            .map(|p| FleetClaim {
+                index: p.index,
+                slot: p.slot.clone(),
+                revision: p.revision,
+                lease: p.held.lease(),
+            })
+            .collect()
+    }
+
     /// Let go of every lock.
     pub(super) async fn release(self: Box<Self>) {
         for p in self.pending {
@@ -338,4 +351,105 @@ pub async fn watch(settings: Settings, news: tokio::sync::mpsc::Sender<String>) 
             }
         }
     }
+}
+
+/// A run that held fleet locks ended (crashed, was killed) after GitLab issued tokens under them:
+/// publish each one still unwritten, if GitLab still accepts it and nothing was published since
+/// the lock was taken (compare-and-swap on that revision). One GitLab refuses was replaced by a
+/// newer token another host obtained after the dead run's lease lapsed: it is given up (dead, it
+/// is lost to no one), and this run adopts the newer one. Then the dead run's leases are revoked,
+/// so that hosts waiting for its locks go on at once.
+pub(super) async fn recover(settings: &Settings, journal: &mut Journal) {
+    let Some(store_settings) = settings.fleet.store.as_ref() else {
+        return;
+    };
+    let store = match Store::connect(store_settings, settings.request_timeout).await {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(error = %e, "the fleet store cannot be used: the token obtained before the interruption is written here but not published; the other hosts do not have it");
+            return;
+        }
+    };
+    let config = ConfigFile::load(&journal.config_path).ok();
+    let system_id = config.as_ref().and_then(read_system_id);
+    let entries = config.as_ref().map(ConfigFile::runners).unwrap_or_default();
+    let clients = Clients::new(settings, system_id.clone());
+    for claim in std::mem::take(&mut journal.fleet) {
+        let Some(e) = journal.entries.iter_mut().find(|e| {
+            e.index == claim.index
+                && e.step == Step::Obtained
+                && e.action != Action::Adopt
+                && e.new_token.is_some()
+        }) else {
+            store.revoke(claim.lease).await;
+            continue;
+        };
+        let Some(token) = e.new_token.clone() else {
+            continue;
+        };
+        // The entry of config.toml the token is for: the one holding the token it replaces.
+        let entry = entries
+            .iter()
+            .find(|r| {
+                r.token.as_ref().map(token_sha).is_some()
+                    && r.token.as_ref().map(token_sha) == e.old_token_sha256
+            })
+            .or_else(|| entries.get(e.index));
+        let Some(Ok(api)) = entry.and_then(|r| clients.for_entry(r)) else {
+            tracing::warn!(runner = %e.name, "cannot check the token obtained before the interruption (no usable url); not publishing it");
+            store.revoke(claim.lease).await;
+            continue;
+        };
+        let verdict = api.verify(&token).await.map(|_| ());
+        match verdict {
+            Ok(()) => {
+                let record = fleet::record(
+                    &token,
+                    e.new_expires_at,
+                    e.new_id.or(e.old_id).unwrap_or_default(),
+                    system_id.clone(),
+                );
+                let mut outcome = store.publish(&claim.slot, &record, claim.revision).await;
+                if matches!(outcome, Ok(false)) {
+                    // Published since: GitLab still takes this token, so what is there is older.
+                    outcome = match store.read(&claim.slot).await {
+                        Ok(now)
+                            if now
+                                .published
+                                .as_ref()
+                                .is_some_and(|p| p.token.same_as(&token)) =>
+                        {
+                            Ok(true)
+                        }
+                        Ok(now) => store.publish(&claim.slot, &record, now.revision).await,
+                        Err(err) => Err(err),
+                    };
+                }
+                match outcome {
+                    Ok(true) => {
+                        tracing::info!(runner = %e.name, "published the token obtained before the interruption for the other hosts");
+                    }
+                    Ok(false) => {
+                        tracing::error!(runner = %e.name, "could not publish the token obtained before the interruption: the record kept changing");
+                    }
+                    Err(err) => {
+                        tracing::error!(runner = %e.name, error = %err, "could not publish the token obtained before the interruption");
+                    }
+                }
+            }
+            Err(err) if matches!(err.status(), Some(401 | 403)) => {
+                tracing::warn!(runner = %e.name, "GitLab no longer accepts the token obtained before the interruption: another host obtained a newer one; it is adopted instead");
+                e.step = Step::Failed;
+                e.error = Some(
+                    "superseded: another host obtained a newer token after this run was interrupted"
+                        .into(),
+                );
+            }
+            Err(err) => {
+                tracing::warn!(runner = %e.name, error = %err, "cannot check the token obtained before the interruption; it is written here but not published");
+            }
+        }
+        store.revoke(claim.lease).await;
+    }
+    journal.keep();
 }

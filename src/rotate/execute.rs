@@ -107,8 +107,12 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
     // could not settle yet; it is carried into this run's journal so it is never dropped.
     let mut carried: Vec<JournalEntry> = Vec::new();
     if !opts.dry_run {
-        if let Some(journal) = Journal::load(&settings.journal_path())? {
+        if let Some(mut journal) = Journal::load(&settings.journal_path())? {
             tracing::warn!(journal = %journal.path().display(), "an unfinished rotation was found; completing it first");
+            // A token obtained under a fleet lock goes to the other hosts before it is written.
+            if !journal.fleet.is_empty() {
+                Box::pin(super::coordinate::recover(settings, &mut journal)).await;
+            }
             let mut scratch = Report::new("rotate", String::new(), None);
             commit(settings, journal, &mut scratch).await?;
             notes.push("completed an unfinished rotation found in the journal".to_string());
@@ -374,7 +378,10 @@ async fn carry_out(
             return Ok(None);
         }
     };
-    let journal = Journal::new(&settings.journal_path(), &config.path, run_id, entries);
+    let mut journal = Journal::new(&settings.journal_path(), &config.path, run_id, entries);
+    if let Some(c) = coordination.as_ref() {
+        journal.fleet = c.claims();
+    }
     journal.save()?;
     crash::checkpoint("after-journal-planned");
 

@@ -700,3 +700,147 @@ fn the_agent_adopts_a_token_another_host_published_within_seconds() {
     );
     drop(agent);
 }
+
+/// The new token in a host's journal.
+fn journalled_token(host: &Host) -> String {
+    let dir = host.dir.path().join("state").join("journal");
+    let path = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a journal");
+    let journal: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    journal["entries"][0]["new_token"]
+        .as_str()
+        .expect("a token in the journal")
+        .to_string()
+}
+
+/// Host 0 of `hosts` takes the lock, gets a new token from GitLab, journals it and is killed
+/// (SIGKILL) before publishing it. Returns the token.
+fn kill_after_gitlab_answered(env: &TestEnv, hosts: &[Host], etcd: &Etcd) -> String {
+    let mut cmd = hosts[0].command(env, &["rotate", "--output", "json"]);
+    cmd.env("RUNNER_MEDIC_PAUSE_AT", "after-journal-obtained");
+    let mut a = Background::spawn(cmd, env.dir.path(), "killed");
+    a.wait_stopped();
+    a.signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = a.finish();
+    assert_eq!(killed.code, -1, "killed by a signal");
+    assert_eq!(env.sim.state().token_issuing_requests(), 1);
+    let token = journalled_token(&hosts[0]);
+    assert!(env.token_works(&token));
+    assert_eq!(
+        hosts[0].token("build"),
+        hosts[1].token("build"),
+        "not written yet"
+    );
+    assert_eq!(
+        etcd.lock_keys(PREFIX).len(),
+        1,
+        "the dead run's lock is still there"
+    );
+    assert!(
+        etcd.keys(PREFIX).iter().all(|k| !k.ends_with("/token")),
+        "nothing published"
+    );
+    token
+}
+
+#[test]
+fn a_lock_holder_killed_after_gitlab_answered_publishes_its_token_on_restart() {
+    let etcd = Etcd::start();
+    let env = TestEnv::new();
+    let e = env.expired("build");
+    let key = key_file(env.dir.path(), 0o600);
+    let settings = fleet_settings(&etcd.url, &key).replace("10s", "30s");
+    let hosts = fleet(&env, &e, 3, &settings);
+    let new = kill_after_gitlab_answered(&env, &hosts, &etcd);
+
+    // Host 1 waits for the dead run's lock.
+    let waiting = Background::spawn(
+        hosts[1].command(&env, &["rotate", "--output", "json"]),
+        env.dir.path(),
+        "waiting",
+    );
+    wait_for("host 1 to wait for the lock", || {
+        etcd.lock_keys(PREFIX).len() == 2
+    });
+
+    // Host 0 comes back: it publishes the token from its journal, lets go of the dead run's
+    // lock and writes the token.
+    let run = hosts[0].run(&env, &["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("published the token obtained before the interruption"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(hosts[0].token("build"), new);
+
+    // Host 1 takes that token, and so does host 2: GitLab issued one token in all.
+    let run = waiting.finish();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(action(&run, "build"), "adopt");
+    let run = hosts[2].run(&env, &["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(action(&run, "build"), "adopt");
+    for h in &hosts {
+        assert_eq!(h.token("build"), new);
+    }
+    assert_eq!(
+        env.sim.state().token_issuing_requests(),
+        1,
+        "{:?}",
+        env.changing_requests()
+    );
+    assert!(env.token_works(&new));
+    assert!(etcd.lock_keys(PREFIX).is_empty());
+}
+
+#[test]
+fn when_a_killed_holders_lease_lapses_first_another_host_rotates_and_the_restart_adopts() {
+    let etcd = Etcd::start();
+    let env = TestEnv::new();
+    let e = env.expired("build");
+    let key = key_file(env.dir.path(), 0o600);
+    let settings = fleet_settings(&etcd.url, &key).replace("10s", "5s");
+    let hosts = fleet(&env, &e, 3, &settings);
+    let lost = kill_after_gitlab_answered(&env, &hosts, &etcd);
+
+    // Host 1 waits until the dead run's lease lapses, then, finding nothing published and its
+    // token dead, obtains one: the one extra token request the crash costs.
+    let run = hosts[1].run(&env, &["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(action(&run, "build"), "reset");
+    let new = hosts[1].token("build");
+    assert_ne!(new, lost);
+    assert!(!env.token_works(&lost));
+    assert_eq!(env.sim.state().token_issuing_requests(), 2);
+
+    // Host 0 comes back: its journalled token is dead, so it is not published over the newer
+    // one; host 0 adopts that instead.
+    let run = hosts[0].run(&env, &["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(action(&run, "build"), "adopt", "{}", run.stdout);
+    let run = hosts[2].run(&env, &["rotate", "--output", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(action(&run, "build"), "adopt");
+    for h in &hosts {
+        assert_eq!(h.token("build"), new);
+    }
+    assert_eq!(
+        env.sim.state().token_issuing_requests(),
+        2,
+        "{:?}",
+        env.changing_requests()
+    );
+    // The next round asks for nothing.
+    for h in &hosts {
+        let run = h.run(&env, &["rotate", "--output", "json"]);
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        assert_eq!(action(&run, "build"), "none");
+    }
+    assert_eq!(env.sim.state().token_issuing_requests(), 2);
+}
