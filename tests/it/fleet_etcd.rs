@@ -844,3 +844,51 @@ fn when_a_killed_holders_lease_lapses_first_another_host_rotates_and_the_restart
     }
     assert_eq!(env.sim.state().token_issuing_requests(), 2);
 }
+
+#[test]
+fn a_three_member_cluster_keeps_coordinating_with_a_member_killed_mid_run() {
+    let mut etcd = Etcd::cluster(3);
+    let env = TestEnv::new();
+    let e = env.expired("build");
+    let key = key_file(env.dir.path(), 0o600);
+    let endpoints: Vec<String> = etcd
+        .endpoints()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    let settings = fleet_settings(&etcd.url, &key).replace(
+        &format!("[\"{}\"]", etcd.url),
+        &format!("[{}]", endpoints.join(", ")),
+    );
+    let hosts = fleet(&env, &e, 4, &settings);
+
+    // Host 0 holds the lock and has its new token; then the first member of the cluster dies.
+    let mut cmd = hosts[0].command(&env, &["rotate", "--output", "json"]);
+    cmd.env("RUNNER_MEDIC_PAUSE_AT", "after-journal-obtained");
+    let mut a = Background::spawn(cmd, env.dir.path(), "holder");
+    a.wait_stopped();
+    etcd.kill(0);
+    a.signal(nix::sys::signal::Signal::SIGCONT);
+    let run = a.finish();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(action(&run, "build"), "reset");
+    let new = hosts[0].token("build");
+
+    // The two members left are a majority: the other hosts adopt the published token.
+    let runs = crate::fleet::run_all(&env, &hosts[1..], &["rotate", "--output", "json"]);
+    for run in &runs {
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        assert_eq!(action(run, "build"), "adopt");
+    }
+    for h in &hosts {
+        assert_eq!(h.token("build"), new);
+    }
+    assert_eq!(
+        env.sim.state().token_issuing_requests(),
+        1,
+        "{:?}",
+        env.changing_requests()
+    );
+    assert!(env.token_works(&new));
+    assert!(etcd.lock_keys(PREFIX).is_empty());
+}
