@@ -3,8 +3,6 @@
 //! cluster killed, etcd down), the agent that adopts a token another host published, and etcd
 //! with TLS and with authentication.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -891,4 +889,105 @@ fn a_three_member_cluster_keeps_coordinating_with_a_member_killed_mid_run() {
     );
     assert!(env.token_works(&new));
     assert!(etcd.lock_keys(PREFIX).is_empty());
+}
+
+#[test]
+fn etcd_over_tls_with_a_client_certificate() {
+    let env = TestEnv::new();
+    let tls = TlsFiles::generate(env.dir.path());
+    let etcd = Etcd::start_tls(&tls, true);
+    assert!(etcd.url.starts_with("https://"));
+    let e = env.expired("build");
+    let key = key_file(env.dir.path(), 0o600);
+    let settings = format!(
+        "{}ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        fleet_settings(&etcd.url, &key),
+        tls.ca.display(),
+        tls.client_cert.display(),
+        tls.client_key.display()
+    );
+    let hosts = fleet(&env, &e, 3, &settings);
+    let runs = crate::fleet::run_all(&env, &hosts, &["rotate", "--output", "json"]);
+    let mut actions: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+            action(r, "build")
+        })
+        .collect();
+    actions.sort();
+    assert_eq!(actions, vec!["adopt", "adopt", "reset"]);
+    let new = hosts[0].token("build");
+    for h in &hosts {
+        assert_eq!(h.token("build"), new);
+    }
+    assert_eq!(env.sim.state().token_issuing_requests(), 1);
+
+    // Without the client certificate etcd refuses the connection: the shared token is left.
+    let other = env.expired("other");
+    let mut host = fleet(&env, &other, 2, "").remove(0);
+    host.extra_settings = format!(
+        "{}ca_file = \"{}\"\n",
+        fleet_settings(&etcd.url, &key),
+        tls.ca.display()
+    );
+    let run = host.run(&env, &["rotate", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run
+        .top_codes()
+        .contains(&"fleet_store_unavailable".to_string()));
+    assert_eq!(action(&run, "other"), "manual");
+    assert_eq!(env.sim.state().token_issuing_requests(), 1);
+}
+
+#[test]
+fn etcd_with_authentication() {
+    let mut etcd = Etcd::start();
+    let env = TestEnv::new();
+    etcd.enable_auth("medic", "medic-secret", PREFIX);
+    let e = env.expired("build");
+    let key = key_file(env.dir.path(), 0o600);
+    let password = env.dir.path().join("etcd-password");
+    std::fs::write(&password, "medic-secret\n").unwrap();
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let settings = format!(
+        "{}username = \"medic\"\npassword_file = \"{}\"\n",
+        fleet_settings(&etcd.url, &key),
+        password.display()
+    );
+    let hosts = fleet(&env, &e, 2, &settings);
+    let runs = crate::fleet::run_all(&env, &hosts, &["rotate", "--output", "json"]);
+    let mut actions: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+            assert!(
+                !r.stderr.contains("medic-secret"),
+                "the password is in the log"
+            );
+            action(r, "build")
+        })
+        .collect();
+    actions.sort();
+    assert_eq!(actions, vec!["adopt", "reset"]);
+    assert_eq!(hosts[0].token("build"), hosts[1].token("build"));
+    assert_eq!(env.sim.state().token_issuing_requests(), 1);
+    assert!(etcd.lock_keys(PREFIX).is_empty());
+
+    // A wrong password: the store cannot be used, the shared token is left alone.
+    std::fs::write(&password, "wrong\n").unwrap();
+    let other = env.expired("other");
+    let mut host = fleet(&env, &other, 2, "").remove(0);
+    host.extra_settings = settings.clone();
+    let run = host.run(&env, &["rotate", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run
+        .top_codes()
+        .contains(&"fleet_store_unavailable".to_string()));
+    assert_eq!(action(&run, "other"), "manual");
+    assert_eq!(env.sim.state().token_issuing_requests(), 1);
 }
