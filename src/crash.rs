@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 static CRASH_AT: OnceLock<(String, usize)> = OnceLock::new();
 static REACHED: AtomicUsize = AtomicUsize::new(0);
+static PAUSE_AT: OnceLock<String> = OnceLock::new();
 
 /// Every checkpoint the code defines, so tests can iterate over all of them.
 pub const CHECKPOINTS: &[&str] = &[
@@ -38,8 +39,21 @@ pub fn arm(name: Option<String>) {
     }
 }
 
-/// Abort the process if the armed crash point is `name`.
+/// `RUNNER_MEDIC_PAUSE_AT`: at the checkpoint of that name the process stops itself (SIGSTOP),
+/// frozen exactly there, so that a test can kill it (SIGKILL) or change the world around it and
+/// let it go on (SIGCONT).
+pub fn arm_pause(name: Option<String>) {
+    if let Some(name) = name.filter(|n| !n.is_empty()) {
+        let _ = PAUSE_AT.set(name);
+    }
+}
+
+/// Abort the process if the armed crash point is `name`; stop it if the armed pause point is.
 pub fn checkpoint(name: &str) {
+    if PAUSE_AT.get().is_some_and(|armed| armed == name) {
+        tracing::warn!(checkpoint = name, "pause point reached, stopping");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
     let Some((armed, nth)) = CRASH_AT.get() else {
         return;
     };

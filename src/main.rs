@@ -77,6 +77,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     runner_medic::crash::arm(std::env::var("RUNNER_MEDIC_CRASH_AT").ok());
+    runner_medic::crash::arm_pause(std::env::var("RUNNER_MEDIC_PAUSE_AT").ok());
     let env = environment();
     runner_medic::logging::init(&cli.global, env.is_tty_stderr);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -39,6 +39,55 @@ fn unreachable(report: &Report) -> bool {
 /// The metrics of the last finished cycle; `None` until the first cycle ends.
 type Published = Arc<RwLock<Option<String>>>;
 
+/// With a fleet store: the watch that tells when another host published a token this host does
+/// not hold (`rotate::watch_fleet`), so that a cycle adopts it now instead of at the next timer.
+struct FleetWatch {
+    task: Option<tokio::task::JoinHandle<()>>,
+    news: Option<mpsc::Receiver<String>>,
+}
+
+impl FleetWatch {
+    fn start(settings: &Settings) -> Self {
+        if settings.fleet.store.is_none() {
+            return Self {
+                task: None,
+                news: None,
+            };
+        }
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(crate::rotate::watch_fleet(settings.clone(), tx));
+        Self {
+            task: Some(task),
+            news: Some(rx),
+        }
+    }
+
+    /// Forget the news a cycle about to start covers anyway.
+    fn drain(&mut self) {
+        if let Some(rx) = &mut self.news {
+            while rx.try_recv().is_ok() {}
+        }
+    }
+
+    /// The next runner another host published a token for; never, without a store.
+    async fn next(&mut self) -> String {
+        if let Some(rx) = &mut self.news {
+            if let Some(name) = rx.recv().await {
+                return name;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+impl Drop for FleetWatch {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
 /// Run until a shutdown signal. `reload` re-reads the settings on SIGHUP.
 pub async fn run(
     mut settings: Settings,
@@ -63,7 +112,9 @@ pub async fn run(
         jitter_s = settings.agent.jitter.as_secs(),
         "agent started"
     );
+    let mut watch = FleetWatch::start(&settings);
     loop {
+        watch.drain();
         let opts = RotateOptions {
             dry_run: false,
             scope: Scope::default(),
@@ -149,8 +200,8 @@ pub async fn run(
         if shutting_down {
             return Ok(last_report);
         }
-        if reload_pending {
-            apply_reload(&mut settings, &reload);
+        if reload_pending && apply_reload(&mut settings, &reload) {
+            watch = FleetWatch::start(&settings);
         }
         tracing::info!(next_in_s = next.as_secs(), "waiting for the next cycle");
         let sleep = tokio::time::sleep(next);
@@ -158,6 +209,10 @@ pub async fn run(
         loop {
             tokio::select! {
                 () = &mut sleep => break,
+                runner = watch.next() => {
+                    tracing::info!(runner = %runner, "another host published a new token; adopting it now");
+                    break;
+                }
                 s = signals.recv() => match s {
                     Some(Signal::Shutdown) | None => {
                         tracing::info!("agent stopping");
@@ -165,6 +220,7 @@ pub async fn run(
                     }
                     Some(Signal::Reload) => {
                         if apply_reload(&mut settings, &reload) {
+                            watch = FleetWatch::start(&settings);
                             break;
                         }
                     }

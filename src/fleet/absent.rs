@@ -22,6 +22,23 @@ pub struct Held {
     never: Infallible,
 }
 
+impl Held {
+    pub fn lease(&self) -> i64 {
+        match self.never {}
+    }
+}
+
+pub struct Watching {
+    never: Infallible,
+}
+
+#[allow(clippy::unused_async)]
+impl Watching {
+    pub async fn next(&mut self) -> Result<(String, Option<Published>), StoreError> {
+        match self.never {}
+    }
+}
+
 /// What the store holds for a runner now.
 pub struct Current {
     pub published: Option<Published>,
@@ -47,6 +64,12 @@ impl Store {
     }
     pub async fn release(&self, held: Held) {
         match held.never {}
+    }
+    pub async fn watch(&self) -> Result<Watching, StoreError> {
+        match self.never {}
+    }
+    pub async fn revoke(&self, _: i64) {
+        match self.never {}
     }
     pub async fn read(&self, _: &str) -> Result<Current, StoreError> {
         match self.never {}

@@ -4,13 +4,26 @@
 
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, LockOptions, TlsOptions,
-    Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, Identity, LockOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 
 use super::seal::{FleetKey, Published};
 use super::EtcdSettings;
+
+/// A call that reached no member able to answer (refused, reset, unavailable): another member
+/// may.
+fn member_down(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        // gRPC's UNAVAILABLE (14).
+        etcd_client::Error::GRpcStatus(status) => status.code() as i32 == 14,
+        _ => false,
+    }
+}
 
 /// The store could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +35,10 @@ fn failed(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 pub struct Store {
-    client: Client,
+    /// The member in use and its client; another when it stops answering.
+    active: std::sync::Mutex<(usize, Client)>,
+    members: Vec<String>,
+    options: ConnectOptions,
     prefix: String,
     key: FleetKey,
     lock_ttl: Duration,
@@ -30,11 +46,112 @@ pub struct Store {
     endpoints: String,
 }
 
-/// A runner's lock, held until [`Store::release`].
+/// How long one attempt against one member may take: a share of the timeout, so that a member
+/// that hangs leaves time for the others.
+fn per_member(timeout: Duration, members: usize) -> Duration {
+    (timeout / u32::try_from(members.max(1)).unwrap_or(1)).max(Duration::from_secs(1))
+}
+
+/// A client of the first member, from `start` on, that answers a read of `probe`.
+async fn connect_any(
+    members: &[String],
+    start: usize,
+    options: &ConnectOptions,
+    timeout: Duration,
+    probe: &str,
+) -> Result<(usize, Client), String> {
+    let mut last = String::from("no endpoint");
+    for k in 0..members.len() {
+        let i = (start + k) % members.len();
+        let endpoint = &members[i];
+        let attempt = async {
+            let mut client = Client::connect([endpoint], Some(options.clone())).await?;
+            client.get(probe, None).await?;
+            Ok::<_, etcd_client::Error>(client)
+        };
+        match tokio::time::timeout(per_member(timeout, members.len()), attempt).await {
+            Ok(Ok(client)) => return Ok((i, client)),
+            Ok(Err(e)) => last = format!("{endpoint}: {e}"),
+            Err(_) => last = format!("{endpoint}: no answer"),
+        }
+        tracing::debug!(error = %last, "an etcd member did not answer; trying the next");
+    }
+    Err(last)
+}
+
+/// A runner's lock, held until [`Store::release`]. Dropped without it (a run abandoned, a
+/// panic), it stops keeping its lease alive and asks etcd to revoke it, so that another host is
+/// not kept waiting by a process that lives on (the agent).
 pub struct Held {
     lock_key: Vec<u8>,
     lease: i64,
     keeper: tokio::task::JoinHandle<()>,
+    /// `Some` until released.
+    client: Option<Client>,
+}
+
+impl Held {
+    /// The lease the lock is held on.
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.keeper.abort();
+        if let Some(mut client) = self.client.take() {
+            let lease = self.lease;
+            tracing::warn!(
+                lease,
+                "a fleet lock was dropped without being released; revoking its lease"
+            );
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = client.lease_revoke(lease).await;
+                });
+            }
+        }
+    }
+}
+
+/// A watch on the tokens published for every runner under the prefix.
+pub struct Watching {
+    stream: WatchStream,
+    key: FleetKey,
+    pending: VecDeque<(String, Option<Published>)>,
+}
+
+impl Watching {
+    /// The next token published: its slot and record (`None`: a record this host's key does not
+    /// open). An error when the watch ended (etcd went away); watch again then.
+    pub async fn next(&mut self) -> Result<(String, Option<Published>), StoreError> {
+        loop {
+            if let Some(next) = self.pending.pop_front() {
+                return Ok(next);
+            }
+            let reply = match self.stream.message().await {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return Err(StoreError("etcd ended the watch".into())),
+                Err(e) => return Err(failed("etcd watch", e)),
+            };
+            if reply.canceled() {
+                return Err(StoreError(format!(
+                    "etcd cancelled the watch: {}",
+                    reply.cancel_reason()
+                )));
+            }
+            for event in reply.events() {
+                let Some(kv) = event.kv() else { continue };
+                if event.event_type() != EventType::Put || !kv.key().ends_with(b"/token") {
+                    continue;
+                }
+                let slot = String::from_utf8_lossy(kv.key()).into_owned();
+                let record = self.key.open(&slot, kv.value());
+                self.pending.push_back((slot, record));
+            }
+        }
+    }
 }
 
 /// What the store holds for a runner now.
@@ -71,49 +188,92 @@ impl Store {
             options = options.with_tls(tls);
         }
         let endpoints = settings.endpoints.join(",");
-        let client =
-            tokio::time::timeout(timeout, Client::connect(&settings.endpoints, Some(options)))
-                .await
-                .map_err(|_| {
-                    StoreError(format!(
-                        "etcd at {endpoints} did not answer within {}s",
-                        timeout.as_secs()
-                    ))
-                })?
-                .map_err(|e| failed(&format!("cannot connect to etcd at {endpoints}"), e))?;
-        let store = Self {
-            client,
+        // One read proves that a member answers.
+        let probe = format!("{}/version", settings.prefix);
+        let (at, client) = connect_any(&settings.endpoints, 0, &options, timeout, &probe)
+            .await
+            .map_err(|e| {
+                StoreError(format!(
+                    "cannot use etcd at {endpoints}: no member answered within {}s ({e})",
+                    timeout.as_secs()
+                ))
+            })?;
+        Ok(Self {
+            active: std::sync::Mutex::new((at, client)),
+            members: settings.endpoints.clone(),
+            options,
             prefix: settings.prefix.clone(),
             key: settings.key.clone(),
             lock_ttl: settings.lock_ttl,
             timeout,
             endpoints,
-        };
-        // The connection is made lazily: one read proves the store answers.
-        let probe = format!("{}/version", store.prefix);
-        store
-            .timed("read", store.client.clone().get(probe, None))
-            .await?;
-        Ok(store)
+        })
+    }
+
+    /// The client of the member in use, and which one it is.
+    fn client(&self) -> (usize, Client) {
+        let active = self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (active.0, active.1.clone())
+    }
+
+    /// Move to another member than `from`, when one answers.
+    async fn fail_over(&self, from: usize) -> bool {
+        if self.members.len() < 2 {
+            return false;
+        }
+        let probe = format!("{}/version", self.prefix);
+        match connect_any(&self.members, from + 1, &self.options, self.timeout, &probe).await {
+            Ok((at, client)) => {
+                tracing::warn!(from = %self.members[from], to = %self.members[at], "an etcd member stopped answering; using another");
+                *self
+                    .active
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = (at, client);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     pub fn endpoints(&self) -> &str {
         &self.endpoints
     }
 
-    async fn timed<T>(
-        &self,
-        what: &str,
-        call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(failed(&format!("etcd {what} at {}", self.endpoints), e)),
-            Err(_) => Err(StoreError(format!(
-                "etcd {what} at {} got no answer within {}s",
-                self.endpoints,
-                self.timeout.as_secs()
-            ))),
+    /// One call: one that finds its member down (refused, reset, unavailable, no answer in its
+    /// share of the timeout) is made again through another member, so that a cluster with a
+    /// member down still serves.
+    async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (at, client) = self.client();
+            let error =
+                match tokio::time::timeout(per_member(self.timeout, self.members.len()), f(client))
+                    .await
+                {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) if member_down(&e) => {
+                        failed(&format!("etcd {what} at {}", self.members[at]), e)
+                    }
+                    Ok(Err(e)) => {
+                        return Err(failed(&format!("etcd {what} at {}", self.endpoints), e))
+                    }
+                    Err(_) => StoreError(format!(
+                        "etcd {what} at {} got no answer within {}s",
+                        self.members[at],
+                        per_member(self.timeout, self.members.len()).as_secs()
+                    )),
+                };
+            if attempt >= self.members.len() || !self.fail_over(at).await {
+                return Err(error);
+            }
         }
     }
 
@@ -131,34 +291,85 @@ impl Store {
     /// on it. Waits for another host that holds it, at most `wait`.
     pub async fn lock(&self, slot: &str, wait: Duration) -> Result<Held, StoreError> {
         let ttl = i64::try_from(self.lock_ttl.as_secs()).unwrap_or(60);
-        let mut client = self.client.clone();
         let lease = self
-            .timed("lease", client.lease_grant(ttl, None))
+            .call(
+                "lease",
+                |mut c| async move { c.lease_grant(ttl, None).await },
+            )
             .await?
             .id();
         let (mut keeper, mut stream) = self
-            .timed("lease keep-alive", client.lease_keep_alive(lease))
+            .call("lease keep-alive", |mut c| async move {
+                c.lease_keep_alive(lease).await
+            })
             .await?;
         let every = self.lock_ttl / 3;
+        let members = self.members.clone();
+        let options = self.options.clone();
+        let timeout = self.timeout;
+        let probe = format!("{}/version", self.prefix);
         let keeper = tokio::spawn(async move {
+            let mut at = 0;
             loop {
                 tokio::time::sleep(every).await;
-                if keeper.keep_alive().await.is_err() {
-                    tracing::warn!(lease, "could not keep the fleet lock's lease alive");
-                    return;
-                }
-                if !matches!(stream.message().await, Ok(Some(_))) {
-                    tracing::warn!(lease, "the fleet lock's lease ended");
-                    return;
+                let answer = match keeper.keep_alive().await {
+                    Ok(()) => stream.message().await.ok().flatten(),
+                    Err(_) => None,
+                };
+                match answer {
+                    Some(r) if r.ttl() > 0 => {}
+                    Some(_) => {
+                        tracing::warn!(lease, "the fleet lock's lease ended");
+                        return;
+                    }
+                    // The member the keep-alive went to may be gone: keep it alive through
+                    // another; the lease lives on in the cluster meanwhile.
+                    None => {
+                        let renewed =
+                            match connect_any(&members, at + 1, &options, timeout, &probe).await {
+                                Ok((i, mut client)) => {
+                                    at = i;
+                                    client
+                                        .lease_keep_alive(lease)
+                                        .await
+                                        .map_err(|e| e.to_string())
+                                }
+                                Err(e) => Err(e),
+                            };
+                        match renewed {
+                            Ok((k, s)) => {
+                                keeper = k;
+                                stream = s;
+                            }
+                            Err(e) => {
+                                tracing::warn!(lease, error = %e, "could not keep the fleet lock's lease alive; trying again");
+                            }
+                        }
+                    }
                 }
             }
         });
         let name = Self::lock_name(slot);
-        let taken = tokio::time::timeout(
-            wait,
-            client.lock(name.clone(), Some(LockOptions::new().with_lease(lease))),
-        )
+        // Waiting for another host's lock is no member failing: the wait has a bound of its own.
+        let taken = tokio::time::timeout(wait, async {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let (at, mut c) = self.client();
+                match c
+                    .lock(name.clone(), Some(LockOptions::new().with_lease(lease)))
+                    .await
+                {
+                    Err(e)
+                        if member_down(&e)
+                            && attempt < self.members.len()
+                            && self.fail_over(at).await => {}
+                    other => return other,
+                }
+            }
+        })
         .await;
+        let (_, mut client) = self.client();
         let lock_key = match taken {
             Ok(Ok(r)) => r.key().to_vec(),
             Ok(Err(e)) => {
@@ -182,26 +393,70 @@ impl Store {
             lock_key,
             lease,
             keeper,
+            client: Some(client),
         })
     }
 
     /// Let go of a lock (and its lease). A failure only delays the next host by `lock_ttl`.
-    pub async fn release(&self, held: Held) {
-        let mut client = self.client.clone();
+    pub async fn release(&self, mut held: Held) {
         held.keeper.abort();
-        if let Err(e) = self.timed("unlock", client.unlock(held.lock_key)).await {
+        held.client = None;
+        let lock_key = std::mem::take(&mut held.lock_key);
+        let lease = held.lease;
+        if let Err(e) = self
+            .call("unlock", |mut c| {
+                let key = lock_key.clone();
+                async move { c.unlock(key).await }
+            })
+            .await
+        {
             tracing::warn!(error = %e, "could not release the fleet lock; it lapses with its lease");
         }
+        self.revoke(lease).await;
+    }
+
+    /// Watch every runner's published token (from now on).
+    pub async fn watch(&self) -> Result<Watching, StoreError> {
+        let prefix = format!("{}/runners/", self.prefix);
+        let mut stream = self
+            .call("watch", |mut c| {
+                let prefix = prefix.clone();
+                async move {
+                    c.watch(prefix, Some(WatchOptions::new().with_prefix()))
+                        .await
+                }
+            })
+            .await?;
+        // The first answer says the watch exists: from then on no publication is missed.
+        match tokio::time::timeout(self.timeout, stream.message()).await {
+            Ok(Ok(Some(reply))) if reply.created() => {}
+            _ => return Err(StoreError("etcd did not create the watch".into())),
+        }
+        Ok(Watching {
+            stream,
+            key: self.key.clone(),
+            pending: VecDeque::new(),
+        })
+    }
+
+    /// Revoke a lease (one a killed run of this host held its lock on): its lock goes with it.
+    pub async fn revoke(&self, lease: i64) {
         let _ = self
-            .timed("lease revoke", client.lease_revoke(held.lease))
+            .call("lease revoke", |mut c| async move {
+                c.lease_revoke(lease).await
+            })
             .await;
     }
 
     /// The published token of `slot`. A record this key does not open counts as none (and is
     /// logged): it is replaced by the next publication.
     pub async fn read(&self, slot: &str) -> Result<Current, StoreError> {
-        let mut client = self.client.clone();
-        let reply = self.timed("read", client.get(slot, None)).await?;
+        let reply = self
+            .call("read", |mut c| {
+                let slot = slot.to_string();
+                async move { c.get(slot, None).await }
+            })
+            .await?;
         let Some(kv) = reply.kvs().first() else {
             return Ok(Current {
                 published: None,
@@ -227,11 +482,14 @@ impl Store {
         revision: i64,
     ) -> Result<bool, StoreError> {
         let sealed = self.key.seal(slot, record);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(slot, CompareOp::Equal, revision)])
-            .and_then([TxnOp::put(slot, sealed, None)]);
-        let mut client = self.client.clone();
-        let reply = self.timed("publish", client.txn(txn)).await?;
+        let reply = self
+            .call("publish", |mut c| {
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(slot, CompareOp::Equal, revision)])
+                    .and_then([TxnOp::put(slot, sealed.clone(), None)]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
         Ok(reply.succeeded())
     }
 }

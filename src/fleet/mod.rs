@@ -11,7 +11,7 @@ mod etcd;
 mod etcd;
 mod seal;
 
-pub use etcd::{Current, Held, Store, StoreError};
+pub use etcd::{Current, Held, Store, StoreError, Watching};
 pub use seal::{FleetKey, KeyError, Published};
 
 /// `[fleet] store = "etcd"`, validated.

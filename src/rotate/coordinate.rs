@@ -8,12 +8,15 @@
 
 use std::time::Duration;
 
-use crate::diagnose::{parse_runner_url, url_key, Clients, Diagnosis, Finding, FindingCode};
+use crate::diagnose::{
+    parse_runner_url, read_system_id, url_key, Clients, Diagnosis, Finding, FindingCode,
+};
 use crate::fleet::{self, Held, Published, Store};
 use crate::report::{Action, Outcome, Report};
+use crate::runner_config::{ConfigFile, RunnerEntry};
 use crate::settings::Settings;
 
-use super::journal::{Journal, Step};
+use super::journal::{token_sha, FleetClaim, Journal, Step};
 use super::plan::PlanItem;
 
 /// A lock this run holds, for a token it is to obtain and publish.
@@ -39,6 +42,17 @@ fn lock_wait(settings: &Settings) -> Duration {
         .as_ref()
         .map_or(Duration::from_secs(60), |s| s.lock_ttl);
     (ttl * 5).max(Duration::from_secs(300))
+}
+
+/// The store's key of an entry's runner: per GitLab instance and runner id.
+fn slot_of(store: &Store, entry: &RunnerEntry) -> String {
+    let instance = entry
+        .url
+        .as_deref()
+        .and_then(|u| parse_runner_url(u).ok())
+        .map(|u| url_key(&u))
+        .unwrap_or_default();
+    store.slot(&instance, entry.id.unwrap_or_default())
 }
 
 fn leave(report: &mut Report, index: usize, why: String) {
@@ -73,14 +87,7 @@ pub(super) async fn coordinate(
         match Store::connect(store_settings, settings.request_timeout).await {
             Ok(store) => {
                 for index in wanted {
-                    let entry = &diagnosis.facts[index].entry;
-                    let instance = entry
-                        .url
-                        .as_deref()
-                        .and_then(|u| parse_runner_url(u).ok())
-                        .map(|u| url_key(&u))
-                        .unwrap_or_default();
-                    shared.push((store.slot(&instance, entry.id.unwrap_or_default()), index));
+                    shared.push((slot_of(&store, &diagnosis.facts[index].entry), index));
                 }
                 store
             }
@@ -254,10 +261,195 @@ impl Coordination {
         }
     }
 
+    /// What the journal keeps of the locks held, for a run that completes it after a crash.
+    pub(super) fn claims(&self) -> Vec<FleetClaim> {
+        self.pending
+            .iter()
+            .map(|p| FleetClaim {
+                index: p.index,
+                slot: p.slot.clone(),
+                revision: p.revision,
+                lease: p.held.lease(),
+            })
+            .collect()
+    }
+
     /// Let go of every lock.
     pub(super) async fn release(self: Box<Self>) {
         for p in self.pending {
             self.store.release(p.held).await;
         }
     }
+}
+
+/// The runner of this host's config.toml that `record`, just published at `slot`, is news for:
+/// a token this host does not hold, published by another host.
+fn news_for(
+    settings: &Settings,
+    store: &Store,
+    slot: &str,
+    record: Option<&Published>,
+) -> Option<String> {
+    let record = record?;
+    let config = ConfigFile::load(&settings.runner_config).ok()?;
+    if record.by.is_some() && record.by == read_system_id(&config) {
+        return None;
+    }
+    config
+        .runners()
+        .into_iter()
+        .filter(|e| e.id.is_some() && slot_of(store, e) == slot)
+        .find(|e| e.token.as_ref().is_none_or(|t| !t.same_as(&record.token)))
+        .map(|e| e.name)
+}
+
+/// The agent's watch on the fleet store: the name of a runner of this host is sent on `news`
+/// whenever another host publishes a token for it that this host does not hold, so that the
+/// agent adopts it within seconds rather than at its next timer. (Re)connecting, it also checks
+/// what was published while it was not watching. Returns when `news` is closed.
+pub async fn watch(settings: Settings, news: tokio::sync::mpsc::Sender<String>) {
+    let Some(store_settings) = settings.fleet.store.clone() else {
+        return;
+    };
+    let mut failures: u32 = 0;
+    loop {
+        let outcome: Result<(), fleet::StoreError> = Box::pin(async {
+            let store = Store::connect(&store_settings, settings.request_timeout).await?;
+            let mut watching = store.watch().await?;
+            tracing::info!(endpoints = store.endpoints(), "watching the fleet store for tokens other hosts publish");
+            failures = 0;
+            // What was published before the watch began.
+            if let Ok(config) = ConfigFile::load(&settings.runner_config) {
+                for entry in config.runners().iter().filter(|e| e.id.is_some()) {
+                    let slot = slot_of(&store, entry);
+                    let current = store.read(&slot).await?;
+                    if let Some(name) = news_for(&settings, &store, &slot, current.published.as_ref()) {
+                        if news.send(name).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            loop {
+                let (slot, record) = watching.next().await?;
+                if let Some(name) = news_for(&settings, &store, &slot, record.as_ref()) {
+                    tracing::info!(runner = %name, "another host published a new token for this runner");
+                    if news.send(name).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        })
+        .await;
+        match outcome {
+            Ok(()) => return,
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_secs(1u64 << failures.min(6));
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "the watch on the fleet store stopped; watching again");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// A run that held fleet locks ended (crashed, was killed) after GitLab issued tokens under them:
+/// publish each one still unwritten, if GitLab still accepts it and nothing was published since
+/// the lock was taken (compare-and-swap on that revision). One GitLab refuses was replaced by a
+/// newer token another host obtained after the dead run's lease lapsed: it is given up (dead, it
+/// is lost to no one), and this run adopts the newer one. Then the dead run's leases are revoked,
+/// so that hosts waiting for its locks go on at once.
+pub(super) async fn recover(settings: &Settings, journal: &mut Journal) {
+    let Some(store_settings) = settings.fleet.store.as_ref() else {
+        return;
+    };
+    let store = match Store::connect(store_settings, settings.request_timeout).await {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(error = %e, "the fleet store cannot be used: the token obtained before the interruption is written here but not published; the other hosts do not have it");
+            return;
+        }
+    };
+    let config = ConfigFile::load(&journal.config_path).ok();
+    let system_id = config.as_ref().and_then(read_system_id);
+    let entries = config.as_ref().map(ConfigFile::runners).unwrap_or_default();
+    let clients = Clients::new(settings, system_id.clone());
+    for claim in std::mem::take(&mut journal.fleet) {
+        let Some(e) = journal.entries.iter_mut().find(|e| {
+            e.index == claim.index
+                && e.step == Step::Obtained
+                && e.action != Action::Adopt
+                && e.new_token.is_some()
+        }) else {
+            store.revoke(claim.lease).await;
+            continue;
+        };
+        let Some(token) = e.new_token.clone() else {
+            continue;
+        };
+        // The entry of config.toml the token is for: the one holding the token it replaces.
+        let entry = entries
+            .iter()
+            .find(|r| {
+                r.token.as_ref().map(token_sha).is_some()
+                    && r.token.as_ref().map(token_sha) == e.old_token_sha256
+            })
+            .or_else(|| entries.get(e.index));
+        let Some(Ok(api)) = entry.and_then(|r| clients.for_entry(r)) else {
+            tracing::warn!(runner = %e.name, "cannot check the token obtained before the interruption (no usable url); not publishing it");
+            store.revoke(claim.lease).await;
+            continue;
+        };
+        let verdict = api.verify(&token).await.map(|_| ());
+        match verdict {
+            Ok(()) => {
+                let record = fleet::record(
+                    &token,
+                    e.new_expires_at,
+                    e.new_id.or(e.old_id).unwrap_or_default(),
+                    system_id.clone(),
+                );
+                let mut outcome = store.publish(&claim.slot, &record, claim.revision).await;
+                if matches!(outcome, Ok(false)) {
+                    // Published since: GitLab still takes this token, so what is there is older.
+                    outcome = match store.read(&claim.slot).await {
+                        Ok(now)
+                            if now
+                                .published
+                                .as_ref()
+                                .is_some_and(|p| p.token.same_as(&token)) =>
+                        {
+                            Ok(true)
+                        }
+                        Ok(now) => store.publish(&claim.slot, &record, now.revision).await,
+                        Err(err) => Err(err),
+                    };
+                }
+                match outcome {
+                    Ok(true) => {
+                        tracing::info!(runner = %e.name, "published the token obtained before the interruption for the other hosts");
+                    }
+                    Ok(false) => {
+                        tracing::error!(runner = %e.name, "could not publish the token obtained before the interruption: the record kept changing");
+                    }
+                    Err(err) => {
+                        tracing::error!(runner = %e.name, error = %err, "could not publish the token obtained before the interruption");
+                    }
+                }
+            }
+            Err(err) if matches!(err.status(), Some(401 | 403)) => {
+                tracing::warn!(runner = %e.name, "GitLab no longer accepts the token obtained before the interruption: another host obtained a newer one; it is adopted instead");
+                e.step = Step::Failed;
+                e.error = Some(
+                    "superseded: another host obtained a newer token after this run was interrupted"
+                        .into(),
+                );
+            }
+            Err(err) => {
+                tracing::warn!(runner = %e.name, error = %err, "cannot check the token obtained before the interruption; it is written here but not published");
+            }
+        }
+        store.revoke(claim.lease).await;
+    }
+    journal.keep();
 }

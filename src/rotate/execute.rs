@@ -110,8 +110,12 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
     // could not settle yet; it is carried into this run's journal so it is never dropped.
     let mut carried: Vec<JournalEntry> = Vec::new();
     if !opts.dry_run {
-        if let Some(journal) = Journal::load(&settings.journal_path())? {
+        if let Some(mut journal) = Journal::load(&settings.journal_path())? {
             tracing::warn!(journal = %journal.path().display(), "an unfinished rotation was found; completing it first");
+            // A token obtained under a fleet lock goes to the other hosts before it is written.
+            if !journal.fleet.is_empty() {
+                Box::pin(super::coordinate::recover(settings, &mut journal)).await;
+            }
             let mut scratch = Report::new("rotate", String::new(), None);
             commit(settings, journal, &mut scratch).await?;
             completed_service = scratch
@@ -215,17 +219,53 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         system_id.as_deref(),
     ))
     .await;
+    // Whatever happens next (an error included), every lock taken in the fleet store is let go
+    // before this run ends: another host goes on at once instead of after `lock_ttl`.
+    let carried_out = Box::pin(carry_out(
+        settings,
+        &diagnosis,
+        changes,
+        carried,
+        notes,
+        &mut report,
+        &mut coordination,
+        system_id.as_deref(),
+    ))
+    .await;
+    if let Some(c) = coordination {
+        Box::pin(c.release()).await;
+    }
+    if report.service.is_none() {
+        report.service = completed_service;
+    }
+    if let Some(hook_env) = carried_out? {
+        if let Some(post) = &settings.hooks.post {
+            if let Err(e) = hooks::run("post", post, &hook_env) {
+                tracing::warn!(error = %e, "post hook failed");
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Write, obtain, publish and commit the `changes`; `Some` when the post hook is due. Locks in
+/// `coordination` stay held: the caller lets go of them whatever this returns.
+#[allow(clippy::too_many_arguments)]
+async fn carry_out(
+    settings: &Settings,
+    diagnosis: &Diagnosis,
+    changes: Vec<PlanItem>,
+    carried: Vec<JournalEntry>,
+    notes: Vec<String>,
+    report: &mut Report,
+    coordination: &mut Option<Box<super::coordinate::Coordination>>,
+    system_id: Option<&str>,
+) -> Result<Option<HookEnv>, CouldNotRun> {
     if changes.is_empty() {
         for note in notes {
             tracing::info!("{note}");
         }
-        if report.service.is_none() {
-            report.service = completed_service;
-        }
-        if let Some(c) = coordination {
-            c.release().await;
-        }
-        return Ok(report);
+        return Ok(None);
     }
     let names: Vec<String> = changes.iter().map(|c| c.name.clone()).collect();
     let actions: Vec<String> = changes
@@ -249,10 +289,7 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
                 r.outcome = Some(Outcome::Failed);
                 r.error = Some(format!("not rotated: {e}"));
             }
-            if let Some(c) = coordination {
-                c.release().await;
-            }
-            return Ok(report);
+            return Ok(None);
         }
     }
 
@@ -347,17 +384,17 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
                 r.outcome = Some(Outcome::Failed);
                 r.error = Some(format!("not rotated: {why}"));
             }
-            if let Some(c) = coordination {
-                c.release().await;
-            }
-            return Ok(report);
+            return Ok(None);
         }
     };
-    let journal = Journal::new(&settings.journal_path(), &config.path, run_id, entries);
+    let mut journal = Journal::new(&settings.journal_path(), &config.path, run_id, entries);
+    if let Some(c) = coordination.as_ref() {
+        journal.fleet = c.claims();
+    }
     journal.save()?;
     crash::checkpoint("after-journal-planned");
 
-    let journal = obtain(settings, &diagnosis, journal, &reserve).await?;
+    let journal = obtain(settings, diagnosis, journal, &reserve).await?;
     drop(reserve);
     let not_requested = journal
         .entries
@@ -375,20 +412,10 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
         )));
     }
     if let Some(c) = coordination.as_mut() {
-        Box::pin(c.publish(&journal, &mut report, system_id.as_deref())).await;
+        Box::pin(c.publish(&journal, report, system_id)).await;
     }
-    let committed = commit(settings, journal, &mut report).await;
-    if let Some(c) = coordination {
-        c.release().await;
-    }
-    committed?;
-
-    if let Some(post) = &settings.hooks.post {
-        if let Err(e) = hooks::run("post", post, &hook_env) {
-            tracing::warn!(error = %e, "post hook failed");
-        }
-    }
-    Ok(report)
+    commit(settings, journal, report).await?;
+    Ok(Some(hook_env))
 }
 
 fn journal_dir(settings: &Settings) -> std::path::PathBuf {

@@ -87,6 +87,19 @@ fn de_token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RunnerToken>, D::E
     Ok(Option::<String>::deserialize(d)?.map(RunnerToken::new))
 }
 
+/// A token this run obtains under a lock of the fleet store: where it is to be published, and
+/// the lock it was obtained under, so that a run that completes the journal after a crash can
+/// publish it (compare-and-swap on `revision`) and let go of the dead run's lock (`lease`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetClaim {
+    /// The entry's `index`.
+    pub index: usize,
+    pub slot: String,
+    /// The record's revision when the lock was taken; 0: none.
+    pub revision: i64,
+    pub lease: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Journal {
     pub version: u32,
@@ -97,6 +110,9 @@ pub struct Journal {
     /// The service was stopped by this rotation and not yet started again.
     pub service_stopped: bool,
     pub backup: Option<PathBuf>,
+    /// Tokens to publish in the fleet store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fleet: Vec<FleetClaim>,
     #[serde(skip)]
     path: PathBuf,
     /// The last failed write of the journal, if any: the run carries on (config.toml is the
@@ -136,6 +152,7 @@ impl Journal {
             entries,
             service_stopped: false,
             backup: None,
+            fleet: Vec::new(),
             path: path.to_path_buf(),
             save_error: None,
             unconfirmed: false,

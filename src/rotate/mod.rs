@@ -12,5 +12,6 @@ pub use crate::diagnose::known;
 mod obtain;
 pub mod plan;
 
+pub use coordinate::watch as watch_fleet;
 pub use execute::{rotate, CouldNotRun, RotateOptions};
 pub use plan::{plan, Plan, PlanItem, Scope};

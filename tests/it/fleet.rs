@@ -176,7 +176,7 @@ fn a_reset_cuts_off_every_manager_of_the_runner_at_once() {
 }
 
 /// Another host that used `id`'s token `ago` before now.
-fn other_host(env: &TestEnv, id: u64, system_id: &str, ago: chrono::Duration) {
+pub fn other_host(env: &TestEnv, id: u64, system_id: &str, ago: chrono::Duration) {
     env.sim
         .state()
         .add_manager(id, system_id, Some(chrono::Utc::now() - ago));
@@ -366,6 +366,7 @@ impl Host {
             "RUNNER_MEDIC_SETTINGS",
             "RUNNER_MEDIC_METRICS_FILE",
             "RUNNER_MEDIC_CRASH_AT",
+            "RUNNER_MEDIC_PAUSE_AT",
             "RUNNER_MEDIC_FLEET_STORE",
             "RUNNER_MEDIC_FLEET_ENDPOINTS",
             "RUNNER_MEDIC_FLEET_PREFIX",
@@ -485,103 +486,10 @@ fn naming_the_runner_rotates_a_shared_token_on_that_host_only() {
 }
 
 #[cfg(feature = "fleet-etcd")]
-/// A real etcd (Debian's `etcd-server`, `/usr/bin/etcd`) on loopback ports with a temp data dir,
-/// stopped when dropped.
-pub struct Etcd {
-    pub dir: tempfile::TempDir,
-    pub url: String,
-    child: std::process::Child,
-}
-
-#[cfg(feature = "fleet-etcd")]
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-#[cfg(feature = "fleet-etcd")]
-impl Etcd {
-    pub fn start() -> Self {
-        let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("etcd is needed for the fleet tests: `apt-get install etcd-server` (.ci/test installs it)");
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-        let child = std::process::Command::new(bin)
-            .args(["--name", "medic-test"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("medic-test={peer_url}")])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("etcd starts");
-        let etcd = Self { dir, url, child };
-        let health = format!("{}/health", etcd.url);
-        let ready = (0..300).any(|_| {
-            let ok = reqwest::blocking::get(&health)
-                .ok()
-                .is_some_and(|r| r.status().is_success());
-            if !ok {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            ok
-        });
-        assert!(
-            ready,
-            "etcd did not become healthy: {}",
-            std::fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default()
-        );
-        etcd
-    }
-
-    /// Every byte etcd keeps on disk (its WAL and database).
-    pub fn disk_bytes(&self) -> Vec<u8> {
-        fn walk(dir: &std::path::Path, out: &mut Vec<u8>) {
-            for e in std::fs::read_dir(dir).unwrap().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else if let Ok(b) = std::fs::read(&p) {
-                    out.extend(b);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.dir.path().join("data"), &mut out);
-        out
-    }
-}
-
-#[cfg(feature = "fleet-etcd")]
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use crate::fleet_etcd::{free_port, Etcd};
 
 /// A fleet key file (64 hex characters, mode 0600) in `dir`.
-fn key_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
+pub fn key_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("fleet.key");
     let key: String = (0..32)
@@ -592,7 +500,7 @@ fn key_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
     path
 }
 
-fn fleet_settings(endpoint: &str, key: &std::path::Path) -> String {
+pub fn fleet_settings(endpoint: &str, key: &std::path::Path) -> String {
     format!(
         "\n[fleet]\nstore = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/medic-test\"\nencryption_key_file = \"{}\"\nlock_ttl = \"10s\"\n",
         key.display()
@@ -601,7 +509,7 @@ fn fleet_settings(endpoint: &str, key: &std::path::Path) -> String {
 
 #[cfg(feature = "fleet-etcd")]
 /// Run `args` on every host at once; the runs in host order.
-fn run_all(env: &TestEnv, hosts: &[Host], args: &[&str]) -> Vec<crate::harness::Run> {
+pub fn run_all(env: &TestEnv, hosts: &[Host], args: &[&str]) -> Vec<crate::harness::Run> {
     let children: Vec<std::process::Child> = hosts
         .iter()
         .map(|h| {

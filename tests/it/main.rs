@@ -14,6 +14,8 @@ mod custody;
 mod diagnose;
 mod fidelity;
 mod fleet;
+#[cfg(feature = "fleet-etcd")]
+mod fleet_etcd;
 mod gitlab_client;
 mod hostile;
 mod operations;
