@@ -117,7 +117,21 @@ impl Etcd {
         Self::launch(1, Some((files, client_certs)))
     }
 
+    /// Start `n` members and wait until each is healthy. Ports are picked free and then let go,
+    /// so another test can take one in between: a cluster that does not come up is started again
+    /// on fresh ports (three tries), and the last failure shows each member's log.
     fn launch(n: usize, tls: Option<(&TlsFiles, bool)>) -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_launch(n, tls) {
+                Ok(etcd) => return etcd,
+                Err(log) => last = log,
+            }
+        }
+        panic!("etcd did not become healthy three times: {last}");
+    }
+
+    fn try_launch(n: usize, tls: Option<(&TlsFiles, bool)>) -> Result<Self, String> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let cluster: Vec<String> = ports
@@ -185,13 +199,14 @@ impl Etcd {
                 }
                 ok
             });
-            assert!(
-                ready,
-                "etcd did not become healthy: {}",
-                std::fs::read_to_string(m.dir.path().join("etcd.log")).unwrap_or_default()
-            );
+            if !ready {
+                // Dropping `etcd` stops every member.
+                return Err(
+                    std::fs::read_to_string(m.dir.path().join("etcd.log")).unwrap_or_default()
+                );
+            }
         }
-        etcd
+        Ok(etcd)
     }
 
     /// Every member's client URL.
@@ -308,6 +323,35 @@ impl Etcd {
         if let Some(mut child) = self.members[i].child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
+        }
+    }
+
+    /// Wait until the members still running have a leader again (a linearizable read on one of
+    /// them answers): the election that follows a killed leader takes its own time, and a run
+    /// that meets it mid-election would test etcd's election timeout, not runner-medic.
+    pub fn wait_for_leader(&self) {
+        let m = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a running member");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = self
+                .http()
+                .post(format!("{}/v3/kv/range", m.client_url))
+                .json(&serde_json::json!({"key": "AA=="}))
+                .send()
+                .ok()
+                .is_some_and(|r| r.status().is_success());
+            if ok {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster found no leader again"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -866,6 +910,8 @@ fn a_three_member_cluster_keeps_coordinating_with_a_member_killed_mid_run() {
     let mut a = Background::spawn(cmd, env.dir.path(), "holder");
     a.wait_stopped();
     etcd.kill(0);
+    // The first endpoint host 0 knows is gone; the two left are a majority once they elect.
+    etcd.wait_for_leader();
     a.signal(nix::sys::signal::Signal::SIGCONT);
     let run = a.finish();
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);

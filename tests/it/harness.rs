@@ -235,8 +235,7 @@ impl TestEnv {
         }
         if self.use_admin {
             let token_file = self.dir.path().join("admin-token");
-            std::fs::write(&token_file, &self.admin_token).unwrap();
-            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            replace_file(&token_file, self.admin_token.as_bytes(), 0o600);
             text.push_str(&format!(
                 "gitlab_url = \"{}\"\nadmin_token_file = \"{}\"\n",
                 self.url(),
@@ -247,7 +246,7 @@ impl TestEnv {
         if !self.extra_settings.contains("[service]") {
             text.push_str("\n[service]\nmanager = \"none\"\n");
         }
-        std::fs::write(&self.settings, text).unwrap();
+        replace_file(&self.settings, text.as_bytes(), 0o644);
     }
 
     /// The binary with this environment's config and settings, and nothing from the caller's env.
@@ -455,4 +454,15 @@ pub fn wait_polling_with(env: &TestEnv, token: &str) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     false
+}
+
+/// Write `path` whole by renaming a finished file into place, so that a run started a moment
+/// earlier (two runs spawned together, each writing the settings) never reads a half-written one.
+pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) {
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
