@@ -102,6 +102,14 @@ pub enum Idempotency {
 }
 
 impl RetryPolicy {
+    /// The exponential wait before attempt `attempt + 1` (0-based), before jitter: the base
+    /// delay doubled per attempt, capped at the maximum.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        self.base_delay
+            .saturating_mul(2u32.saturating_pow(attempt))
+            .min(self.max_delay)
+    }
+
     /// The wait before attempt `attempt + 1`, or `None` to give up with `err`. The caller still
     /// checks the wait against `max_total` (not for 429) and takes it from the budget.
     pub fn next_delay(&self, attempt: u32, err: &Error, kind: Idempotency) -> Option<Duration> {
@@ -136,10 +144,7 @@ impl RetryPolicy {
         {
             return Some(*after);
         }
-        let exp = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(attempt))
-            .min(self.max_delay);
+        let exp = self.backoff(attempt);
         let jittered = rand::thread_rng().gen_range(exp / 2..=exp);
         Some(jittered)
     }

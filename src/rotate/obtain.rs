@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use futures::StreamExt;
 
+use super::creation::{assign_more_projects, find_by_tag};
 use super::custody::{self, Reserve};
 use super::journal::{Journal, JournalEntry, Shared, Step};
 use crate::crash;
@@ -37,6 +38,34 @@ fn audit(
         user,
         "token rotated"
     );
+}
+
+/// Why no new token was obtained for a runner.
+#[derive(Debug)]
+enum ObtainError {
+    /// Nothing changed at GitLab, or what changed is known: the runner's rotation failed.
+    Failed(String),
+    /// A creation that may have happened although no answer came back: it stays `Requesting`
+    /// in the journal and is settled by its tag (see `creation`) before anything is retried.
+    Uncertain(String),
+}
+
+impl ObtainError {
+    fn failed(e: impl std::fmt::Display) -> Self {
+        Self::Failed(e.to_string())
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Self::Failed(m) | Self::Uncertain(m) => m,
+        }
+    }
+
+    fn into_message(self) -> String {
+        match self {
+            Self::Failed(m) | Self::Uncertain(m) => m,
+        }
+    }
 }
 
 /// How the error of a runner left alone because the run's deadline passed begins.
@@ -103,22 +132,20 @@ pub(super) async fn obtain(
                 return Ok(());
             }
             let facts = &diagnosis.facts[entry.index];
-            // Err carries the message and whether the outcome is uncertain (a creation that may
-            // have happened although no answer came back).
-            let result: Result<TokenGrant, (String, bool)> = match entry.action {
+            let result: Result<TokenGrant, ObtainError> = match entry.action {
                 Action::Renew => {
                     let url = facts.entry.url.as_deref().and_then(|u| parse_runner_url(u).ok());
                     match (url, &facts.entry.token) {
                         (Some(url), Some(token)) => match clients.for_url(&url, tls_files(&facts.entry)) {
                             Ok(api) => renew_once(&api, token, admin.as_deref().filter(|_| facts.admin_usable), entry.old_id, &settings.retry).await,
-                            Err(e) => Err((e.to_string(), false)),
+                            Err(e) => Err(ObtainError::failed(e)),
                         },
-                        _ => Err(("the entry has no usable url or token".into(), false)),
+                        _ => Err(ObtainError::failed("the entry has no usable url or token")),
                     }
                 }
                 Action::Reset => match (&admin, entry.old_id) {
-                    (Some(admin), Some(id)) => admin.reset_token(id).await.map(|r| r.value).map_err(|e| (e.to_string(), false)),
-                    _ => Err(("no privileged access or no runner id".into(), false)),
+                    (Some(admin), Some(id)) => admin.reset_token(id).await.map(|r| r.value).map_err(ObtainError::failed),
+                    _ => Err(ObtainError::failed("no privileged access or no runner id")),
                 },
                 Action::Recreate => match &admin {
                     Some(admin) => {
@@ -128,9 +155,9 @@ pub(super) async fn obtain(
                         let params = tagged(entry.create.clone().unwrap_or_else(|| CreateRunner::instance(Some(entry.name.clone()))), &entry);
                         create_once(admin, &params, &entry, &settings.retry).await
                     }
-                    None => Err(("no privileged access".into(), false)),
+                    None => Err(ObtainError::failed("no privileged access")),
                 },
-                _ => Err(("nothing to obtain".into(), false)),
+                _ => Err(ObtainError::failed("nothing to obtain")),
             };
             crash::checkpoint("after-token-obtained");
             // GitLab's answer is checked before it goes anywhere: garbage is never written over
@@ -150,13 +177,13 @@ pub(super) async fn obtain(
                         e.step = Step::Obtained;
                         e.new_token.clone().map(|t| (e.name.clone(), e.action, t, e.new_id))
                     }
-                    Err((err, uncertain)) => {
-                        tracing::error!(runner = %e.name, action = e.action.as_str(), error = %err, "could not obtain a new token");
-                        e.error = Some(err);
+                    Err(err) => {
+                        tracing::error!(runner = %e.name, action = e.action.as_str(), error = %err.message(), "could not obtain a new token");
                         // An uncertain creation stays `Requesting`: the next run looks for it by tag.
-                        if !uncertain {
+                        if let ObtainError::Failed(_) = err {
                             e.step = Step::Failed;
                         }
+                        e.error = Some(err.into_message());
                         None
                     }
                 }
@@ -198,7 +225,7 @@ async fn checked(
     admin: Option<&AdminApi>,
     old_id: Option<u64>,
     clients: &Clients,
-) -> Result<TokenGrant, (String, bool)> {
+) -> Result<TokenGrant, ObtainError> {
     let old = facts.entry.token.as_ref();
     let Err(why) = custody::validate_token(&grant.token, old) else {
         return Ok(grant);
@@ -221,16 +248,14 @@ async fn checked(
         _ => false,
     };
     if old_works {
-        return Err((
-            format!("{why}; the old token still works and stays in config.toml"),
-            false,
-        ));
+        return Err(ObtainError::Failed(format!(
+            "{why}; the old token still works and stays in config.toml"
+        )));
     }
     let (Some(admin), Some(id)) = (admin.filter(|_| facts.admin_usable), grant.id.or(old_id))
     else {
-        return Err((
+        return Err(ObtainError::Failed(
             format!("{why}; the old token no longer works: rotate with a privileged token (`--admin-token-file`) to recover"),
-            false,
         ));
     };
     match admin.reset_token(id).await {
@@ -244,16 +269,14 @@ async fn checked(
                     tracing::warn!(runner = %facts.entry.name, id, "recovered from a bad answer with a privileged reset");
                     Ok(again)
                 }
-                Err(twice) => Err((
+                Err(twice) => Err(ObtainError::Failed(
                     format!("{why}; a privileged reset of runner {id} answered no usable token either ({twice}); nothing was written"),
-                    false,
                 )),
             }
         }
-        Err(e) => Err((
-            format!("{why}; a privileged reset of runner {id} to recover failed: {e}; nothing was written"),
-            false,
-        )),
+        Err(e) => Err(ObtainError::Failed(format!(
+            "{why}; a privileged reset of runner {id} to recover failed: {e}; nothing was written"
+        ))),
     }
 }
 
@@ -291,31 +314,6 @@ fn tagged(mut params: CreateRunner, entry: &JournalEntry) -> CreateRunner {
     params
 }
 
-/// Assign a recreated project runner to the projects besides its first one, as the old runner
-/// was (`POST /projects/:id/runners`). A failure is logged: the runner works for the projects it
-/// has, and a person can assign the rest.
-async fn assign_more_projects(admin: &AdminApi, runner: u64, params: Option<&CreateRunner>) {
-    let Some(params) = params else { return };
-    for &project in &params.more_project_ids {
-        match admin.assign_to_project(project, runner).await {
-            Ok(()) => tracing::info!(
-                runner,
-                project,
-                "assigned the recreated runner to a project"
-            ),
-            // Already assigned (a second settling of the same creation).
-            Err(e) if e.status() == Some(400) && e.to_string().contains("taken") => {}
-            Err(e) => tracing::warn!(
-                runner,
-                project,
-                error = %e,
-                fix = %format!("assign it by hand: `POST /api/v4/projects/{project}/runners` with `runner_id={runner}` (needs the `api` scope), or in the project's CI/CD settings"),
-                "could not assign the recreated runner to one of its projects"
-            ),
-        }
-    }
-}
-
 /// Renew with the runner's own token. A self-reset is not idempotent (the old token dies the
 /// moment it commits), so after a failure that leaves the outcome open, the old token is checked
 /// with `verify` first: still valid means nothing happened and the renew is tried again; refused
@@ -327,7 +325,7 @@ async fn renew_once(
     admin: Option<&AdminApi>,
     id: Option<u64>,
     retry: &crate::gitlab::RetryPolicy,
-) -> Result<TokenGrant, (String, bool)> {
+) -> Result<TokenGrant, ObtainError> {
     let mut attempt = 0;
     loop {
         let e = match api.reset_own_token(token).await {
@@ -336,36 +334,31 @@ async fn renew_once(
         };
         let open = e.is_transport() || e.status().is_some_and(|s| s == 429 || s >= 500);
         if !open {
-            return Err((e.to_string(), false));
+            return Err(ObtainError::failed(e));
         }
         match api.verify(token).await {
             Ok(_) if attempt + 1 < retry.max_attempts => {
-                let delay = retry
-                    .base_delay
-                    .saturating_mul(2u32.saturating_pow(attempt))
-                    .min(retry.max_delay);
+                let delay = retry.backoff(attempt);
                 tracing::warn!(error = %e, "renewal failed and did not happen; trying again");
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }
-            Ok(_) => return Err((e.to_string(), false)),
+            Ok(_) => return Err(ObtainError::failed(e)),
             Err(v) if v.status() == Some(403) => {
                 return match (admin, id) {
                     (Some(admin), Some(id)) => {
                         tracing::warn!(id, "the renewal happened but its answer was lost; recovering with a privileged reset");
-                        admin.reset_token(id).await.map(|r| r.value).map_err(|e| (e.to_string(), false))
+                        admin.reset_token(id).await.map(|r| r.value).map_err(ObtainError::failed)
                     }
-                    _ => Err((
+                    _ => Err(ObtainError::Failed(
                         format!("{e}; GitLab reset the token but the answer was lost: a privileged token is needed to recover (`runner-medic rotate` with `--admin-token-file`)"),
-                        false,
                     )),
                 };
             }
             Err(v) => {
-                return Err((
-                    format!("{e}; and the old token could not be checked: {v}"),
-                    false,
-                ))
+                return Err(ObtainError::Failed(format!(
+                    "{e}; and the old token could not be checked: {v}"
+                )))
             }
         }
     }
@@ -378,7 +371,7 @@ async fn create_once(
     params: &CreateRunner,
     entry: &JournalEntry,
     retry: &crate::gitlab::RetryPolicy,
-) -> Result<TokenGrant, (String, bool)> {
+) -> Result<TokenGrant, ObtainError> {
     let mut attempt = 0;
     loop {
         match admin.create_runner(params).await {
@@ -391,88 +384,30 @@ async fn create_once(
             Err(e) => {
                 let open = e.is_transport() || e.status().is_some_and(|s| s == 429 || s >= 500);
                 if !open {
-                    return Err((e.to_string(), false));
+                    return Err(ObtainError::failed(e));
                 }
                 match find_by_tag(admin, entry).await {
                     Ok(Some(grant)) => return Ok(grant),
                     Ok(None) if attempt + 1 < retry.max_attempts => {
-                        let delay = retry
-                            .base_delay
-                            .saturating_mul(2u32.saturating_pow(attempt))
-                            .min(retry.max_delay);
+                        let delay = retry.backoff(attempt);
                         tracing::warn!(runner = %entry.name, error = %e, "creation failed and did not happen; trying again");
                         tokio::time::sleep(delay).await;
                         attempt += 1;
                     }
                     // Looked and it is not there: a certain failure, unless the last try got no answer.
-                    Ok(None) => return Err((e.to_string(), e.is_transport())),
+                    Ok(None) if e.is_transport() => {
+                        return Err(ObtainError::Uncertain(e.to_string()))
+                    }
+                    Ok(None) => return Err(ObtainError::failed(e)),
                     Err(lookup) => {
-                        return Err((
-                            format!(
-                                "{e}; and the runner list could not be read to check: {lookup}"
-                            ),
-                            true,
-                        ))
+                        return Err(ObtainError::Uncertain(format!(
+                            "{e}; and the runner list could not be read to check: {lookup}"
+                        )))
                     }
                 }
             }
         }
     }
-}
-
-/// The runner created with this entry's tag, given a fresh token, if it exists.
-pub(super) async fn find_by_tag(
-    admin: &AdminApi,
-    entry: &JournalEntry,
-) -> Result<Option<TokenGrant>, String> {
-    let Some(tag) = entry.creation_tag.clone() else {
-        return Ok(None);
-    };
-    let create = entry.create.as_ref();
-    let runner_type = create.map(|c| c.runner_type.as_str());
-    // `GET /runners/all` is for administrators only; a group's Owner or a project's Maintainer
-    // reads the group's or the project's list (GitLab `lib/api/ci/runners.rb`).
-    let list = match (
-        runner_type,
-        create.and_then(|c| c.group_id),
-        create.and_then(|c| c.project_id),
-    ) {
-        (Some("group_type"), Some(group), _) => admin.group_runners(group, runner_type).await,
-        (Some("project_type"), _, Some(project)) => {
-            admin.project_runners(project, runner_type).await
-        }
-        _ => admin.all_runners(runner_type).await,
-    }
-    .map_err(|e| e.to_string())?;
-    let wanted = entry.create.as_ref().and_then(|c| c.description.clone());
-    for candidate in list
-        .iter()
-        .rev()
-        .filter(|r| wanted.is_none() || r.description == wanted)
-    {
-        let details = admin
-            .runner(candidate.id)
-            .await
-            .map_err(|e| e.to_string())?;
-        if details
-            .value
-            .maintenance_note
-            .as_deref()
-            .is_some_and(|n| n.contains(&tag))
-        {
-            tracing::info!(runner = %entry.name, id = candidate.id, "found the runner an interrupted creation made; using it");
-            let grant = admin
-                .reset_token(candidate.id)
-                .await
-                .map_err(|e| e.to_string())?;
-            assign_more_projects(admin, candidate.id, create).await;
-            return Ok(Some(TokenGrant {
-                id: Some(candidate.id),
-                ..grant.value
-            }));
-        }
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
