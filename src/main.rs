@@ -193,7 +193,9 @@ async fn run(cli: Cli, env: Environment) -> ExitCode {
     match result {
         // The agent's own status is its clean shutdown; each cycle recorded itself and its
         // findings live in logs and metrics.
-        Ok(report) if report.command == "agent" => ExitCode::SUCCESS,
+        Ok(report) if report.command == runner_medic::report::ReportCommand::Agent => {
+            ExitCode::SUCCESS
+        }
         Ok(report) => {
             render(&report, settings.output, settings.color);
             let status = report.exit_status();

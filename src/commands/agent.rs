@@ -106,7 +106,11 @@ pub async fn run(
         .and_then(|p| fs_err::read_to_string(p).ok())
         .unwrap_or_default();
     let mut failures: u32 = 0;
-    let mut last_report = Report::new("agent", settings.runner_config.display().to_string(), None);
+    let mut last_report = Report::new(
+        crate::report::ReportCommand::Agent,
+        settings.runner_config.display().to_string(),
+        None,
+    );
     tracing::info!(
         interval_s = settings.agent.interval.as_secs(),
         jitter_s = settings.agent.jitter.as_secs(),
@@ -170,7 +174,7 @@ pub async fn run(
                 );
                 let down = unreachable(&report);
                 last_report = report;
-                last_report.command = "agent";
+                last_report.command = crate::report::ReportCommand::Agent;
                 if down {
                     failures += 1;
                     backoff(failures, settings.agent.interval)
@@ -444,7 +448,7 @@ mod tests {
         ))
         .await
         .unwrap();
-        assert_eq!(report.command, "agent");
+        assert_eq!(report.command, crate::report::ReportCommand::Agent);
         assert_eq!(reloads.load(Ordering::SeqCst), 1);
     }
 }

@@ -222,7 +222,7 @@ impl Clock {
 /// so stopping it midway loses nothing. Err is the report of a run that ran out of time.
 pub async fn diagnose_by_deadline(
     settings: &Settings,
-    command: &'static str,
+    command: crate::report::ReportCommand,
     force: bool,
 ) -> Result<Diagnosis, Report> {
     let deadline = tokio::time::Instant::from_std(settings.deadline());
@@ -253,7 +253,7 @@ pub async fn diagnose(settings: &Settings) -> Diagnosis {
 /// so whether it is shared is asked for every runner, not only for dead and expiring ones.
 pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
     let mut report = Report::new(
-        "diagnose",
+        crate::report::ReportCommand::Diagnose,
         settings.runner_config.display().to_string(),
         settings.gitlab_url.as_ref().map(url_key),
     );

@@ -220,7 +220,7 @@ fn summary(report: &Report) -> String {
     if host_errors > 0 {
         let _ = write!(s, "; {host_errors} host/credential error(s)");
     }
-    if report.command == "rotate" {
+    if report.command == super::ReportCommand::Rotate {
         let count = |o: Outcome| {
             report
                 .runners

@@ -195,9 +195,9 @@ impl RunnerReport {
     }
 
     /// The runner's status at the end of a run of `command` (see [`RunnerStatus`]).
-    pub fn status(&self, command: &str) -> RunnerStatus {
+    pub fn status(&self, command: ReportCommand) -> RunnerStatus {
         let worst = self.worst();
-        if command == "rotate" {
+        if command == ReportCommand::Rotate {
             match (self.action, self.outcome) {
                 (_, Some(Outcome::Failed)) => RunnerStatus::Broken,
                 (Some(Action::Manual), _) => RunnerStatus::NeedsPerson,
@@ -251,12 +251,38 @@ pub struct ServiceReport {
     pub reloaded: Option<bool>,
 }
 
+/// The command a report comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportCommand {
+    Diagnose,
+    Rotate,
+    // An agent cycle (a diagnose and rotate).
+    Agent,
+}
+
+impl ReportCommand {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Diagnose => "diagnose",
+            Self::Rotate => "rotate",
+            Self::Agent => "agent",
+        }
+    }
+}
+
+impl std::fmt::Display for ReportCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The report of `diagnose` and `rotate` (`--output json`), as docs/reference.md describes it.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Report {
     pub version: u32,
-    pub command: &'static str,
+    pub command: ReportCommand,
     pub dry_run: bool,
     pub runner_config: String,
     pub gitlab_url: Option<String>,
@@ -288,7 +314,7 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(command: &'static str, runner_config: String, gitlab_url: Option<String>) -> Self {
+    pub fn new(command: ReportCommand, runner_config: String, gitlab_url: Option<String>) -> Self {
         Self {
             version: 1,
             command,
@@ -319,7 +345,7 @@ impl Report {
                 .runners
                 .iter()
                 .any(|r| r.status(self.command).is_broken())
-            || (self.command == "rotate"
+            || (self.command == ReportCommand::Rotate
                 && self.service.as_ref().is_some_and(|s| s.error.is_some()));
         if broken {
             ExitStatus::StillBroken
@@ -387,7 +413,7 @@ mod tests {
         Finding::error(FindingCode::TokenExpired, "expired", "rotate")
     }
 
-    fn report(command: &'static str, runners: Vec<RunnerReport>) -> Report {
+    fn report(command: ReportCommand, runners: Vec<RunnerReport>) -> Report {
         let mut r = Report::new(command, "config.toml".into(), None);
         r.runners = runners;
         r
@@ -396,9 +422,12 @@ mod tests {
     #[test]
     fn a_rotated_runner_is_fixed_and_the_run_healthy() {
         let r = runner(vec![expired()], Some(Action::Reset), Some(Outcome::Done));
-        assert_eq!(r.status("rotate"), RunnerStatus::Fixed);
-        assert_eq!(r.status("diagnose"), RunnerStatus::Broken);
-        assert_eq!(report("rotate", vec![r]).exit_status(), ExitStatus::Healthy);
+        assert_eq!(r.status(ReportCommand::Rotate), RunnerStatus::Fixed);
+        assert_eq!(r.status(ReportCommand::Diagnose), RunnerStatus::Broken);
+        assert_eq!(
+            report(ReportCommand::Rotate, vec![r]).exit_status(),
+            ExitStatus::Healthy
+        );
     }
 
     #[test]
@@ -418,9 +447,9 @@ mod tests {
             ),
             (runner(vec![expired()], None, None), RunnerStatus::Broken),
         ] {
-            assert_eq!(r.status("rotate"), status);
+            assert_eq!(r.status(ReportCommand::Rotate), status);
             assert_eq!(
-                report("rotate", vec![r]).exit_status(),
+                report(ReportCommand::Rotate, vec![r]).exit_status(),
                 ExitStatus::StillBroken
             );
         }
@@ -437,8 +466,8 @@ mod tests {
             Some(Action::None),
             None,
         );
-        assert_eq!(warned.status("rotate"), RunnerStatus::Warning);
-        let mut r = report("diagnose", vec![warned]);
+        assert_eq!(warned.status(ReportCommand::Rotate), RunnerStatus::Warning);
+        let mut r = report(ReportCommand::Diagnose, vec![warned]);
         assert_eq!(r.exit_status(), ExitStatus::Healthy);
         r.findings
             .push(Finding::error(FindingCode::ClockSkew, "clock", "ntp"));
@@ -448,8 +477,8 @@ mod tests {
     #[test]
     fn a_dry_run_plan_that_fixes_everything_is_healthy() {
         let r = runner(vec![expired()], Some(Action::Reset), Some(Outcome::Planned));
-        assert_eq!(r.status("rotate"), RunnerStatus::Planned);
-        let mut rep = report("rotate", vec![r]);
+        assert_eq!(r.status(ReportCommand::Rotate), RunnerStatus::Planned);
+        let mut rep = report(ReportCommand::Rotate, vec![r]);
         rep.dry_run = true;
         assert_eq!(rep.exit_status(), ExitStatus::Healthy);
     }

@@ -15,7 +15,7 @@ use crate::crash;
 use crate::diagnose::{diagnose_by_deadline, read_system_id, Diagnosis};
 use crate::diagnose::{Finding, FindingCode};
 use crate::fs;
-use crate::report::{Action, Outcome, Report};
+use crate::report::{Action, Outcome, Report, ReportCommand};
 use crate::runner_config::Credentials;
 use crate::secret::RunnerToken;
 use crate::settings::Settings;
@@ -116,7 +116,7 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             if !journal.fleet.is_empty() {
                 Box::pin(super::coordinate::recover(settings, &mut journal)).await;
             }
-            let mut scratch = Report::new("rotate", String::new(), None);
+            let mut scratch = Report::new(ReportCommand::Rotate, String::new(), None);
             commit(settings, journal, &mut scratch).await?;
             completed_service = scratch
                 .service
@@ -127,17 +127,18 @@ pub async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<Report,
             carried = journal.entries;
         }
     }
-    let mut diagnosis = match diagnose_by_deadline(settings, "rotate", opts.scope.force).await {
-        Ok(diagnosis) => diagnosis,
-        Err(report) => return Ok(report),
-    };
+    let mut diagnosis =
+        match diagnose_by_deadline(settings, ReportCommand::Rotate, opts.scope.force).await {
+            Ok(diagnosis) => diagnosis,
+            Err(report) => return Ok(report),
+        };
     check_runner_names(&diagnosis, &opts.scope)?;
     if !opts.dry_run {
         diagnosis.known.save(settings);
     }
     let plan = plan(&diagnosis, settings, &opts.scope, &diagnosis.known);
     let mut report = diagnosis.report.clone();
-    report.command = "rotate";
+    report.command = ReportCommand::Rotate;
     report.dry_run = opts.dry_run;
     for item in &plan.items {
         let r = &mut report.runners[item.index];

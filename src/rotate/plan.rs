@@ -466,7 +466,11 @@ mod tests {
             .unwrap();
             let config = ConfigFile::load(&path).unwrap();
             let entry = config.runners().remove(0);
-            let mut report = Report::new("rotate", path.display().to_string(), Some(URL.into()));
+            let mut report = Report::new(
+                crate::report::ReportCommand::Rotate,
+                path.display().to_string(),
+                Some(URL.into()),
+            );
             report.findings = self.host_findings.clone();
             report.runners.push(RunnerReport {
                 name: entry.name.clone(),
