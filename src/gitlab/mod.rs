@@ -1,4 +1,7 @@
 //! Talking to GitLab: one concrete client over reqwest, typed failure classes, retries.
+//! `http` is the transport (TLS as gitlab-runner builds it in `tls`, the send loop with its
+//! retries and rate-limit pacing in `retry` and `pace`, capped reads); `client` the calls; `api`
+//! the shapes of GitLab's answers; `url` the normalisation of runner URLs.
 //!
 //! Two entry points keep the privileged token where it belongs: [`RunnerApi`] sends only the
 //! runner's own token, to the runner's `url`; [`AdminApi`] is built only from an
