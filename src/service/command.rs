@@ -58,6 +58,12 @@ pub const HOOK_VARS: &[&str] = &[
 /// command, never inherited.
 pub const SUPERVISOR_VARS: &[&str] = &["RC_SVCNAME"];
 
+/// Variables of runner-medic's own environment that the docker/podman backend sets on the
+/// engine's commands, and on no other child: where podman keeps its configuration and storage
+/// (an operator who runs podman with its own `containers.conf` sets them for runner-medic too).
+/// Like [`SUPERVISOR_VARS`], they pass only when set on the command.
+pub const CONTAINER_VARS: &[&str] = &["CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF"];
+
 /// PATH for a child when runner-medic's own environment has none (init scripts need one).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -95,9 +101,9 @@ pub fn scrub_environment(cmd: &mut Command) -> Vec<String> {
         kept(&key, &value, passed_on(&key), cmd);
     }
     for (key, value) in explicit {
-        let hook_var = key
-            .to_str()
-            .is_some_and(|k| HOOK_VARS.contains(&k) || SUPERVISOR_VARS.contains(&k));
+        let hook_var = key.to_str().is_some_and(|k| {
+            HOOK_VARS.contains(&k) || SUPERVISOR_VARS.contains(&k) || CONTAINER_VARS.contains(&k)
+        });
         kept(&key, &value, hook_var || passed_on(&key), cmd);
     }
     if !cmd.get_envs().any(|(k, v)| k == "PATH" && v.is_some()) {

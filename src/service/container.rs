@@ -1,25 +1,73 @@
-//! A container (docker or podman): SIGQUIT so gitlab-runner drains its jobs, a bounded wait,
-//! then `stop`; `start`; `inspect` for the state.
+//! A container (docker or podman) that runs gitlab-runner, under the engine's restart policy.
+//!
+//! - reload: `kill --signal HUP` (gitlab-runner in the container re-reads config.toml);
+//! - stop: `kill --signal QUIT` so gitlab-runner finishes its jobs, a wait (up to the stop
+//!   timeout) for that process to exit, then `stop`. The `stop` matters: podman restarts a
+//!   container whose process exits after a `kill` when its policy is `always` or
+//!   `unless-stopped` (docker does too when the signal is not the container's stop signal);
+//!   `stop` marks the container stopped by the user, so the engine does not start it again, and
+//!   stops a process the policy already started (it has just started, with no job yet);
+//! - start: `start`; status: `inspect`.
+//!
+//! The engine's CLI is `docker`/`podman` from PATH, or `[service] container_cli`. It finds its
+//! engine through `DOCKER_HOST` and friends (passed on to every child) and, for podman,
+//! `CONTAINERS_CONF` / `CONTAINERS_STORAGE_CONF`: taken from runner-medic's own environment and
+//! set on the engine's commands only ([`CONTAINER_VARS`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::command::{argv, run_ok};
+use super::command::{argv, run_with_env, Output, CONTAINER_VARS};
 use super::{Error, ManagerKind, ServiceManager, ServiceState};
 
+/// How long a `stop` after the drained exit may take (the process it stops has no job).
+const STOP_SECS: u64 = 10;
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Container {
+    kind: ManagerKind,
     cli: String,
     name: String,
     timeout: Duration,
     hard_stop: bool,
+    env: Vec<(String, String)>,
+}
+
+/// What `inspect` says about the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// `.State.Status`: `running`, `exited`, `created`, `restarting`, `paused`, `stopping`, …
+    pub status: String,
+    pub pid: Option<u32>,
+    /// `.State.StartedAt`: changes when the engine starts the process again.
+    pub started_at: String,
+}
+
+impl Inspected {
+    /// Running, or about to run again (`restarting`: docker's policy will start it).
+    pub fn running(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "running" | "restarting" | "paused" | "stopping"
+        )
+    }
 }
 
 impl Container {
-    pub fn new(cli: String, name: String, timeout: Duration) -> Self {
+    /// `kind` is [`ManagerKind::Docker`] or [`ManagerKind::Podman`]; `cli` its command (a name
+    /// on PATH or a path).
+    pub fn new(kind: ManagerKind, cli: String, name: String, timeout: Duration) -> Self {
+        let env = CONTAINER_VARS
+            .iter()
+            .filter_map(|k| Some(((*k).to_string(), std::env::var(k).ok()?)))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
         Self {
+            kind,
             cli,
             name,
             timeout,
             hard_stop: false,
+            env,
         }
     }
 
@@ -29,11 +77,18 @@ impl Container {
         self.hard_stop = hard_stop;
         self
     }
-    pub fn stop_argv(&self) -> Vec<Vec<String>> {
-        vec![
-            argv(&[&self.cli, "kill", "--signal", "QUIT", &self.name]),
-            argv(&[&self.cli, "stop", "--time", "10", &self.name]),
-        ]
+
+    pub fn kill_argv(&self, signal: &str) -> Vec<String> {
+        argv(&[&self.cli, "kill", "--signal", signal, &self.name])
+    }
+    pub fn stop_argv(&self) -> Vec<String> {
+        argv(&[
+            &self.cli,
+            "stop",
+            "--time",
+            &STOP_SECS.to_string(),
+            &self.name,
+        ])
     }
     pub fn start_argv(&self) -> Vec<String> {
         argv(&[&self.cli, "start", &self.name])
@@ -43,55 +98,144 @@ impl Container {
             &self.cli,
             "inspect",
             "--format",
-            "{{.State.Running}} {{.State.Pid}}",
+            "{{.State.Status}} {{.State.Pid}} {{.State.StartedAt}}",
             &self.name,
         ])
     }
+
+    fn run(&self, argv: &[String], timeout: Duration) -> Result<Output, Error> {
+        run_with_env(argv, &self.env, timeout)
+    }
+
+    fn run_ok(&self, argv: &[String], timeout: Duration) -> Result<Output, Error> {
+        let output = self.run(argv, timeout)?;
+        if output.success() {
+            return Ok(output);
+        }
+        Err(Error::Failed {
+            argv: argv.join(" "),
+            code: output.code,
+            stderr: if output.stderr.trim().is_empty() {
+                output.stdout.trim().to_string()
+            } else {
+                output.stderr.trim().to_string()
+            },
+        })
+    }
+
+    pub fn inspect(&self) -> Result<Inspected, Error> {
+        let out = self.run_ok(&self.status_argv(), STATUS_TIMEOUT)?;
+        parse_inspect(&out.stdout).ok_or_else(|| Error::Failed {
+            argv: self.status_argv().join(" "),
+            code: out.code,
+            stderr: format!("unexpected output: {}", out.stdout.trim()),
+        })
+    }
+
+    /// `stop`, then check that the container is stopped. podman's `stop` fails (exit 125) when
+    /// the restart its policy attempted after the drained exit failed; the container is stopped
+    /// all the same, and what counts is that it is.
+    fn stop_now(&self) -> Result<(), Error> {
+        let stopped = self.run_ok(
+            &self.stop_argv(),
+            Duration::from_secs(STOP_SECS) + STATUS_TIMEOUT,
+        );
+        let now = self.inspect()?;
+        match stopped {
+            _ if !now.running() => {
+                if let Err(e) = stopped {
+                    tracing::debug!(service = %self.name, error = %e, "stopped, though `stop` failed");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::StateNotReached {
+                name: self.name.clone(),
+                state: "running",
+                secs: STOP_SECS,
+            }),
+        }
+    }
 }
 
-pub fn parse_inspect(text: &str) -> ServiceState {
-    let mut words = text.split_whitespace();
-    match words.next() {
-        Some("true") => ServiceState::Running {
-            pid: words.next().and_then(|p| p.parse().ok()).filter(|p| *p > 0),
-        },
-        Some("false") => ServiceState::Stopped,
-        _ => ServiceState::Unknown(text.trim().to_string()),
+/// `STATUS PID STARTED_AT` (podman's StartedAt has spaces: the rest of the line).
+pub fn parse_inspect(text: &str) -> Option<Inspected> {
+    let line = text.lines().next()?.trim();
+    let mut parts = line.splitn(3, ' ');
+    let status = parts.next()?.to_string();
+    let pid = parts.next()?.parse::<u32>().ok()?;
+    let started_at = parts.next().unwrap_or_default().to_string();
+    if status.is_empty() || !status.chars().all(|c| c.is_ascii_lowercase()) {
+        return None;
     }
+    Some(Inspected {
+        status,
+        pid: Some(pid).filter(|p| *p > 0),
+        started_at,
+    })
 }
 
 impl ServiceManager for Container {
     fn kind(&self) -> ManagerKind {
-        if self.cli == "podman" {
-            ManagerKind::Podman
-        } else {
-            ManagerKind::Docker
-        }
+        self.kind
     }
     fn name(&self) -> &str {
         &self.name
     }
     fn stop(&self) -> Result<(), Error> {
-        let cmds = self.stop_argv();
-        super::graceful_stop(self, &cmds[0], &cmds[1], self.timeout, self.hard_stop)
+        let before = self.inspect()?;
+        if !before.running() {
+            return Ok(());
+        }
+        // SIGQUIT: gitlab-runner finishes its running jobs, then exits. A failed kill (the
+        // process exited meanwhile) is seen by the wait below.
+        let _ = self.run(&self.kill_argv("QUIT"), STATUS_TIMEOUT);
+        let waited = Instant::now();
+        loop {
+            let now = self.inspect()?;
+            // The process that got SIGQUIT is gone: stopped, or started again by the policy.
+            if !now.running() || now.started_at != before.started_at || now.pid != before.pid {
+                break;
+            }
+            if waited.elapsed() >= self.timeout {
+                if self.hard_stop {
+                    tracing::warn!(
+                        service = %self.name,
+                        "jobs did not drain in time, stopping hard (hard_stop = true)"
+                    );
+                    return self.stop_now();
+                }
+                tracing::warn!(
+                    service = %self.name,
+                    "jobs are still running after the stop timeout; not stopping hard (hard_stop = false)"
+                );
+                return Err(Error::StateNotReached {
+                    name: self.name.clone(),
+                    state: "running",
+                    secs: self.timeout.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Drained. `stop` keeps the restart policy from starting it again (or stops what it
+        // started a moment ago).
+        self.stop_now()
     }
     fn start(&self) -> Result<(), Error> {
-        run_ok(&self.start_argv(), self.timeout).map(|_| ())
+        self.run_ok(&self.start_argv(), self.timeout).map(|_| ())
     }
     fn status(&self) -> Result<ServiceState, Error> {
-        let out = run_ok(&self.status_argv(), Duration::from_secs(10))?;
-        Ok(parse_inspect(&out.stdout))
+        let now = self.inspect()?;
+        Ok(if now.running() {
+            ServiceState::Running { pid: now.pid }
+        } else {
+            ServiceState::Stopped
+        })
     }
-    /// `docker kill --signal HUP`: gitlab-runner in the container reloads config.toml.
+    /// `kill --signal HUP`: gitlab-runner in the container reloads config.toml.
     fn reload(&self) -> Result<bool, Error> {
-        let argv = vec![
-            self.cli.clone(),
-            "kill".into(),
-            "--signal".into(),
-            "HUP".into(),
-            self.name.clone(),
-        ];
-        run_ok(&argv, self.timeout).map(|_| true)
+        self.run_ok(&self.kill_argv("HUP"), STATUS_TIMEOUT)
+            .map(|_| true)
     }
 }
 
@@ -102,19 +246,30 @@ mod tests {
     #[test]
     fn command_lines_and_inspect() {
         let c = Container::new(
+            ManagerKind::Docker,
             "docker".into(),
             "gitlab-runner".into(),
             Duration::from_secs(1),
         );
         assert_eq!(
-            c.stop_argv()[0].join(" "),
+            c.kill_argv("QUIT").join(" "),
             "docker kill --signal QUIT gitlab-runner"
         );
-        assert_eq!(c.start_argv().join(" "), "docker start gitlab-runner");
         assert_eq!(
-            parse_inspect("true 4321\n"),
-            ServiceState::Running { pid: Some(4321) }
+            c.stop_argv().join(" "),
+            "docker stop --time 10 gitlab-runner"
         );
-        assert_eq!(parse_inspect("false 0\n"), ServiceState::Stopped);
+        assert_eq!(c.start_argv().join(" "), "docker start gitlab-runner");
+        // docker 20.10
+        let docker = parse_inspect("running 4321 2026-11-25T16:17:39.219871407Z\n").unwrap();
+        assert!(docker.running());
+        assert_eq!(docker.pid, Some(4321));
+        // podman 4.3 (StartedAt with spaces)
+        let podman = parse_inspect("exited 0 2026-11-25 16:18:03.188352686 +0000 UTC\n").unwrap();
+        assert!(!podman.running());
+        assert_eq!(podman.pid, None);
+        assert_eq!(podman.started_at, "2026-11-25 16:18:03.188352686 +0000 UTC");
+        assert!(parse_inspect("restarting 0 x").unwrap().running());
+        assert_eq!(parse_inspect("Error: no such object"), None);
     }
 }

@@ -107,7 +107,9 @@ pub struct ServiceSettings {
     pub reload_timeout: std::time::Duration,
     pub init_dir: std::path::PathBuf,
     pub gitlab_runner_bin: std::path::PathBuf,
-    pub container_cli: String,
+    /// The docker or podman command for those managers (a name on PATH or a path); `None`:
+    /// `docker` or `podman`.
+    pub container_cli: Option<String>,
 }
 
 /// `restart = reload | always | when-needed | never`.
@@ -228,12 +230,13 @@ pub fn choose(settings: &ServiceSettings, root: &Path) -> Chosen {
             settings.gitlab_runner_bin.clone(),
             timeout,
         )),
-        ManagerKind::Docker => Box::new(
-            Container::new("docker".into(), name, timeout).with_hard_stop(settings.hard_stop),
-        ),
-        ManagerKind::Podman => Box::new(
-            Container::new("podman".into(), name, timeout).with_hard_stop(settings.hard_stop),
-        ),
+        ManagerKind::Docker | ManagerKind::Podman => {
+            let cli = settings
+                .container_cli
+                .clone()
+                .unwrap_or_else(|| kind.as_str().to_string());
+            Box::new(Container::new(kind, cli, name, timeout).with_hard_stop(settings.hard_stop))
+        }
         ManagerKind::None | ManagerKind::Auto => Box::new(NoManager),
     };
     Chosen { manager, reason }

@@ -103,7 +103,8 @@ pub struct ServiceFile {
     pub init_dir: Option<PathBuf>,
     /// The `gitlab-runner` binary for the `gitlab-runner` manager (default: from PATH).
     pub gitlab_runner_bin: Option<PathBuf>,
-    /// `docker` or `podman` for the container manager.
+    /// The command of the `docker`/`podman` manager: a name on PATH or a path (default
+    /// `docker` or `podman`, after the manager).
     pub container_cli: Option<String>,
 }
 
@@ -192,10 +193,7 @@ impl ServiceFile {
                 .gitlab_runner_bin
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("gitlab-runner")),
-            container_cli: self
-                .container_cli
-                .clone()
-                .unwrap_or_else(|| "docker".into()),
+            container_cli: self.container_cli.clone(),
         })
     }
 }

@@ -8,8 +8,11 @@
 //! The tests need root and the supervisors' packages; a missing one fails the test with the
 //! package to install (`.ci/test` installs them all).
 
+mod container;
+mod docker;
 mod host;
 mod openrc;
+mod podman;
 mod systemd;
 
 use std::path::Path;
@@ -96,6 +99,10 @@ pub trait Supervised {
     fn break_start(&self, broken: bool);
     /// What the supervisor says about a failed start (one of them must be in the report).
     fn failed_start_words(&self) -> &'static [&'static str];
+    /// Whether `auto` detects this supervisor (containers are named in the settings).
+    fn auto_detected(&self) -> bool {
+        true
+    }
 }
 
 /// `settings.toml`'s `[service]` for these tests: detection left to runner-medic.
@@ -162,7 +169,7 @@ pub fn scenario(sup: &dyn Supervised, env: &TestEnv, runner: &Entry) -> Passed {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let service = &run.json()["service"];
     assert_eq!(service["manager"], sup.kind(), "{service}");
-    passed.detect = true;
+    passed.detect = sup.auto_detected();
     assert_eq!(service["reloaded"], true, "{service}");
     assert_eq!(service["stopped"], false, "{service}");
     assert!(
