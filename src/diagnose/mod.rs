@@ -62,6 +62,12 @@ impl RunnerFacts {
     pub fn shared(&self) -> bool {
         self.sharing.as_ref().is_some_and(sharing::Sharing::shared)
     }
+
+    /// Shared, or not known not to be (no privileged token, a GitLab without the managers
+    /// endpoint): a host with a fleet store treats such a token as shared.
+    pub fn maybe_shared(&self) -> bool {
+        self.sharing.as_ref().is_none_or(sharing::Sharing::shared)
+    }
 }
 
 pub struct Diagnosis {

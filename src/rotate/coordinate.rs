@@ -63,7 +63,8 @@ fn leave(report: &mut Report, index: usize, why: String) {
     r.error = Some(why);
 }
 
-/// Coordinate the shared tokens among `changes`. Those left alone (the store is unreachable, a
+/// Coordinate the shared tokens among `changes`, and those whose sharing GitLab could not tell
+/// (a host with a store is in a fleet: when in doubt, the store decides). Those left alone (the store is unreachable, a
 /// lock could not be had) are taken out of `changes` and reported `manual`; adopted ones stay in
 /// `changes` with the action `adopt`.
 pub(super) async fn coordinate(
@@ -78,7 +79,7 @@ pub(super) async fn coordinate(
     let store = {
         let wanted: Vec<usize> = changes
             .iter()
-            .filter(|c| diagnosis.facts[c.index].shared() && c.old_id.is_some())
+            .filter(|c| diagnosis.facts[c.index].maybe_shared() && c.old_id.is_some())
             .map(|c| c.index)
             .collect();
         if wanted.is_empty() {
@@ -105,7 +106,7 @@ pub(super) async fn coordinate(
                         format!("not changed: the fleet store cannot be used ({e})"),
                     );
                 }
-                changes.retain(|c| !diagnosis.facts[c.index].shared() || c.old_id.is_none());
+                changes.retain(|c| !diagnosis.facts[c.index].maybe_shared() || c.old_id.is_none());
                 return None;
             }
         }

@@ -134,27 +134,33 @@ impl Container {
 
     /// `stop`, then check that the container is stopped. podman's `stop` fails (exit 125) when
     /// the restart its policy attempted after the drained exit failed; the container is stopped
-    /// all the same, and what counts is that it is.
+    /// all the same, and what counts is that it is. A restart the policy had under way when
+    /// `stop` ran can still bring the container up right after it: `stop` is then run again
+    /// (a few times at most; the process it stops was started a moment ago and has no job).
     fn stop_now(&self) -> Result<(), Error> {
-        let stopped = self.run_ok(
-            &self.stop_argv(),
-            Duration::from_secs(STOP_SECS) + STATUS_TIMEOUT,
-        );
-        let now = self.inspect()?;
-        match stopped {
-            _ if !now.running() => {
+        const ATTEMPTS: usize = 3;
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            let stopped = self.run_ok(
+                &self.stop_argv(),
+                Duration::from_secs(STOP_SECS) + STATUS_TIMEOUT,
+            );
+            let now = self.inspect()?;
+            if !now.running() {
                 if let Err(e) = stopped {
                     tracing::debug!(service = %self.name, error = %e, "stopped, though `stop` failed");
                 }
-                Ok(())
+                return Ok(());
             }
-            Err(e) => Err(e),
-            Ok(_) => Err(Error::StateNotReached {
-                name: self.name.clone(),
-                state: "running",
-                secs: STOP_SECS,
-            }),
+            tracing::debug!(service = %self.name, attempt, status = %now.status, "running again after `stop` (its restart policy); stopping it again");
+            last = stopped.err();
+            std::thread::sleep(Duration::from_millis(500));
         }
+        Err(last.unwrap_or(Error::StateNotReached {
+            name: self.name.clone(),
+            state: "running",
+            secs: STOP_SECS,
+        }))
     }
 }
 

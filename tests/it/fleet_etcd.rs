@@ -1037,3 +1037,34 @@ fn etcd_with_authentication() {
     assert_eq!(action(&run, "other"), "manual");
     assert_eq!(env.sim.state().token_issuing_requests(), 1);
 }
+
+/// A GitLab without the managers endpoint cannot say whether a token is shared. A host with a
+/// fleet store configured is in a fleet, so such a token goes through the store all the same:
+/// one host resets it, the others adopt it, and none cuts another off.
+#[test]
+fn with_a_store_a_token_whose_sharing_is_unknown_is_still_coordinated() {
+    let etcd = Etcd::start();
+    let env = TestEnv::new();
+    let e = env.expired("build");
+    let key = key_file(env.dir.path(), 0o600);
+    let hosts = fleet(&env, &e, 3, &fleet_settings(&etcd.url, &key));
+    env.sim.state().managers_endpoint = false;
+    let mut actions = Vec::new();
+    for h in &hosts {
+        let run = h.run(&env, &["rotate", "--output", "json"]);
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        assert_eq!(
+            run.runner("build")["shared"],
+            false,
+            "not known to be shared"
+        );
+        actions.push(action(&run, "build"));
+    }
+    assert_eq!(actions, vec!["reset", "adopt", "adopt"]);
+    let new = hosts[0].token("build");
+    for h in &hosts {
+        assert_eq!(h.token("build"), new);
+    }
+    assert!(env.token_works(&new));
+    assert_eq!(env.sim.state().token_issuing_requests(), 1);
+}
