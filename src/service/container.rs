@@ -1,6 +1,7 @@
 //! A container (docker or podman) that runs gitlab-runner, under the engine's restart policy.
 //!
-//! - reload: `kill --signal HUP` (gitlab-runner in the container re-reads config.toml);
+//! - reload: SIGHUP (gitlab-runner in the container re-reads config.toml): `podman kill
+//!   --signal HUP`, `docker exec NAME sh -c 'kill -HUP 1'` (see [`Container::reload_argv`]);
 //! - stop: `kill --signal QUIT` so gitlab-runner finishes its jobs, a wait (up to the stop
 //!   timeout) for that process to exit, then `stop`. The `stop` matters: podman restarts a
 //!   container whose process exits after a `kill` when its policy is `always` or
@@ -80,6 +81,14 @@ impl Container {
 
     pub fn kill_argv(&self, signal: &str) -> Vec<String> {
         argv(&[&self.cli, "kill", "--signal", signal, &self.name])
+    }
+    /// The command that sends gitlab-runner SIGHUP (why it differs per engine: see `reload`).
+    pub fn reload_argv(&self) -> Vec<String> {
+        if self.kind == ManagerKind::Docker {
+            argv(&[&self.cli, "exec", &self.name, "sh", "-c", "kill -HUP 1"])
+        } else {
+            self.kill_argv("HUP")
+        }
     }
     pub fn stop_argv(&self) -> Vec<String> {
         argv(&[
@@ -238,9 +247,14 @@ impl ServiceManager for Container {
             ServiceState::Stopped
         })
     }
-    /// `kill --signal HUP`: gitlab-runner in the container reloads config.toml.
+    /// SIGHUP to gitlab-runner in the container: it reloads config.toml. podman: `kill --signal
+    /// HUP`. docker: from inside the container (`exec NAME sh -c 'kill -HUP 1'`), because
+    /// `docker kill` with any signal docker counts as fatal (SIGHUP is one) disables the
+    /// container's restart policy until its next start (docker-kill(1)): a gitlab-runner that
+    /// crashed later would stay down. A failure (an image without `sh`) is reported; the file is
+    /// then picked up by gitlab-runner's own re-read, confirmed, or the service restarted.
     fn reload(&self) -> Result<bool, Error> {
-        self.run_ok(&self.kill_argv("HUP"), STATUS_TIMEOUT)
+        self.run_ok(&self.reload_argv(), STATUS_TIMEOUT)
             .map(|_| true)
     }
 }

@@ -293,3 +293,41 @@ pub fn unmount_under(dir: &Path) {
         let _ = sh(&["umount", "-l", &p], false);
     }
 }
+
+/// A reload must leave the container's restart policy in force: after one, gitlab-runner
+/// crashing (its process killed from the host) is started again by the engine. (`docker kill`
+/// with SIGHUP would have disabled docker's policy until the next start.)
+pub fn reload_keeps_the_restart_policy(runner: &Runner, env: &TestEnv) {
+    let run = runner_medic_reload(runner, env);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["service"]["reloaded"], true, "{}", run.stdout);
+    let inspect = |what: &str| {
+        runner
+            .engine_ok(&["inspect", "--format", what, NAME])
+            .trim()
+            .to_string()
+    };
+    let (pid, started) = (inspect("{{.State.Pid}}"), inspect("{{.State.StartedAt}}"));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if inspect("{{.State.Status}}") == "running" && inspect("{{.State.StartedAt}}") != started {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "docker did not start the crashed container again: {} (restart count {})",
+            inspect("{{.State.Status}}"),
+            inspect("{{.RestartCount}}")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A rotation that only reloads: `--force` renews the runner's working token.
+fn runner_medic_reload(runner: &Runner, env: &TestEnv) -> crate::harness::Run {
+    super::Supervised::medic(runner, env, &["rotate", "--force", "--output", "json"])
+}

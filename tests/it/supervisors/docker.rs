@@ -164,6 +164,7 @@ fn docker_private_dockerd() {
         assert_eq!(docker.runner.state(), "always running");
         super::scenario(&docker.runner, &env, &runner);
         assert_eq!(docker.runner.state(), "always running");
+        super::container::reload_keeps_the_restart_policy(&docker.runner, &env);
     }
     host.assert_unchanged();
 }

@@ -100,6 +100,7 @@ fn podman_rootful_with_runc() {
         super::scenario(&podman.runner, &env, &runner);
         // The graceful stop left the restart policy as it was.
         assert_eq!(podman.runner.state(), "always running");
+        super::container::reload_keeps_the_restart_policy(&podman.runner, &env);
     }
     host.assert_unchanged();
 }
