@@ -276,6 +276,20 @@ mod tests {
             "docker kill --signal QUIT gitlab-runner"
         );
         assert_eq!(
+            c.reload_argv().join(" "),
+            "docker exec gitlab-runner sh -c kill -HUP 1"
+        );
+        let p = Container::new(
+            ManagerKind::Podman,
+            "podman".into(),
+            "gitlab-runner".into(),
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            p.reload_argv().join(" "),
+            "podman kill --signal HUP gitlab-runner"
+        );
+        assert_eq!(
             c.stop_argv().join(" "),
             "docker stop --time 10 gitlab-runner"
         );
