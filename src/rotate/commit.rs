@@ -102,7 +102,21 @@ pub(super) async fn commit(
     }
     report.service = Some(service.report);
     journal_findings(report, &journal);
-    finish_or_keep(settings, journal)
+    let path = journal.path().to_path_buf();
+    if let Err(e) = finish_or_keep(settings, journal) {
+        // The work is done and config.toml holds it; only the record of it could not be put
+        // away. The next run finds it and completes it again, which changes nothing.
+        tracing::error!(error = %e.message, "could not finish the journal");
+        report.findings.push(Finding::error(
+            FindingCode::JournalUnwritable,
+            format!("the finished journal could not be removed: {}", e.message),
+            format!(
+                "make the state directory writable; the next run finds `{}` and completes it again, asking GitLab for nothing",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn load_for_write(journal: &Journal) -> Result<ConfigFile, CouldNotRun> {

@@ -151,9 +151,19 @@ pub(super) async fn obtain(
                     Some(admin) => {
                         // On disk before the request: an uncertain outcome is then looked for by tag.
                         let ((), change) = shared.change(|j| j.entries[slot].step = Step::Requesting).await;
-                        shared.durable(change).await?;
-                        let params = tagged(entry.create.clone().unwrap_or_else(|| CreateRunner::instance(Some(entry.name.clone()))), &entry);
-                        create_once(admin, &params, &entry, &settings.retry).await
+                        match shared.durable(change).await {
+                            Ok(()) => {
+                                let params = tagged(entry.create.clone().unwrap_or_else(|| CreateRunner::instance(Some(entry.name.clone()))), &entry);
+                                create_once(admin, &params, &entry, &settings.retry).await
+                            }
+                            // Not asked: a creation whose outcome could not be settled later must
+                            // not start. The task ends normally, so the journal, with the tokens
+                            // other tasks obtained, goes on to be written to config.toml.
+                            Err(e) => {
+                                tracing::error!(runner = %entry.name, error = %e, "the journal could not be written; not creating a runner");
+                                Err(ObtainError::Failed(format!("not recreated: the journal could not be written ({e}); nothing was asked of GitLab")))
+                            }
+                        }
                     }
                     None => Err(ObtainError::failed("no privileged access")),
                 },

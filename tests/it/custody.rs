@@ -748,3 +748,44 @@ fn a_crash_right_after_a_batch_of_tokens_is_saved_loses_none_of_them() {
         resets_again
     );
 }
+
+/// The journal becomes unwritable after the plan is saved: a reset gets its token (kept in
+/// memory, reported), and the creation that must be on disk before it is asked for is not asked
+/// for. The run must still write the reset's token into config.toml; ending the whole run on
+/// the creation's failed save would lose a token GitLab issued.
+#[test]
+fn a_journal_that_fails_before_a_creation_still_lets_the_issued_tokens_be_written() {
+    let mut env = TestEnv::new();
+    let entries = [env.revoked("r0"), env.deleted("r1")];
+    env.write_config(&entries);
+    env.extra_settings
+        .push_str("[templates.r1]\nrunner_type = \"instance_type\"\n");
+    let mut cmd = env.command(&["rotate", "--output", "json"]);
+    cmd.env("RUNNER_MEDIC_PAUSE_AT", "after-journal-planned");
+    let mut run = crate::fleet_etcd::Background::spawn(cmd, env.dir.path(), "rotate");
+    run.wait_stopped();
+    let journal = env.state.join("journal");
+    assert!(Command::new("chattr")
+        .arg("+i")
+        .arg(&journal)
+        .status()
+        .unwrap()
+        .success());
+    run.signal(nix::sys::signal::Signal::SIGCONT);
+    let run = run.finish();
+    let _ = Command::new("chattr").arg("-i").arg(&journal).status();
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(resets(&env), 1);
+    assert_eq!(
+        env.sim.state().requests_to("POST", "/api/v4/user/runners"),
+        0,
+        "no creation without its record on disk"
+    );
+    let token = crate::harness::token_in(&env.config, "r0");
+    assert_ne!(token, entries[0].token);
+    assert_eq!(env.sim.state().runner_by_token(&token), entries[0].id);
+    assert!(run.runner("r1")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("journal could not be written"));
+}
