@@ -114,6 +114,20 @@ impl Restart {
                 // The tokens must still be written: gitlab-runner re-reads the file itself.
                 tracing::error!(error = %e, "could not stop the service; writing config.toml anyway");
                 self.report.error = Some(format!("stop failed: {e}"));
+                // A stop can fail after gitlab-runner already drained and exited (a step after
+                // the signal failed). Unless the service is known to run, it is started after the
+                // write, as a stopped one is: a start of a running service changes nothing, a
+                // service left down takes no job.
+                let m = self.manager.clone();
+                let state = tokio::task::spawn_blocking(move || m.status())
+                    .await
+                    .unwrap_or_else(|e| Ok(service::ServiceState::Unknown(e.to_string())));
+                if !matches!(state, Ok(service::ServiceState::Running { .. })) {
+                    tracing::warn!(service = %self.manager.name(), state = ?state, "the service may be down after the failed stop; it is started after the write");
+                    self.stopped_at = Some(Instant::now());
+                    journal.service_stopped = true;
+                    journal.keep();
+                }
             }
         }
     }

@@ -19,21 +19,16 @@ use super::Error;
 use crate::secret::is_secret_value;
 
 /// Inherited variables passed on to every child: where programs are, language and time zone,
-/// the home directory; and where a container engine or a user's service manager listens (the
-/// docker, podman and `systemctl --user` backends need them; none carries a credential).
+/// the home directory; and where a user's service manager listens (`systemctl --user`; none
+/// carries a credential). Where a container engine listens goes to the engine's commands only
+/// ([`CONTAINER_VARS`]): a gitlab-runner an init script starts must not inherit another engine
+/// for its docker executor.
 pub const PASSED_ON: &[&str] = &[
     "PATH",
     "LANG",
     "LANGUAGE",
     "TZ",
     "HOME",
-    "DOCKER_HOST",
-    "DOCKER_CONTEXT",
-    "DOCKER_CONFIG",
-    "DOCKER_CERT_PATH",
-    "DOCKER_TLS_VERIFY",
-    "CONTAINER_HOST",
-    "CONTAINER_CONNECTION",
     "XDG_RUNTIME_DIR",
     "DBUS_SESSION_BUS_ADDRESS",
 ];
@@ -59,10 +54,21 @@ pub const HOOK_VARS: &[&str] = &[
 pub const SUPERVISOR_VARS: &[&str] = &["RC_SVCNAME"];
 
 /// Variables of runner-medic's own environment that the docker/podman backend sets on the
-/// engine's commands, and on no other child: where podman keeps its configuration and storage
-/// (an operator who runs podman with its own `containers.conf` sets them for runner-medic too).
-/// Like [`SUPERVISOR_VARS`], they pass only when set on the command.
-pub const CONTAINER_VARS: &[&str] = &["CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF"];
+/// engine's commands, and on no other child: where the engine listens (`DOCKER_HOST` and
+/// friends, podman's `CONTAINER_HOST`) and where podman keeps its configuration and storage (an
+/// operator who runs podman with its own `containers.conf` sets them for runner-medic too). Like
+/// [`SUPERVISOR_VARS`], they pass only when set on the command.
+pub const CONTAINER_VARS: &[&str] = &[
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "CONTAINER_HOST",
+    "CONTAINER_CONNECTION",
+    "CONTAINERS_CONF",
+    "CONTAINERS_STORAGE_CONF",
+];
 
 /// PATH for a child when runner-medic's own environment has none (init scripts need one).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -11,9 +11,9 @@
 //! - start: `start`; status: `inspect`.
 //!
 //! The engine's CLI is `docker`/`podman` from PATH, or `[service] container_cli`. It finds its
-//! engine through `DOCKER_HOST` and friends (passed on to every child) and, for podman,
-//! `CONTAINERS_CONF` / `CONTAINERS_STORAGE_CONF`: taken from runner-medic's own environment and
-//! set on the engine's commands only ([`CONTAINER_VARS`]).
+//! engine through `DOCKER_HOST` and friends and, for podman, `CONTAINERS_CONF` /
+//! `CONTAINERS_STORAGE_CONF`: taken from runner-medic's own environment and set on the engine's
+//! commands only ([`CONTAINER_VARS`]), never on a hook or another service command.
 
 use std::time::{Duration, Instant};
 

@@ -158,19 +158,24 @@ impl ServiceManager for Systemd {
     fn start(&self) -> Result<(), Error> {
         // A unit waiting out `RestartSec` after its process exited has a restart job queued;
         // `systemctl start` would wait for it (120 s). No process runs: cancel it, then start.
-        let before = run_ok(&self.status_argv(), Duration::from_secs(10))?;
-        if before
-            .stdout
-            .lines()
-            .any(|l| l.trim() == "SubState=auto-restart")
-        {
+        // A status that cannot be read does not keep the service from being started.
+        let queued = run_ok(&self.status_argv(), Duration::from_secs(10)).is_ok_and(|before| {
+            before
+                .stdout
+                .lines()
+                .any(|l| l.trim() == "SubState=auto-restart")
+        });
+        if queued {
             run_ok(&self.stop_argv()[1], self.timeout)?;
         }
         run_ok(&self.start_argv(), self.timeout)?;
         // Watch the unit for a moment: an exec that fails, or a process that exits at once,
         // shows only after `systemctl start` has returned.
         for _ in 0..10 {
-            let out = run_ok(&self.status_argv(), Duration::from_secs(10))?;
+            // Started: a status that cannot be read now is no start failure.
+            let Ok(out) = run_ok(&self.status_argv(), Duration::from_secs(10)) else {
+                break;
+            };
             if let Some(why) = start_failure(&out.stdout) {
                 let words = self.own_words();
                 return Err(Error::Failed {

@@ -16,7 +16,8 @@ const RESET: &str = "/api/v4/runners/:id/reset_authentication_token";
 
 /// A `gitlab-runner`-compatible service command (`stop|start|status`) that does nothing but keep
 /// its state in a file, and runs `on-stop.sh` / `on-start.sh` from its directory when they exist:
-/// the other writers of these tests act there. `start` fails while `start-fails` exists.
+/// the other writers of these tests act there. `start` fails while `start-fails` exists; `stop`
+/// stops, then fails, while `stop-fails` exists.
 struct FakeService {
     dir: PathBuf,
 }
@@ -29,7 +30,8 @@ impl FakeService {
             r#"#!/bin/sh
 d="{d}"
 case "$1" in
-  stop) [ -x "$d/on-stop.sh" ] && "$d/on-stop.sh"; echo stopped > "$d/state"; echo "stop" >> "$d/calls" ;;
+  stop) [ -x "$d/on-stop.sh" ] && "$d/on-stop.sh"; echo stopped > "$d/state"; echo "stop" >> "$d/calls"
+    if [ -e "$d/stop-fails" ]; then echo "stop: it went down, then the manager timed out" >&2; exit 1; fi ;;
   start)
     echo "start" >> "$d/calls"
     if [ -e "$d/start-fails" ]; then echo "cannot start: bad config" >&2; exit 1; fi
@@ -788,4 +790,34 @@ fn a_journal_that_fails_before_a_creation_still_lets_the_issued_tokens_be_writte
         .as_str()
         .unwrap_or_default()
         .contains("journal could not be written"));
+}
+
+/// A stop that fails after the service went down (a step after the signal failed) must not
+/// leave gitlab-runner down: it is started after the write like a stopped one.
+#[test]
+fn a_stop_that_fails_after_the_service_went_down_still_starts_it() {
+    let mut env = TestEnv::new();
+    let svc = FakeService::install(&env);
+    env.extra_settings = svc.settings();
+    let entries = [env.revoked("r0")];
+    env.write_config(&entries);
+    std::fs::write(svc.dir.join("stop-fails"), "").unwrap();
+    let run = rotate(&env);
+    let service = &run.json()["service"];
+    assert!(
+        service["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stop failed"),
+        "{service}"
+    );
+    assert_eq!(service["started"], true, "{service}");
+    assert_eq!(svc.calls(), "stop\nstart\n");
+    assert_eq!(
+        std::fs::read_to_string(svc.dir.join("state"))
+            .unwrap()
+            .trim(),
+        "running"
+    );
+    assert!(env.token_works(&env.config_token("r0")));
 }

@@ -331,6 +331,9 @@ fn hooks_and_service_commands_never_inherit_a_secret() {
         // Harmless-looking variables outside the allowlist: they do not pass either (a secret
         // can hide under any name and in any shape).
         .env("KEEP_ME", "visible")
+        // Where a container engine listens goes to the engine's commands only, not to an init
+        // script (whose gitlab-runner would use that engine for its docker executor) or a hook.
+        .env("DOCKER_HOST", "tcp://another-engine.example.com:2376")
         .env(
             "AWS_SECRET_ACCESS_KEY",
             "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
@@ -389,6 +392,7 @@ fn hooks_and_service_commands_never_inherit_a_secret() {
             "KEEP_ME",
             "AWS_SECRET_ACCESS_KEY",
             "CARGO_PKG_NAME",
+            "DOCKER_HOST",
         ] {
             assert!(
                 !text.contains(&format!("{var}=")),
