@@ -764,7 +764,7 @@ fn a_journal_that_fails_before_a_creation_still_lets_the_issued_tokens_be_writte
         .push_str("[templates.r1]\nrunner_type = \"instance_type\"\n");
     let mut cmd = env.command(&["rotate", "--output", "json"]);
     cmd.env("RUNNER_MEDIC_PAUSE_AT", "after-journal-planned");
-    let mut run = crate::fleet_etcd::Background::spawn(cmd, env.dir.path(), "rotate");
+    let mut run = crate::harness::Background::spawn(cmd, env.dir.path(), "rotate");
     run.wait_stopped();
     let journal = env.state.join("journal");
     assert!(Command::new("chattr")

@@ -4,13 +4,13 @@
 //! with TLS and with authentication.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::fleet::{fleet_settings, key_file, other_host, Host};
-use crate::harness::{Run, TestEnv};
+use crate::harness::{wait_for, Background, Run, TestEnv};
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -445,105 +445,6 @@ fn unb64(text: &str) -> Vec<u8> {
         }
     }
     out
-}
-
-/// A run in the background, its output going to files (a pipe would fill up with its log and
-/// stop it).
-pub struct Background {
-    pub child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Background {
-    pub fn spawn(mut cmd: Command, dir: &Path, name: &str) -> Self {
-        let out = dir.join(format!("{name}.stdout"));
-        let err = dir.join(format!("{name}.stderr"));
-        let child = cmd
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self { child, out, err }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    /// Wait until the process stopped itself at its pause point (`RUNNER_MEDIC_PAUSE_AT`).
-    pub fn wait_stopped(&mut self) {
-        let stat = format!("/proc/{}/stat", self.pid());
-        wait_for("the run to reach its pause point", || {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "the run ended ({status}) before its pause point:\n{}",
-                    self.stderr()
-                );
-            }
-            std::fs::read_to_string(&stat)
-                .ok()
-                .and_then(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .map(|r| r.trim_start().starts_with('T'))
-                })
-                .unwrap_or(false)
-        });
-    }
-
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        signal(self.pid(), sig);
-    }
-
-    /// Its end, within a deadline that is there only so that a hung run fails the test rather
-    /// than hanging it.
-    pub fn finish(mut self) -> Run {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("the run did not end:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Run {
-            code: status.code().unwrap_or(-1),
-            stdout: std::fs::read_to_string(&self.out).unwrap_or_default(),
-            stderr: self.stderr(),
-        }
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.child.id() as i32),
-                nix::sys::signal::Signal::SIGCONT,
-            );
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Poll `done` until it holds; the deadline only keeps a broken run from hanging the test.
-pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 const PREFIX: &str = "/medic-test";
