@@ -490,7 +490,7 @@ fn a_run_that_fails_lets_go_of_the_fleet_lock_at_once() {
 
     // Host 0 takes the lock and journals its plan; then its state directory breaks (the journal
     // directory is replaced by a file), so the journal cannot record the creation it is about
-    // to request: the run stops with exit 2, before asking GitLab.
+    // to request: the creation is not asked for, and the run ends with exit 1.
     let mut cmd = hosts[0].command(&env, &["rotate", "--output", "json"]);
     cmd.env("RUNNER_MEDIC_PAUSE_AT", "after-journal-planned");
     let mut a = Background::spawn(cmd, env.dir.path(), "a");
@@ -501,8 +501,15 @@ fn a_run_that_fails_lets_go_of_the_fleet_lock_at_once() {
     std::fs::write(&journal_dir, "not a directory\n").unwrap();
     a.signal(nix::sys::signal::Signal::SIGCONT);
     let run = a.finish();
-    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("journal"), "{}", run.stderr);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.runner("build")["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("journal could not be written"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(env.sim.state().token_issuing_requests(), 0);
 
     // It let go of its lock and revoked its lease on the way out.
