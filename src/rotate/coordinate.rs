@@ -25,6 +25,9 @@ pub(super) struct Pending {
     slot: String,
     revision: i64,
     held: Held,
+    /// The runner's own API, to check a new token before it replaces a record published while
+    /// this host's lease lapsed.
+    api: Option<std::sync::Arc<crate::gitlab::RunnerApi>>,
 }
 
 /// The store and the locks held; `adopted` are the runners that take a published token.
@@ -201,6 +204,7 @@ pub(super) async fn coordinate(
                 slot,
                 revision: current.revision,
                 held,
+                api: clients.for_entry(&facts.entry).and_then(Result::ok),
             }),
         }
     }
@@ -239,10 +243,23 @@ impl Coordination {
             let mut outcome = self.store.publish(&p.slot, &record, p.revision).await;
             if matches!(outcome, Ok(false)) {
                 // The record changed under the lock (it lapsed with a lease that could not be kept
-                // alive): this token is the one GitLab issued last, so it replaces what is there.
-                tracing::warn!(runner = %e.name, "the published token changed while this host held the lock; publishing the new token over it");
+                // alive, and another host published meanwhile). This token replaces what is there
+                // only if GitLab still takes it after that record was read: had the other host
+                // reset after this one, it would be dead, and a dead token must not overwrite a
+                // live one.
+                tracing::warn!(runner = %e.name, "the published token changed while this host held the lock");
                 outcome = match self.store.read(&p.slot).await {
-                    Ok(now) => self.store.publish(&p.slot, &record, now.revision).await,
+                    Ok(now) => match &p.api {
+                        Some(api) => match api.verify(token).await {
+                            Ok(_) => self.store.publish(&p.slot, &record, now.revision).await,
+                            Err(err) => Err(fleet::StoreError(format!(
+                                "another host published a token meanwhile, and GitLab does not take this one now ({err}); not published over it"
+                            ))),
+                        },
+                        None => Err(fleet::StoreError(
+                            "another host published a token meanwhile, and this one cannot be checked; not published over it".into(),
+                        )),
+                    },
                     Err(err) => Err(err),
                 };
             }
@@ -412,7 +429,10 @@ pub(super) async fn recover(settings: &Settings, journal: &mut Journal) {
                 );
                 let mut outcome = store.publish(&claim.slot, &record, claim.revision).await;
                 if matches!(outcome, Ok(false)) {
-                    // Published since: GitLab still takes this token, so what is there is older.
+                    // Published since (the dead run's lease lapsed and another host held the
+                    // lock). What is there is older only if GitLab still takes this token *after*
+                    // it was read: a reset by that host would have killed this one. Checked so,
+                    // a dead token never overwrites the live one another host published.
                     outcome = match store.read(&claim.slot).await {
                         Ok(now)
                             if now
@@ -422,7 +442,18 @@ pub(super) async fn recover(settings: &Settings, journal: &mut Journal) {
                         {
                             Ok(true)
                         }
-                        Ok(now) => store.publish(&claim.slot, &record, now.revision).await,
+                        Ok(now) => match api.verify(&token).await {
+                            Ok(_) => store.publish(&claim.slot, &record, now.revision).await,
+                            Err(err) if matches!(err.status(), Some(401 | 403)) => {
+                                tracing::warn!(runner = %e.name, "another host published a newer token meanwhile; the one obtained before the interruption is given up and the newer one adopted");
+                                e.step = Step::Failed;
+                                e.error = Some("superseded: another host obtained a newer token after this run was interrupted".into());
+                                Ok(true)
+                            }
+                            Err(err) => Err(fleet::StoreError(format!(
+                                "the token could not be checked again: {err}"
+                            ))),
+                        },
                         Err(err) => Err(err),
                     };
                 }
