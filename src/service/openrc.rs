@@ -111,24 +111,69 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-/// Read OpenRC's record of one service (`/run/openrc/options/NAME`).
+/// Read OpenRC's record of one service (`/run/openrc/options/NAME`). A pid whose process
+/// started after the file naming it was written is not that service's: the service died and its
+/// pid went to another program (a stale pid file after a crash). Such a record is ignored, so
+/// runner-medic, running as root, never signals an unrelated process.
 pub fn process_in(dir: &Path) -> Process {
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f))
+    let read = |f: &Path| {
+        std::fs::read_to_string(f)
             .ok()
             .map(|s| s.trim().to_string())
     };
-    if let Some(pid) = read("child_pid").and_then(|p| p.parse().ok()) {
+    let recorded = |file: &Path| {
+        let pid: u32 = read(file)?.parse().ok()?;
+        let written = std::fs::metadata(file).and_then(|m| m.modified()).ok()?;
+        match started_at(pid) {
+            Some(started) if started > written + STALE_SLACK => {
+                tracing::warn!(pid, file = %file.display(), "ignoring a stale pid: its process started after the file was written");
+                None
+            }
+            _ => Some(pid),
+        }
+    };
+    let child_pid = dir.join("child_pid");
+    if let Some(pid) = recorded(&child_pid) {
         return Process::Supervised(pid);
     }
-    if let Some(pid) = read("pidfile")
+    if let Some(pid) = read(&dir.join("pidfile"))
         .filter(|f| !f.is_empty())
-        .and_then(|f| std::fs::read_to_string(f).ok())
-        .and_then(|p| p.trim().parse().ok())
+        .and_then(|f| recorded(Path::new(&f)))
     {
         return Process::PidFile(pid);
     }
     Process::Unknown
+}
+
+/// How much later than its pid file a process may have started and still be the one that wrote
+/// it (start-stop-daemon writes the file just after the fork).
+const STALE_SLACK: Duration = Duration::from_secs(2);
+
+/// When `pid` started, from `/proc/PID/stat` (field 22, clock ticks since boot) and the boot time
+/// in `/proc/stat`; `None` when the process does not exist or cannot be read.
+fn started_at(pid: u32) -> Option<std::time::SystemTime> {
+    // USER_HZ: the unit of /proc's times, 100 on every Linux architecture (proc(5)).
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(boot)
+            + Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND),
+    )
 }
 
 /// Parse ` * status: started|stopped|crashed|starting|stopping`.
@@ -251,5 +296,30 @@ mod tests {
         assert_eq!(process_in(dir.path()), Process::PidFile(4321));
         std::fs::write(dir.path().join("child_pid"), "1234\n").unwrap();
         assert_eq!(process_in(dir.path()), Process::Supervised(1234));
+    }
+
+    /// A pid file older than the process now holding its pid is stale: never signalled.
+    #[test]
+    fn a_pid_that_went_to_another_process_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid_file = dir.path().join("daemon.pid");
+        std::fs::write(&pid_file, format!("{}\n", other.id())).unwrap();
+        std::fs::write(dir.path().join("pidfile"), pid_file.to_str().unwrap()).unwrap();
+        // Written now, after the process started: it is that process's.
+        assert_eq!(process_in(dir.path()), Process::PidFile(other.id()));
+        // Written an hour before the process started: the pid was reused.
+        let touched = std::process::Command::new("touch")
+            .args(["-d", "1 hour ago"])
+            .arg(&pid_file)
+            .status()
+            .unwrap();
+        assert!(touched.success());
+        assert_eq!(process_in(dir.path()), Process::Unknown);
+        let _ = other.kill();
+        let _ = other.wait();
     }
 }
