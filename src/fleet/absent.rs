@@ -26,6 +26,10 @@ impl Held {
     pub fn lease(&self) -> i64 {
         match self.never {}
     }
+
+    pub fn lost(&self) -> bool {
+        match self.never {}
+    }
 }
 
 pub struct Watching {

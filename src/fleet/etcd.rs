@@ -2,6 +2,8 @@
 //! host that dies lets go within `lock_ttl`), and the sealed current token, replaced only by a
 //! compare-and-swap on the revision this host read.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::collections::VecDeque;
@@ -88,12 +90,19 @@ pub struct Held {
     keeper: tokio::task::JoinHandle<()>,
     /// `Some` until released.
     client: Option<Client>,
+    /// Set when etcd said the lease ended: another host may hold the lock now.
+    lost: Arc<AtomicBool>,
 }
 
 impl Held {
     /// The lease the lock is held on.
     pub fn lease(&self) -> i64 {
         self.lease
+    }
+
+    /// The lease ended while held: the lock may be another host's by now.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
     }
 }
 
@@ -308,18 +317,25 @@ impl Store {
         let options = self.options.clone();
         let timeout = self.timeout;
         let probe = format!("{}/version", self.prefix);
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost_by_keeper = lost.clone();
         let keeper = tokio::spawn(async move {
             let mut at = 0;
             loop {
                 tokio::time::sleep(every).await;
+                // A member that accepts the request and never answers (frozen) counts as gone.
                 let answer = match keeper.keep_alive().await {
-                    Ok(()) => stream.message().await.ok().flatten(),
+                    Ok(()) => tokio::time::timeout(timeout, stream.message())
+                        .await
+                        .ok()
+                        .and_then(|m| m.ok().flatten()),
                     Err(_) => None,
                 };
                 match answer {
                     Some(r) if r.ttl() > 0 => {}
                     Some(_) => {
-                        tracing::warn!(lease, "the fleet lock's lease ended");
+                        tracing::warn!(lease, "the fleet lock's lease ended; the lock is lost");
+                        lost_by_keeper.store(true, Ordering::SeqCst);
                         return;
                     }
                     // The member the keep-alive went to may be gone: keep it alive through
@@ -394,6 +410,7 @@ impl Store {
             lease,
             keeper,
             client: Some(client),
+            lost,
         })
     }
 

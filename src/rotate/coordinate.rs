@@ -240,6 +240,23 @@ impl Coordination {
                 continue;
             };
             let record = fleet::record(token, e.new_expires_at, id, system_id.map(str::to_string));
+            // A lock whose lease ended may be another host's by now, and that host may have
+            // reset after this one: the token goes out only if GitLab still takes it.
+            if p.held.lost() {
+                let alive = match &p.api {
+                    Some(api) => api.verify(token).await.is_ok(),
+                    None => false,
+                };
+                if !alive {
+                    tracing::error!(runner = %e.name, "the fleet lock was lost and GitLab no longer takes the new token: another host replaced it; not publishing it");
+                    report.findings.push(Finding::error(
+                        FindingCode::FleetStoreUnavailable,
+                        format!("runner `{}`: the fleet lock was lost while its new token was obtained, and another host has replaced that token since", e.name),
+                        "run `runner-medic rotate` again: it adopts the token the other host published",
+                    ));
+                    continue;
+                }
+            }
             let mut outcome = self.store.publish(&p.slot, &record, p.revision).await;
             if matches!(outcome, Ok(false)) {
                 // The record changed under the lock (it lapsed with a lease that could not be kept
