@@ -312,6 +312,20 @@ impl Shared {
     pub fn into_inner(self) -> Journal {
         self.journal.into_inner().0
     }
+
+    /// The journal once every task is done. If a save failed on the way, everything is saved
+    /// once more: when that works, every change is on disk after all and the failure is no
+    /// longer reported (a later save may have carried the changes the failed one did not).
+    pub async fn settle(self) -> Journal {
+        let failed = self.journal.lock().await.0.save_error.is_some();
+        if failed {
+            let latest = Change(self.journal.lock().await.1);
+            if self.durable(latest).await.is_ok() {
+                self.journal.lock().await.0.save_error = None;
+            }
+        }
+        self.into_inner()
+    }
 }
 
 pub use super::custody::token_sha;

@@ -222,7 +222,7 @@ pub(super) async fn obtain(
     for r in results {
         r?;
     }
-    Ok(shared.into_inner())
+    Ok(shared.settle().await)
 }
 
 /// GitLab's answer, if it is a token; otherwise what can be known about the runner now. A bad
