@@ -71,11 +71,12 @@ pub fn run(settings: &Settings) -> Result<Listing, CouldNotRun> {
         fix: e.fix(),
     })?;
     let state = settings.status_store().load();
+    let remembered = state.lookup();
     let runners = config
         .runners()
         .into_iter()
         .map(|entry| {
-            let recorded = state.for_entry(entry.id, &entry.name);
+            let recorded = remembered.for_entry(entry.id, &entry.name);
             Listed {
                 id: entry.id,
                 url: entry.url.as_deref().map(shown_url),

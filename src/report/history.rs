@@ -7,6 +7,7 @@
 //! rotation, so a "rotation failed" alert does not resolve by itself when the next run merely
 //! finds nothing to do. The file holds no token (masked or not): names, ids, times and words.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -56,47 +57,21 @@ pub struct RunState {
 const MAX_REMEMBERED: usize = 10_000;
 
 impl RunState {
+    /// The runners by id and by name, built once: looking runners up one by one in the list
+    /// would cost runners × remembered string comparisons (minutes for 100 000 runners).
+    pub fn lookup(&self) -> Lookup<'_> {
+        Lookup::new(&self.runners)
+    }
+
     /// The runner with this id, else (no id known) the first one of that name without an id.
     pub fn runner(&self, id: Option<u64>, name: &str) -> Option<&RunnerState> {
-        match id {
-            Some(id) => self.runners.iter().find(|r| r.id == Some(id)),
-            None => self
-                .runners
-                .iter()
-                .find(|r| r.id.is_none() && r.name == name),
-        }
+        self.lookup().runner(id, name)
     }
 
     /// What `list` shows for a config.toml entry: by id; for an entry without an `id` (older
     /// gitlab-runner versions), the one record of that name, which may carry the id GitLab told.
     pub fn for_entry(&self, id: Option<u64>, name: &str) -> Option<&RunnerState> {
-        if id.is_some() {
-            return self.runner(id, name);
-        }
-        let mut named = self.runners.iter().filter(|r| r.name == name);
-        match (named.next(), named.next()) {
-            (Some(only), None) => Some(only),
-            _ => self.runner(None, name),
-        }
-    }
-
-    fn runner_mut(&mut self, id: Option<u64>, name: &str) -> &mut RunnerState {
-        let found = match id {
-            Some(id) => self.runners.iter().position(|r| r.id == Some(id)),
-            None => self
-                .runners
-                .iter()
-                .position(|r| r.id.is_none() && r.name == name),
-        };
-        let index = found.unwrap_or_else(|| {
-            self.runners.push(RunnerState {
-                name: name.to_string(),
-                id,
-                ..RunnerState::default()
-            });
-            self.runners.len() - 1
-        });
-        &mut self.runners[index]
+        self.lookup().for_entry(id, name)
     }
 
     /// Record the end of a run: its time and exit status (every run, whatever the status).
@@ -113,6 +88,19 @@ impl RunState {
     /// previous one only when this run rotated that runner (done or failed).
     pub fn record_report(&mut self, report: &Report) {
         self.runner_config.clone_from(&report.runner_config);
+        let mut by_id: HashMap<u64, usize> = HashMap::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (i, s) in self.runners.iter().enumerate() {
+            match s.id {
+                Some(id) => {
+                    by_id.entry(id).or_insert(i);
+                }
+                None => {
+                    by_name.entry(s.name.clone()).or_insert(i);
+                }
+            }
+        }
+        let mut removed = vec![false; self.runners.len()];
         for r in &report.runners {
             let status = r.status(report.command);
             let rotation = match (r.action, r.outcome) {
@@ -127,16 +115,34 @@ impl RunState {
             };
             // A recreated runner lives on under its new id, with its history.
             let previous = match (r.id, r.new_id) {
-                (Some(old), Some(new)) if old != new => self
-                    .runners
-                    .iter()
-                    .position(|s| s.id == Some(old))
-                    .map(|i| self.runners.remove(i)),
+                (Some(old), Some(new)) if old != new => by_id.remove(&old).map(|i| {
+                    removed[i] = true;
+                    self.runners[i].last_rotation.take()
+                }),
                 _ => None,
             };
-            let entry = self.runner_mut(r.current_id(), &r.name);
+            let id = r.current_id();
+            let found = match id {
+                Some(id) => by_id.get(&id).copied(),
+                None => by_name.get(&r.name).copied(),
+            };
+            let index = found.unwrap_or_else(|| {
+                self.runners.push(RunnerState {
+                    name: r.name.clone(),
+                    id,
+                    ..RunnerState::default()
+                });
+                removed.push(false);
+                let at = self.runners.len() - 1;
+                match id {
+                    Some(id) => by_id.insert(id, at),
+                    None => by_name.insert(r.name.clone(), at),
+                };
+                at
+            });
+            let entry = &mut self.runners[index];
             if let Some(previous) = previous {
-                entry.last_rotation = previous.last_rotation;
+                entry.last_rotation = previous;
             }
             entry.name.clone_from(&r.name);
             entry.last_checked_at = Some(report.generated_at);
@@ -145,9 +151,72 @@ impl RunState {
                 entry.last_rotation = rotation;
             }
         }
+        if removed.contains(&true) {
+            let mut at = 0;
+            self.runners.retain(|_| {
+                at += 1;
+                !removed[at - 1]
+            });
+        }
         if self.runners.len() > MAX_REMEMBERED {
             let excess = self.runners.len() - MAX_REMEMBERED;
             self.runners.drain(..excess);
+        }
+    }
+}
+
+/// The remembered runners indexed by id and by name ([`RunState::lookup`]).
+pub struct Lookup<'a> {
+    runners: &'a [RunnerState],
+    by_id: HashMap<u64, usize>,
+    /// Runners without an id, by name: the first of each.
+    by_name_without_id: HashMap<&'a str, usize>,
+    /// Every runner by name: the first of each and how many there are.
+    by_name: HashMap<&'a str, (usize, usize)>,
+}
+
+impl<'a> Lookup<'a> {
+    fn new(runners: &'a [RunnerState]) -> Self {
+        let mut by_id = HashMap::new();
+        let mut by_name_without_id = HashMap::new();
+        let mut by_name: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (i, r) in runners.iter().enumerate() {
+            match r.id {
+                Some(id) => {
+                    by_id.entry(id).or_insert(i);
+                }
+                None => {
+                    by_name_without_id.entry(r.name.as_str()).or_insert(i);
+                }
+            }
+            by_name.entry(r.name.as_str()).or_insert((i, 0)).1 += 1;
+        }
+        Self {
+            runners,
+            by_id,
+            by_name_without_id,
+            by_name,
+        }
+    }
+
+    /// The runner with this id, else (no id known) the first one of that name without an id.
+    pub fn runner(&self, id: Option<u64>, name: &str) -> Option<&'a RunnerState> {
+        let index = match id {
+            Some(id) => self.by_id.get(&id),
+            None => self.by_name_without_id.get(name),
+        };
+        index.map(|&i| &self.runners[i])
+    }
+
+    /// What `list` shows for a config.toml entry: by id; for an entry without an `id` (older
+    /// gitlab-runner versions), the one record of that name, which may carry the id GitLab told.
+    pub fn for_entry(&self, id: Option<u64>, name: &str) -> Option<&'a RunnerState> {
+        if id.is_some() {
+            return self.runner(id, name);
+        }
+        match self.by_name.get(name) {
+            Some(&(only, 1)) => Some(&self.runners[only]),
+            _ => self.runner(None, name),
         }
     }
 }
@@ -235,5 +304,86 @@ impl Store {
         if let Err(e) = saved {
             tracing::warn!(path = %self.path.display(), error = %e, "could not record the run state; `runner-medic list` shows the previous one");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Action, ReportCommand, RunnerReport};
+
+    fn runner(name: &str, id: Option<u64>) -> RunnerReport {
+        RunnerReport {
+            name: name.into(),
+            id,
+            url: None,
+            token: None,
+            token_expires_at: None,
+            status: None,
+            findings: Vec::new(),
+            action: None,
+            outcome: None,
+            managers: None,
+            shared: false,
+            line: 1,
+            new_token: None,
+            new_id: None,
+            calls: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn report(runners: Vec<RunnerReport>) -> Report {
+        let mut r = Report::new(ReportCommand::Rotate, "config.toml".into(), None);
+        r.runners = runners;
+        r
+    }
+
+    #[test]
+    fn a_recreated_runner_keeps_its_history_under_its_new_id() {
+        let mut state = RunState::default();
+        let mut first = runner("build", Some(7));
+        first.action = Some(Action::Reset);
+        first.outcome = Some(Outcome::Done);
+        state.record_report(&report(vec![first, runner("other", Some(8))]));
+        assert_eq!(state.runners.len(), 2);
+        let mut recreated = runner("build", Some(7));
+        recreated.action = Some(Action::Recreate);
+        recreated.outcome = Some(Outcome::Failed);
+        recreated.new_id = Some(9);
+        // Failed, but with a new id: the record moves; its last rotation is this run's.
+        state.record_report(&report(vec![recreated, runner("other", Some(8))]));
+        assert_eq!(state.runners.len(), 2, "{:?}", state.runners);
+        assert!(state.runner(Some(7), "build").is_none());
+        let moved = state.runner(Some(9), "build").unwrap();
+        assert_eq!(moved.last_rotation.as_ref().unwrap().outcome, "failed");
+        // A run without a rotation keeps the last one.
+        state.record_report(&report(vec![runner("build", Some(9))]));
+        let kept = state.runner(Some(9), "build").unwrap();
+        assert_eq!(kept.last_rotation.as_ref().unwrap().action, "recreate");
+    }
+
+    #[test]
+    fn entries_without_an_id_are_found_by_name_and_a_lone_name_by_list() {
+        let mut state = RunState::default();
+        state.record_report(&report(vec![
+            runner("a", None),
+            runner("b", Some(2)),
+            runner("b", Some(3)),
+        ]));
+        // Recorded twice without an id: one record.
+        state.record_report(&report(vec![runner("a", None)]));
+        assert_eq!(state.runners.len(), 3);
+        let lookup = state.lookup();
+        assert_eq!(lookup.runner(None, "a").unwrap().name, "a");
+        assert_eq!(lookup.runner(Some(3), "b").unwrap().id, Some(3));
+        assert!(
+            lookup.runner(None, "b").is_none(),
+            "no record of b without an id"
+        );
+        // `list` of an entry without an id: the one record of that name...
+        assert_eq!(lookup.for_entry(None, "a").unwrap().name, "a");
+        // ...but never a guess between two.
+        assert!(lookup.for_entry(None, "b").is_none());
     }
 }

@@ -184,11 +184,12 @@ pub fn render(report: &Report, state: &RunState, config: Option<&str>) -> String
     }
 
     // A runner's last rotation, kept (in the state directory) until its next rotation.
+    let remembered = state.lookup();
     let rotations: Vec<(&RunnerReport, &super::history::Rotation)> = report
         .runners
         .iter()
         .filter_map(|r| {
-            state
+            remembered
                 .runner(r.current_id(), &r.name)
                 .and_then(|s| s.last_rotation.as_ref())
                 .map(|rot| (r, rot))
