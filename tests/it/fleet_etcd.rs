@@ -468,6 +468,22 @@ fn fleet(env: &TestEnv, entry: &crate::harness::Entry, count: usize, settings: &
         .collect()
 }
 
+/// The end every fleet scenario must reach: each host holds `new`, the one token GitLab issued,
+/// it works, and no lock is left in the store.
+fn every_host_holds_the_one_token_issued(env: &TestEnv, etcd: &Etcd, hosts: &[Host], new: &str) {
+    for h in hosts {
+        assert_eq!(h.token("build"), new);
+    }
+    assert_eq!(
+        env.sim.state().token_issuing_requests(),
+        1,
+        "{:?}",
+        env.changing_requests()
+    );
+    assert!(env.token_works(new));
+    assert!(etcd.lock_keys(PREFIX).is_empty());
+}
+
 fn action(run: &Run, name: &str) -> String {
     run.runner(name)["action"]
         .as_str()
@@ -736,17 +752,7 @@ fn a_lock_holder_killed_after_gitlab_answered_publishes_its_token_on_restart() {
     let run = hosts[2].run(&env, &["rotate", "--output", "json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(action(&run, "build"), "adopt");
-    for h in &hosts {
-        assert_eq!(h.token("build"), new);
-    }
-    assert_eq!(
-        env.sim.state().token_issuing_requests(),
-        1,
-        "{:?}",
-        env.changing_requests()
-    );
-    assert!(env.token_works(&new));
-    assert!(etcd.lock_keys(PREFIX).is_empty());
+    every_host_holds_the_one_token_issued(&env, &etcd, &hosts, &new);
 }
 
 #[test]
@@ -832,17 +838,7 @@ fn a_three_member_cluster_keeps_coordinating_with_a_member_killed_mid_run() {
         assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
         assert_eq!(action(run, "build"), "adopt");
     }
-    for h in &hosts {
-        assert_eq!(h.token("build"), new);
-    }
-    assert_eq!(
-        env.sim.state().token_issuing_requests(),
-        1,
-        "{:?}",
-        env.changing_requests()
-    );
-    assert!(env.token_works(&new));
-    assert!(etcd.lock_keys(PREFIX).is_empty());
+    every_host_holds_the_one_token_issued(&env, &etcd, &hosts, &new);
 }
 
 #[test]
