@@ -387,23 +387,36 @@ impl Host {
     }
 }
 
+/// `count` hosts sharing `entry`'s token, each with `settings` and a contact with GitLab a day
+/// and five minutes ago (every host polled with the token until it expired, a day ago), so each
+/// sees the others as runner managers.
+pub fn hosts_sharing(
+    env: &TestEnv,
+    entry: &crate::harness::Entry,
+    count: usize,
+    settings: &str,
+) -> Vec<Host> {
+    let id = entry.id.unwrap();
+    (0..count)
+        .map(|n| {
+            let mut h = Host::new(env, n, std::slice::from_ref(entry));
+            h.extra_settings = settings.to_string();
+            other_host(
+                env,
+                id,
+                &h.system_id,
+                chrono::Duration::hours(24) + chrono::Duration::minutes(5),
+            );
+            h
+        })
+        .collect()
+}
+
 #[test]
 fn without_coordination_no_host_changes_a_shared_token() {
     let env = TestEnv::new();
     let e = env.expired("build");
-    let id = e.id.unwrap();
-    let hosts: Vec<Host> = (0..3)
-        .map(|n| Host::new(&env, n, std::slice::from_ref(&e)))
-        .collect();
-    // Every host polled with the token until it expired, a day ago.
-    for h in &hosts {
-        other_host(
-            &env,
-            id,
-            &h.system_id,
-            chrono::Duration::hours(24) + chrono::Duration::minutes(5),
-        );
-    }
+    let hosts = hosts_sharing(&env, &e, 3, "");
     for h in &hosts {
         for args in [
             &["rotate", "--output", "json"][..],
@@ -461,18 +474,7 @@ fn without_coordination_no_host_changes_a_shared_token() {
 fn naming_the_runner_rotates_a_shared_token_on_that_host_only() {
     let env = TestEnv::new();
     let e = env.expired("build");
-    let id = e.id.unwrap();
-    let hosts: Vec<Host> = (0..2)
-        .map(|n| Host::new(&env, n, std::slice::from_ref(&e)))
-        .collect();
-    for h in &hosts {
-        other_host(
-            &env,
-            id,
-            &h.system_id,
-            chrono::Duration::hours(24) + chrono::Duration::minutes(5),
-        );
-    }
+    let hosts = hosts_sharing(&env, &e, 2, "");
     let run = hosts[0].run(&env, &["rotate", "--runner", "build", "--output", "json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let r = run.runner("build");
@@ -542,20 +544,8 @@ fn six_hosts_share_one_new_token_through_etcd() {
     let etcd = Etcd::start();
     let env = TestEnv::new();
     let e = env.expired("build");
-    let id = e.id.unwrap();
     let key = key_file(env.dir.path(), 0o600);
-    let mut hosts: Vec<Host> = (0..6)
-        .map(|n| Host::new(&env, n, std::slice::from_ref(&e)))
-        .collect();
-    for h in &mut hosts {
-        h.extra_settings = fleet_settings(&etcd.url, &key);
-        other_host(
-            &env,
-            id,
-            &h.system_id,
-            chrono::Duration::hours(24) + chrono::Duration::minutes(5),
-        );
-    }
+    let hosts = hosts_sharing(&env, &e, 6, &fleet_settings(&etcd.url, &key));
 
     let runs = run_all(&env, &hosts, &["rotate", "--output", "json"]);
     for run in &runs {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::fleet::{fleet_settings, key_file, other_host, Host};
+use crate::fleet::{fleet_settings, hosts_sharing as fleet, key_file, other_host, Host};
 use crate::harness::{wait_for, Background, Run, TestEnv};
 
 pub fn free_port() -> u16 {
@@ -448,25 +448,6 @@ fn unb64(text: &str) -> Vec<u8> {
 }
 
 const PREFIX: &str = "/medic-test";
-
-/// `count` hosts sharing `entry`, each with the fleet settings `settings` and a recent contact
-/// with GitLab (so each sees the others).
-fn fleet(env: &TestEnv, entry: &crate::harness::Entry, count: usize, settings: &str) -> Vec<Host> {
-    let id = entry.id.unwrap();
-    (0..count)
-        .map(|n| {
-            let mut h = Host::new(env, n, std::slice::from_ref(entry));
-            h.extra_settings = settings.to_string();
-            other_host(
-                env,
-                id,
-                &h.system_id,
-                chrono::Duration::hours(24) + chrono::Duration::minutes(5),
-            );
-            h
-        })
-        .collect()
-}
 
 /// The end every fleet scenario must reach: each host holds `new`, the one token GitLab issued,
 /// it works, and no lock is left in the store.
