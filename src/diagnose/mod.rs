@@ -568,22 +568,17 @@ pub async fn diagnose_for(settings: &Settings, force: bool) -> Diagnosis {
             );
         }
         report.runners.push(RunnerReport {
-            name: entry.name.clone(),
-            id: entry.id.or(judged.verified_id),
             url: entry.url.clone(),
             token: entry.token.as_ref().map(crate::secret::RunnerToken::masked),
             token_expires_at: judged.expires_at,
-            status: None,
             findings,
-            action: None,
-            outcome: None,
             managers: sharing.as_ref().map(|s| s.managers),
             shared: sharing.as_ref().is_some_and(sharing::Sharing::shared),
-            line: entry.line,
-            new_token: None,
-            new_id: None,
-            calls: Vec::new(),
-            error: None,
+            ..RunnerReport::new(
+                entry.name.clone(),
+                entry.id.or(judged.verified_id),
+                entry.line,
+            )
         });
         facts.push(RunnerFacts {
             entry: entry.clone(),

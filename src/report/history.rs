@@ -313,24 +313,7 @@ mod tests {
     use crate::report::{Action, ReportCommand, RunnerReport};
 
     fn runner(name: &str, id: Option<u64>) -> RunnerReport {
-        RunnerReport {
-            name: name.into(),
-            id,
-            url: None,
-            token: None,
-            token_expires_at: None,
-            status: None,
-            findings: Vec::new(),
-            action: None,
-            outcome: None,
-            managers: None,
-            shared: false,
-            line: 1,
-            new_token: None,
-            new_id: None,
-            calls: Vec::new(),
-            error: None,
-        }
+        RunnerReport::new(name.into(), id, 1)
     }
 
     fn report(runners: Vec<RunnerReport>) -> Report {

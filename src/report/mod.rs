@@ -190,6 +190,29 @@ pub struct RunnerReport {
 }
 
 impl RunnerReport {
+    /// A runner of config.toml (its `name`, `id` and the line of its `[[runners]]` header) that
+    /// nothing has been found of, done to or learnt about yet.
+    pub fn new(name: String, id: Option<u64>, line: usize) -> Self {
+        Self {
+            name,
+            id,
+            url: None,
+            token: None,
+            token_expires_at: None,
+            status: None,
+            findings: Vec::new(),
+            action: None,
+            outcome: None,
+            managers: None,
+            shared: false,
+            line,
+            new_token: None,
+            new_id: None,
+            calls: Vec::new(),
+            error: None,
+        }
+    }
+
     pub fn worst(&self) -> Option<Severity> {
         self.findings.iter().map(|f| f.severity).max()
     }
@@ -390,22 +413,10 @@ mod tests {
         outcome: Option<Outcome>,
     ) -> RunnerReport {
         RunnerReport {
-            name: "build".into(),
-            id: Some(42),
-            url: None,
-            token: None,
-            token_expires_at: None,
-            status: None,
             findings,
             action,
             outcome,
-            managers: None,
-            shared: false,
-            line: 1,
-            new_token: None,
-            new_id: None,
-            calls: Vec::new(),
-            error: None,
+            ..RunnerReport::new("build".into(), Some(42), 1)
         }
     }
 

@@ -473,22 +473,9 @@ mod tests {
             );
             report.findings = self.host_findings.clone();
             report.runners.push(RunnerReport {
-                name: entry.name.clone(),
-                id: entry.id,
                 url: entry.url.clone(),
-                token: None,
-                token_expires_at: None,
-                status: None,
                 findings: self.findings.clone(),
-                action: None,
-                outcome: None,
-                managers: None,
-                shared: false,
-                line: entry.line,
-                new_token: None,
-                new_id: None,
-                calls: Vec::new(),
-                error: None,
+                ..RunnerReport::new(entry.name.clone(), entry.id, entry.line)
             });
             let diagnosis = Diagnosis {
                 report,
